@@ -1,0 +1,31 @@
+# `make demo` and `make test` work on a fresh clone: both run `make setup` first, which builds .venv.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.setup-done
+export MLFLOW_DISABLE_TELEMETRY ?= true
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+.PHONY: setup demo test bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml scripts/install_detectron2.sh
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --upgrade "pip>=24"
+	$(PY) -m pip install torch==2.14.1 torchvision==0.29.1
+	PYTHON=$(PY) bash scripts/install_detectron2.sh
+	$(PY) -m pip install -e '.[test]'
+	touch $(STAMP)
+
+demo: setup
+	seizure-mlflow sample-data
+	mlflow run . --env-manager local --experiment-name seizure-demo
+
+test: setup
+	$(PY) -m pytest
+
+bench: setup
+	$(PY) benchmarks/run_all.py
+
+clean:
+	rm -rf output mlruns mlflow.db data/sample

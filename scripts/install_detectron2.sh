@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Install Detectron2 into the current Python environment.
+#
+# Default: the PyPI repackaging `sal-detectron2==0.7.2` (upstream Detectron2 main at a59f0563 plus a
+# Python 3.11 fix). It is published only as a wheel tagged cp310, so we download it for 3.10, verify its
+# sha256, re-tag it py3 and install it with the dependencies its metadata omits.
+#
+# Override: DETECTRON2_SOURCE=<pip requirement> installs that instead, e.g.
+#   DETECTRON2_SOURCE='git+https://github.com/facebookresearch/detectron2.git' make setup
+set -euo pipefail
+
+PYTHON=${PYTHON:-python}
+# What the wheel needs but its metadata omits or pins too tightly (numpy<2; tensorboard and black are
+# only used by optional writers and LazyConfig formatting, which this project does not use).
+EXTRA_DEPS=(fvcore==0.1.5.post20221221 iopath==0.1.9 opencv-python-headless==4.11.0.86 "setuptools<82"
+  Pillow matplotlib "pycocotools>=2.0.2" "termcolor>=1.1" "yacs>=0.1.8" tabulate cloudpickle "tqdm>4.29.0"
+  "omegaconf>=2.1,<2.4" "hydra-core>=1.1" packaging)
+
+if "$PYTHON" -c "import detectron2.model_zoo, detectron2.engine" 2>/dev/null; then
+  echo "detectron2 already installed"
+  exit 0
+fi
+
+if [ -n "${DETECTRON2_SOURCE:-}" ]; then
+  echo "Installing Detectron2 from DETECTRON2_SOURCE=${DETECTRON2_SOURCE}"
+  "$PYTHON" -m pip install --no-build-isolation "${DETECTRON2_SOURCE}" "${EXTRA_DEPS[@]}"
+  exit 0
+fi
+
+WHEEL_SHA256=491af0c7f79bdb2d178e46f6cb16a97c4ac968d45c41ea3f6b6435d59bbee561
+WHEELDIR=$(mktemp -d)
+trap 'rm -rf "$WHEELDIR"' EXIT
+
+"$PYTHON" -m pip download --no-deps --only-binary=:all: --python-version 3.10 \
+  sal-detectron2==0.7.2 -d "$WHEELDIR"
+SRC="$WHEELDIR/sal_detectron2-0.7.2-cp310-none-any.whl"
+if [ ! -f "$SRC" ]; then
+  echo "error: expected $SRC after download; found: $(ls "$WHEELDIR")" >&2
+  exit 1
+fi
+GOT=$(sha256sum "$SRC" | cut -d' ' -f1)
+if [ "$GOT" != "$WHEEL_SHA256" ]; then
+  echo "error: sha256 mismatch for sal-detectron2 wheel: expected $WHEEL_SHA256, got $GOT" >&2
+  exit 1
+fi
+DST="$WHEELDIR/sal_detectron2-0.7.2-py3-none-any.whl"
+mv "$SRC" "$DST"
+"$PYTHON" -m pip install --no-deps "$DST"
+"$PYTHON" -m pip install "${EXTRA_DEPS[@]}"
+"$PYTHON" -c "import detectron2, detectron2.model_zoo; print('detectron2', detectron2.__version__)"

@@ -1,0 +1,197 @@
+"""Command line: ``seizure-mlflow SUBCOMMAND`` (also ``python -m seizure_mlflow``).
+
+A thin layer: it parses arguments, calls one plain function per subcommand, and maps errors to exit
+codes: 0 success, 1 a failure during work (with its message), 2 bad input found before any work started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shlex
+import sys
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+from seizure_mlflow.errors import UserError
+
+logger = logging.getLogger("seizure_mlflow")
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def _add_train(sub) -> None:
+    from seizure_mlflow.config import DEFAULT_CONFIG, DEFAULT_MODEL_NAME, TrainParams
+
+    d = TrainParams()
+    p = sub.add_parser("train", help="train the hooked Mask R-CNN, log to MLflow, register the best checkpoint",
+                       description="Train on COCO files (default: the synthetic sample data), log params, losses and "
+                                   "plots to MLflow, and register the checkpoint with the lowest validation loss.")
+    p.add_argument("--train-json", default="", help="training COCO file (empty: the sample data)")
+    p.add_argument("--train-images", default="", help="folder the training file_name entries are relative to")
+    p.add_argument("--val-json", default="", help="validation COCO file")
+    p.add_argument("--val-images", default="", help="validation image folder")
+    p.add_argument("--config", default=DEFAULT_CONFIG,
+                   help="model-zoo name (e.g. COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml) or YAML path "
+                        f"(default: the bundled {DEFAULT_CONFIG})")
+    p.add_argument("--weights", default="", help="'' from scratch, a path, a URL, or 'model-zoo'")
+    p.add_argument("--lr", default=str(d.lr), help=f"base learning rate (default {d.lr})")
+    p.add_argument("--ims-per-batch", default=str(d.ims_per_batch), help="images per batch, all processes")
+    p.add_argument("--max-iter", default=str(d.max_iter), help="training iterations")
+    p.add_argument("--eval-period", default=str(d.eval_period), help="validation loss every N iterations")
+    p.add_argument("--min-size", default=str(d.min_size), help="shorter image side in pixels, train and test")
+    p.add_argument("--num-workers", default=str(d.num_workers), help="data-loader worker processes")
+    p.add_argument("--device", default=d.device, help="auto, cpu or cuda")
+    p.add_argument("--seed", default=str(d.seed), help="random seed")
+    p.add_argument("--model-name", default=DEFAULT_MODEL_NAME, help="registered model name")
+    p.add_argument("--opts", default="", help="extra Detectron2 overrides 'KEY VALUE ...', applied last")
+    p.add_argument("--output-dir", default="", help="checkpoint folder (default: output/RUN_ID)")
+    p.add_argument("--num-processes", default="1",
+                   help="training processes on this machine (one per GPU; Detectron2's launch)")
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_train(args) -> int:
+    from seizure_mlflow.config import TrainParams, parse_float, parse_int
+    from seizure_mlflow.training import run_training
+
+    params = TrainParams(
+        train_json=args.train_json, train_images=args.train_images,
+        val_json=args.val_json, val_images=args.val_images,
+        config=args.config, weights=args.weights,
+        lr=parse_float("lr", args.lr),
+        ims_per_batch=parse_int("ims_per_batch", args.ims_per_batch),
+        max_iter=parse_int("max_iter", args.max_iter),
+        eval_period=parse_int("eval_period", args.eval_period),
+        min_size=parse_int("min_size", args.min_size),
+        num_workers=parse_int("num_workers", args.num_workers),
+        device=args.device, seed=parse_int("seed", args.seed), model_name=args.model_name,
+        opts=tuple(shlex.split(args.opts)), output_dir=args.output_dir,
+    )
+    try:
+        result = run_training(params, num_processes=parse_int("num_processes", args.num_processes))
+    except FloatingPointError as exc:
+        logger.error("Training stopped: %s\nCheckpoints saved before this point are kept; try a lower --lr.",
+                     str(exc).splitlines()[0])
+        return 1
+    print(f"Run {result.run_id}: best val/total_loss {result.best_val_total_loss:.4f} at iteration "
+          f"{result.best_iteration}; registered models:/{result.model_name}/{result.model_version} "
+          f"(@{result.model_alias})")
+    return 0
+
+
+def _add_sample_data(sub) -> None:
+    from seizure_mlflow.data.sample import DEFAULT_SAMPLE_DIR, SampleSpec
+
+    d = SampleSpec()
+    p = sub.add_parser("sample-data", help="write the synthetic sample dataset (COCO files + frames, split by video)",
+                       description="Write a deterministic synthetic seizure-monitoring dataset: frames of "
+                                   "videos of a patient on a bed, COCO polygons, train/val/test split by video.")
+    p.add_argument("--output", default=DEFAULT_SAMPLE_DIR, help=f"folder to write (default {DEFAULT_SAMPLE_DIR})")
+    p.add_argument("--num-videos", type=int, default=d.num_videos)
+    p.add_argument("--frames-per-video", type=int, default=d.frames_per_video)
+    p.add_argument("--width", type=int, default=d.width)
+    p.add_argument("--height", type=int, default=d.height)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--force", action="store_true", help="rewrite even if the folder holds the same dataset")
+    p.set_defaults(func=cmd_sample_data)
+
+
+def cmd_sample_data(args) -> int:
+    from seizure_mlflow.data.sample import SampleSpec, write_sample_dataset
+
+    spec = SampleSpec(num_videos=args.num_videos, frames_per_video=args.frames_per_video,
+                      width=args.width, height=args.height, seed=args.seed)
+    root = write_sample_dataset(args.output, spec, force=args.force)
+    print(f"Sample data in {root}: train.json, val.json, test.json, images/")
+    return 0
+
+
+def _add_predict(sub) -> None:
+    p = sub.add_parser("predict", help="run a model URI on an image or a folder of images; write COCO-style results",
+                       description="Load an MLflow model (models:/NAME@ALIAS, models:/NAME/VERSION, runs:/ID/model) "
+                                   "and write its detections as COCO results JSON.")
+    p.add_argument("--model-uri", required=True)
+    p.add_argument("--input", required=True, help="an image file or a folder of PNG/JPEG images")
+    p.add_argument("--output", required=True, help="results JSON to write")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.set_defaults(func=cmd_predict)
+
+
+def list_images(path: str) -> list[Path]:
+    p = Path(path)
+    if p.is_file():
+        if p.suffix.lower() not in IMAGE_SUFFIXES:
+            raise UserError(f"{p}: not a PNG or JPEG image")
+        return [p]
+    if p.is_dir():
+        images = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+        if not images:
+            raise UserError(f"{p}: no .png/.jpg/.jpeg images in this folder")
+        return images
+    raise UserError(f"{p}: no such file or folder")
+
+
+def cmd_predict(args) -> int:
+    import mlflow.pyfunc
+    import pandas as pd
+    from tqdm import tqdm
+
+    images = list_images(args.input)
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+    try:
+        model = mlflow.pyfunc.load_model(args.model_uri)
+    except Exception as exc:  # MLflow raises several types for a bad URI
+        raise UserError(f"cannot load model {args.model_uri!r}: {str(exc).splitlines()[0]}") from None
+    root = Path(args.input) if Path(args.input).is_dir() else Path(args.input).parent
+    results = []
+    for start in tqdm(range(0, len(images), args.batch_size), desc="predict", unit="batch"):
+        batch = images[start:start + args.batch_size]
+        frame = pd.DataFrame({"image": [f.read_bytes() for f in batch]})
+        for k, (path, detections) in enumerate(zip(batch, model.predict(frame))):
+            for det in detections:
+                results.append({"image_id": start + k + 1, "file_name": str(path.relative_to(root)), **det})
+    write_json_atomically(args.output, results)
+    print(f"{len(results)} detections in {len(images)} images -> {args.output}")
+    return 0
+
+
+def write_json_atomically(path: str, data) -> None:
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="seizure-mlflow", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
+    _add_train(sub)
+    _add_sample_data(sub)
+    _add_predict(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(levelname)s %(message)s",
+                        datefmt="%H:%M:%S")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,222 @@
+"""The one COCO validator: training, preparation and evaluation all check their files here.
+
+``check_coco(json_path, image_root)`` reads a COCO instances file and raises :class:`DatasetError` listing
+every problem found (up to a limit), each naming the file and the record, before any work starts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from seizure_mlflow.errors import DatasetError
+
+logger = logging.getLogger(__name__)
+
+MAX_REPORTED = 12
+
+
+@dataclass(frozen=True)
+class CocoSummary:
+    """What a checked COCO file holds."""
+
+    json_path: str
+    image_root: str
+    categories: tuple[tuple[int, str], ...]  # (id, name), sorted by id
+    num_images: int
+    num_annotations: int
+    unannotated_images: int
+
+    @property
+    def category_names(self) -> list[str]:
+        return [name for _, name in self.categories]
+
+
+class _Problems:
+    def __init__(self, json_path: str) -> None:
+        self.json_path = json_path
+        self.items: list[str] = []
+
+    def add(self, message: str) -> None:
+        self.items.append(message)
+
+    def raise_if_any(self, how_to_fix: str = "") -> None:
+        if not self.items:
+            return
+        shown = self.items[:MAX_REPORTED]
+        more = len(self.items) - len(shown)
+        lines = [f"{self.json_path}: {len(self.items)} problem(s) in this COCO file:"]
+        lines += [f"  - {item}" for item in shown]
+        if more:
+            lines.append(f"  ... and {more} more")
+        if how_to_fix:
+            lines.append(how_to_fix)
+        raise DatasetError("\n".join(lines))
+
+
+def load_coco_json(json_path: str | os.PathLike) -> dict[str, Any]:
+    """Read and parse a COCO file, with errors that name the file (and the line of a JSON syntax error)."""
+    path = Path(json_path)
+    if not path.exists():
+        raise DatasetError(f"{path}: COCO file not found; check the path")
+    if not path.is_file():
+        raise DatasetError(f"{path}: is not a file; give the path of a COCO .json file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise DatasetError(f"{path}: not a UTF-8 text file; is this really a COCO .json file?") from None
+    if not text.strip():
+        raise DatasetError(f"{path}: file is empty; export the annotations again")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    if not isinstance(data, dict):
+        raise DatasetError(f"{path}: top level must be a JSON object with images, annotations and categories")
+    return data
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_segmentation(seg: Any, where: str, problems: _Problems) -> None:
+    """A polygon list (each ``[x1, y1, x2, y2, ...]`` with >= 3 points and non-zero area) or an RLE dict."""
+    if isinstance(seg, dict):
+        if not (isinstance(seg.get("size"), list) and len(seg["size"]) == 2 and "counts" in seg):
+            problems.add(f"{where}: RLE segmentation needs 'size' [h, w] and 'counts'")
+        return
+    if not isinstance(seg, list) or not seg:
+        problems.add(f"{where}: segmentation must be a non-empty list of polygons or an RLE object")
+        return
+    for k, poly in enumerate(seg):
+        if not isinstance(poly, list) or not all(_is_number(v) for v in poly):
+            problems.add(f"{where}: polygon {k} must be a flat list of numbers [x1, y1, x2, y2, ...]")
+        elif len(poly) % 2 or len(poly) < 6:
+            problems.add(f"{where}: polygon {k} has {len(poly)} coordinates; it needs an even number, >= 6 (3 points)")
+        elif _polygon_area(poly) <= 0.0:
+            problems.add(f"{where}: polygon {k} has zero area (all points on a line or identical)")
+
+
+def _polygon_area(poly: list[float]) -> float:
+    xs, ys = poly[0::2], poly[1::2]
+    n = len(xs)
+    return abs(sum(xs[i] * ys[(i + 1) % n] - xs[(i + 1) % n] * ys[i] for i in range(n))) / 2.0
+
+
+def check_coco(json_path: str | os.PathLike, image_root: str | os.PathLike, *, check_files: bool = True) -> CocoSummary:
+    """Check a COCO instances file and its images; raise :class:`DatasetError` naming each bad record."""
+    json_path, image_root = str(json_path), str(image_root)
+    data = load_coco_json(json_path)
+    problems = _Problems(json_path)
+    if check_files and not Path(image_root).is_dir():
+        raise DatasetError(f"{json_path}: image folder {image_root} does not exist; give the folder the file_name entries are relative to")
+
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            problems.add(f"missing or non-list '{key}' (a COCO instances file needs images, annotations and categories)")
+    problems.raise_if_any()
+    images, annotations, categories = data["images"], data["annotations"], data["categories"]
+    if not images:
+        problems.add("'images' is empty")
+    if not categories:
+        problems.add("'categories' is empty")
+
+    category_ids: dict[int, str] = {}
+    for i, cat in enumerate(categories):
+        where = f"categories[{i}]"
+        if not isinstance(cat, dict) or not _is_int(cat.get("id")) or not isinstance(cat.get("name"), str) or not cat["name"].strip():
+            problems.add(f"{where}: needs an integer 'id' and a non-empty 'name'")
+            continue
+        if cat["id"] in category_ids:
+            problems.add(f"{where}: duplicate category id {cat['id']}")
+        elif cat["name"] in category_ids.values():
+            problems.add(f"{where}: duplicate category name {cat['name']!r}")
+        category_ids[cat["id"]] = cat["name"]
+
+    image_sizes: dict[int, tuple[int, int]] = {}
+    missing_files = 0
+    for i, img in enumerate(images):
+        if not isinstance(img, dict) or not _is_int(img.get("id")):
+            problems.add(f"images[{i}]: needs an integer 'id'")
+            continue
+        where = f"images[{i}] (id {img['id']})"
+        if img["id"] in image_sizes:
+            problems.add(f"{where}: duplicate image id")
+            continue
+        if not isinstance(img.get("file_name"), str) or not img["file_name"]:
+            problems.add(f"{where}: needs a 'file_name'")
+            continue
+        if not (_is_int(img.get("width")) and _is_int(img.get("height")) and img["width"] > 0 and img["height"] > 0):
+            problems.add(f"{where}: needs positive integer 'width' and 'height'")
+            continue
+        image_sizes[img["id"]] = (img["width"], img["height"])
+        if check_files and not os.path.isfile(os.path.join(image_root, img["file_name"])):
+            missing_files += 1
+            if missing_files <= 3:
+                problems.add(f"{where}: image file {img['file_name']!r} not found under {image_root}")
+    if missing_files > 3:
+        problems.add(f"{missing_files} image files in all are missing under {image_root}; is it the right folder?")
+
+    annotation_ids: set[int] = set()
+    annotated_images: set[int] = set()
+    for i, ann in enumerate(annotations):
+        if not isinstance(ann, dict) or not _is_int(ann.get("id")):
+            problems.add(f"annotations[{i}]: needs an integer 'id'")
+            continue
+        where = f"annotations[{i}] (id {ann['id']})"
+        if ann["id"] in annotation_ids:
+            problems.add(f"{where}: duplicate annotation id")
+        annotation_ids.add(ann["id"])
+        if ann.get("image_id") not in image_sizes:
+            problems.add(f"{where}: image_id {ann.get('image_id')!r} is not an image in this file")
+            continue
+        annotated_images.add(ann["image_id"])
+        if ann.get("category_id") not in category_ids:
+            problems.add(f"{where}: category_id {ann.get('category_id')!r} is not a category in this file "
+                         f"(categories: {sorted(category_ids)})")
+        width, height = image_sizes[ann["image_id"]]
+        bbox = ann.get("bbox")
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
+            problems.add(f"{where}: bbox must be [x, y, width, height] numbers, got {bbox!r}")
+        elif bbox[2] <= 0 or bbox[3] <= 0:
+            problems.add(f"{where}: degenerate bbox {bbox} (width and height must be > 0)")
+        elif bbox[0] < -1 or bbox[1] < -1 or bbox[0] + bbox[2] > width + 1 or bbox[1] + bbox[3] > height + 1:
+            problems.add(f"{where}: bbox {bbox} lies outside its {width}x{height} image")
+        if "segmentation" in ann:
+            check_segmentation(ann["segmentation"], where, problems)
+    if images and not annotations:
+        problems.add("'annotations' is empty: there is nothing to learn from")
+
+    problems.raise_if_any()
+    unannotated = len(image_sizes) - len(annotated_images)
+    if unannotated:
+        logger.warning("%s: %d of %d images have no annotations (kept as negative examples)",
+                       json_path, unannotated, len(image_sizes))
+    return CocoSummary(
+        json_path=json_path,
+        image_root=image_root,
+        categories=tuple(sorted(category_ids.items())),
+        num_images=len(image_sizes),
+        num_annotations=len(annotations),
+        unannotated_images=unannotated,
+    )
+
+
+def check_same_categories(reference: CocoSummary, other: CocoSummary) -> None:
+    """Two splits must define the same categories (same ids and names), or the class heads disagree."""
+    if reference.categories != other.categories:
+        raise DatasetError(
+            f"{other.json_path}: categories {list(other.categories)} differ from those of "
+            f"{reference.json_path} {list(reference.categories)}; every split must use the same (id, name) "
+            "categories (re-export them with one label set, or use `seizure-mlflow prepare` to unify them)"
+        )

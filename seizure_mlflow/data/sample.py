@@ -1,0 +1,288 @@
+"""A deterministic synthetic seizure-monitoring dataset, for demos and tests.
+
+Each "video" is a fixed camera looking down at a bed in a room of its own (wall and floor colours,
+lighting level and gradient, sensor noise). A patient lies on the bed and moves: a slow drift of the body
+and, in most videos, rhythmic convulsion-like jerking of the limbs. Some videos add a blanket over the
+legs, and a caregiver who walks in and occludes part of the patient. Annotations are the *visible* pixels
+of each person, as COCO polygons, for the categories ``patient`` and ``caregiver``. Frames are split
+60/20/20 **by video** into ``train.json``, ``val.json`` and ``test.json``.
+
+The same seed always produces the same bytes, so runs on the sample data are comparable.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from seizure_mlflow.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+CATEGORIES = [{"id": 1, "name": "patient", "supercategory": "person"},
+              {"id": 2, "name": "caregiver", "supercategory": "person"}]
+SPLITS = ("train", "val", "test")
+DEFAULT_SAMPLE_DIR = "data/sample"
+MANIFEST = "sample.json"
+
+
+@dataclass(frozen=True)
+class SampleSpec:
+    """What to generate; the manifest records it so that an existing dataset is reused only if it matches."""
+
+    num_videos: int = 15
+    frames_per_video: int = 8
+    width: int = 192
+    height: int = 144
+    seed: int = 0
+    ratios: tuple[float, float, float] = (0.6, 0.2, 0.2)
+
+    def __post_init__(self) -> None:
+        if self.num_videos < 3:
+            raise UserError(f"num_videos must be >= 3 so that train, val and test each get a video; got {self.num_videos}")
+        if self.frames_per_video < 1:
+            raise UserError(f"frames_per_video must be >= 1; got {self.frames_per_video}")
+        if not (32 <= self.width <= 1024 and 32 <= self.height <= 1024):
+            raise UserError(f"frame size must be between 32 and 1024 px; got {self.width}x{self.height}")
+
+
+def split_counts(n: int, ratios: tuple[float, float, float]) -> tuple[int, int, int]:
+    """Whole-video counts as close to ``ratios`` as possible, each split >= 1 (needs n >= 3)."""
+    total = sum(ratios)
+    raw = [n * r / total for r in ratios]
+    counts = [max(1, int(math.floor(x))) for x in raw]
+    while sum(counts) < n:
+        # give the next video to the split furthest below its share
+        i = max(range(3), key=lambda k: raw[k] - counts[k])
+        counts[i] += 1
+    while sum(counts) > n:
+        i = max((k for k in range(3) if counts[k] > 1), key=lambda k: counts[k] - raw[k])
+        counts[i] -= 1
+    return counts[0], counts[1], counts[2]
+
+
+# ---------------------------------------------------------------------------------------------- scene
+
+
+@dataclass
+class _Video:
+    wall: np.ndarray
+    floor: np.ndarray
+    sheet: np.ndarray
+    gown: np.ndarray
+    skin: np.ndarray
+    light: float
+    gradient: float
+    noise: float
+    bed: tuple[int, int, int, int]  # x0, y0, x1, y1
+    head_left: bool
+    seizure_freq: float  # rhythmic jerks per frame; 0 = calm
+    seizure_amp: float
+    drift: np.ndarray
+    blanket: bool
+    caregiver_frames: frozenset[int]
+    caregiver_side: int  # -1 from the left, +1 from the right
+    caregiver_colour: np.ndarray
+
+
+def _make_video(rng: np.random.Generator, w: int, h: int, frames: int, index: int) -> _Video:
+    bed_w, bed_h = int(w * rng.uniform(0.55, 0.7)), int(h * rng.uniform(0.38, 0.48))
+    x0 = int((w - bed_w) / 2 + rng.uniform(-0.08, 0.08) * w)
+    y0 = int((h - bed_h) / 2 + rng.uniform(-0.08, 0.08) * h)
+    has_caregiver = index % 3 != 1
+    start = int(rng.integers(0, max(1, frames // 2)))
+    return _Video(
+        wall=rng.uniform(60, 200, 3), floor=rng.uniform(40, 160, 3), sheet=rng.uniform(190, 250, 3),
+        gown=rng.uniform(40, 200, 3), skin=np.array([rng.uniform(90, 220), rng.uniform(70, 180), rng.uniform(60, 160)]),
+        light=float(rng.uniform(0.55, 1.25)), gradient=float(rng.uniform(-0.35, 0.35)), noise=float(rng.uniform(2, 9)),
+        bed=(x0, y0, x0 + bed_w, y0 + bed_h), head_left=bool(rng.integers(0, 2)),
+        seizure_freq=0.0 if index % 4 == 0 else float(rng.uniform(0.25, 0.45)),
+        seizure_amp=float(rng.uniform(0.5, 1.0)), drift=rng.normal(0, 0.6, 2),
+        blanket=index % 2 == 0,
+        caregiver_frames=frozenset(range(start, min(frames, start + max(1, frames // 2)))) if has_caregiver else frozenset(),
+        caregiver_side=int(rng.choice([-1, 1])), caregiver_colour=rng.uniform(30, 230, 3),
+    )
+
+
+def _limb(canvas: np.ndarray, a: tuple[float, float], b: tuple[float, float], thickness: int, value) -> None:
+    cv2.line(canvas, (int(a[0]), int(a[1])), (int(b[0]), int(b[1])), value, thickness, lineType=cv2.LINE_8)
+
+
+def _draw_patient(video: _Video, t: int, w: int, h: int) -> tuple[np.ndarray, np.ndarray]:
+    """(mask, colour layer) of the whole patient at frame t, before occlusion."""
+    x0, y0, x1, y1 = video.bed
+    cx = (x0 + x1) / 2 + video.drift[0] * t
+    cy = (y0 + y1) / 2 + video.drift[1] * t
+    length, width = (x1 - x0) * 0.8, (y1 - y0) * 0.45
+    d = 1.0 if video.head_left else -1.0  # +1: head towards x0
+    jerk = video.seizure_amp * math.sin(2 * math.pi * video.seizure_freq * t) if video.seizure_freq else 0.0
+    torso_c = (cx - d * length * 0.1, cy)
+    head_c = (cx - d * length * 0.42, cy + jerk * width * 0.08)
+    hip = (cx + d * length * 0.12, cy)
+    limb_w = max(2, int(width * 0.22))
+    mask = np.zeros((h, w), np.uint8)
+    cv2.ellipse(mask, (int(torso_c[0]), int(torso_c[1])), (int(length * 0.22), int(width * 0.5)), 0, 0, 360, 1, -1)
+    cv2.circle(mask, (int(head_c[0]), int(head_c[1])), max(3, int(width * 0.38)), 1, -1)
+    for side in (-1, 1):
+        shoulder = (cx - d * length * 0.25, cy + side * width * 0.4)
+        elbow_swing = jerk * width * 0.7 * side
+        hand = (cx - d * length * 0.05 + jerk * length * 0.05, cy + side * (width * 0.95 + elbow_swing))
+        _limb(mask, shoulder, hand, limb_w, 1)
+        foot = (cx + d * length * 0.5 + abs(jerk) * d * length * 0.04, cy + side * width * (0.35 + 0.25 * jerk * side))
+        _limb(mask, (hip[0], hip[1] + side * width * 0.2), foot, limb_w + 1, 1)
+    skin = np.zeros((h, w), np.uint8)
+    cv2.circle(skin, (int(head_c[0]), int(head_c[1])), max(3, int(width * 0.38)), 1, -1)
+    return mask.astype(bool), skin.astype(bool)
+
+
+def _draw_caregiver(video: _Video, t: int, w: int, h: int) -> np.ndarray:
+    x0, y0, x1, y1 = video.bed
+    frames_in = sorted(video.caregiver_frames)
+    progress = (t - frames_in[0] + 1) / (len(frames_in) + 1)
+    edge = x0 if video.caregiver_side < 0 else x1
+    cx = edge + video.caregiver_side * (1 - progress) * w * 0.25 - video.caregiver_side * w * 0.05
+    cy = (y0 + y1) / 2 + (y1 - y0) * 0.3
+    mask = np.zeros((h, w), np.uint8)
+    cv2.ellipse(mask, (int(cx), int(cy)), (max(4, int(w * 0.07)), max(6, int(h * 0.2))), 15, 0, 360, 1, -1)
+    cv2.circle(mask, (int(cx), int(cy - h * 0.2)), max(3, int(h * 0.06)), 1, -1)
+    _limb(mask, (cx, cy - h * 0.05), (cx - video.caregiver_side * w * 0.12, cy + h * 0.02), max(2, int(w * 0.025)), 1)
+    return mask.astype(bool)
+
+
+def render_frame(video: _Video, t: int, w: int, h: int, rng: np.random.Generator) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    """An RGB frame and the visible mask of each category present."""
+    img = np.empty((h, w, 3), np.float32)
+    horizon = int(h * 0.3)
+    img[:horizon] = video.wall
+    img[horizon:] = video.floor
+    x0, y0, x1, y1 = video.bed
+    img[y0:y1, x0:x1] = video.sheet
+    pillow_x = (x0 + 3, x0 + (x1 - x0) // 6) if video.head_left else (x1 - (x1 - x0) // 6, x1 - 3)
+    img[y0 + 4:y1 - 4, pillow_x[0]:pillow_x[1]] = video.sheet * 0.92
+
+    patient, skin = _draw_patient(video, t, w, h)
+    img[patient] = video.gown
+    img[skin] = video.skin
+    visible_patient = patient.copy()
+    if video.blanket:
+        blanket = np.zeros((h, w), bool)
+        bx = (x0 + (x1 - x0) * 0.55, x1) if video.head_left else (x0, x0 + (x1 - x0) * 0.45)
+        blanket[y0:y1, int(bx[0]):int(bx[1])] = True
+        img[blanket] = video.sheet[::-1] * 0.8
+        visible_patient &= ~blanket
+    masks = {1: visible_patient}
+    if t in video.caregiver_frames:
+        caregiver = _draw_caregiver(video, t, w, h)
+        img[caregiver] = video.caregiver_colour
+        masks[1] = visible_patient & ~caregiver
+        masks[2] = caregiver
+
+    ramp = 1.0 + video.gradient * np.linspace(-1, 1, w, dtype=np.float32)[None, :, None]
+    img = img * video.light * ramp + rng.normal(0, video.noise, img.shape).astype(np.float32)
+    return np.clip(img, 0, 255).astype(np.uint8), masks
+
+
+def mask_to_annotation(mask: np.ndarray, category_id: int) -> dict | None:
+    """COCO polygon annotation of a binary mask (outer contours), or None if nothing is visible."""
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    polygons = [c.reshape(-1).astype(float).tolist() for c in contours if len(c) >= 3 and cv2.contourArea(c) >= 4]
+    if not polygons:
+        return None
+    ys, xs = np.nonzero(mask)
+    x, y = float(xs.min()), float(ys.min())
+    return {"category_id": category_id, "segmentation": polygons, "area": float(mask.sum()),
+            "bbox": [x, y, float(xs.max()) + 1 - x, float(ys.max()) + 1 - y], "iscrowd": 0}
+
+
+# ---------------------------------------------------------------------------------------------- output
+
+
+def generate_videos(spec: SampleSpec):
+    """Yield ``(video_name, [(frame_index, rgb, annotations), ...])`` for every video, deterministically."""
+    for v in range(spec.num_videos):
+        rng = np.random.default_rng([spec.seed, v])
+        video = _make_video(rng, spec.width, spec.height, spec.frames_per_video, v)
+        frames = []
+        for t in range(spec.frames_per_video):
+            rgb, masks = render_frame(video, t, spec.width, spec.height, rng)
+            anns = [a for cid, m in sorted(masks.items()) if (a := mask_to_annotation(m, cid)) is not None]
+            frames.append((t, rgb, anns))
+        yield f"video_{v:02d}", frames
+
+
+def assign_splits(names: list[str], ratios: tuple[float, float, float], seed: int) -> dict[str, list[str]]:
+    """Shuffle whole videos with ``seed`` and cut them by ``ratios``."""
+    order = list(names)
+    np.random.default_rng(seed).shuffle(order)
+    n_train, n_val, _ = split_counts(len(order), ratios)
+    return {"train": sorted(order[:n_train]), "val": sorted(order[n_train:n_train + n_val]),
+            "test": sorted(order[n_train + n_val:])}
+
+
+def sample_paths(root: str | os.PathLike) -> dict[str, tuple[str, str]]:
+    """``{split: (json_path, image_root)}`` of a sample dataset folder."""
+    root = Path(root)
+    return {split: (str(root / f"{split}.json"), str(root / "images")) for split in SPLITS}
+
+
+def write_sample_dataset(root: str | os.PathLike = DEFAULT_SAMPLE_DIR, spec: SampleSpec | None = None,
+                         force: bool = False) -> Path:
+    """Write the sample dataset under ``root`` (images/, train/val/test.json, split.json).
+
+    An existing dataset made from the same spec is kept as it is. Output is written to a temporary folder
+    and moved into place when complete, so an interrupted run leaves nothing half-written.
+    """
+    spec = spec or SampleSpec()
+    root = Path(root)
+    manifest = {"generator": "seizure_mlflow.data.sample", "spec": asdict(spec)}
+    manifest["spec"]["ratios"] = list(spec.ratios)
+    if not force and (root / MANIFEST).is_file():
+        if json.loads((root / MANIFEST).read_text()) == manifest and all(Path(p).exists() for p, _ in sample_paths(root).values()):
+            logger.info("Sample data already in %s", root)
+            return root
+    if root.exists() and any(root.iterdir()) and not (root / MANIFEST).is_file():
+        raise UserError(f"{root} exists and is not a sample dataset folder; choose an empty or new --output folder")
+
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".sample-", dir=root.parent))
+    try:
+        coco = {split: {"images": [], "annotations": [], "categories": CATEGORIES} for split in SPLITS}
+        all_frames = {}
+        for name, frames in generate_videos(spec):
+            all_frames[name] = frames
+        splits = assign_splits(sorted(all_frames), spec.ratios, spec.seed)
+        split_of = {name: split for split, names in splits.items() for name in names}
+        image_id = ann_id = 0
+        for name in sorted(all_frames):
+            (tmp / "images" / name).mkdir(parents=True)
+            doc = coco[split_of[name]]
+            for t, rgb, anns in all_frames[name]:
+                image_id += 1
+                file_name = f"{name}/frame_{t:06d}.png"
+                cv2.imwrite(str(tmp / "images" / file_name), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+                doc["images"].append({"id": image_id, "file_name": file_name, "width": spec.width,
+                                      "height": spec.height, "video_id": name, "frame_index": t})
+                for ann in anns:
+                    ann_id += 1
+                    doc["annotations"].append({"id": ann_id, "image_id": image_id, **ann})
+        for split in SPLITS:
+            (tmp / f"{split}.json").write_text(json.dumps(coco[split]))
+        (tmp / "split.json").write_text(json.dumps({"seed": spec.seed, "ratios": list(spec.ratios), "videos": splits}, indent=2))
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        if root.exists():
+            shutil.rmtree(root)
+        os.replace(tmp, root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    logger.info("Wrote sample data to %s: %s", root, {s: len(v) for s, v in splits.items()})
+    return root

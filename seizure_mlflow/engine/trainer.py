@@ -1,0 +1,105 @@
+"""The hooked Detectron2 trainer.
+
+``Trainer`` is Detectron2's ``DefaultTrainer`` with three seams:
+
+* ``build_ddp_model``: ``DistributedDataParallel`` with ``device_ids`` only on GPUs, so that several CPU
+  processes (gloo) can train too (``DefaultTrainer`` always passes a GPU index);
+
+* ``build_hooks``: timer, LR schedule, periodic checkpoints, validation loss, best checkpoint, writers, in
+  that order (each hook's docstring says what it needs before it);
+* ``build_writers``: console (with ETA), JSON lines in ``OUTPUT_DIR/metrics.json``, and any extra writers
+  given by the caller (the MLflow writer).
+
+A non-finite loss stops training at once with Detectron2's ``FloatingPointError`` (raised before the
+optimizer step, so checkpoints on disk hold finite weights).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import weakref
+from typing import Callable, Sequence
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, hooks
+from detectron2.engine.defaults import create_ddp_model
+from detectron2.utils import comm
+from detectron2.utils.events import CommonMetricPrinter, EventWriter, JSONWriter
+
+from seizure_mlflow.config import VAL_DATASET
+from seizure_mlflow.engine.validation import TOTAL_LOSS, VAL_PREFIX, ValidationLoss, build_validation_loader
+
+logger = logging.getLogger(__name__)
+
+BEST_CHECKPOINT = "model_best"
+WRITE_PERIOD = 20
+
+
+class Trainer(DefaultTrainer):
+    """``DefaultTrainer`` with the validation-loss hook, best-checkpoint hook and pluggable writers.
+
+    Args:
+        cfg: a frozen Detectron2 config (``TEST.EVAL_PERIOD`` sets the validation period).
+        extra_writers: called on the main process to make writers added after the built-in ones.
+        validate: ``False`` drops the validation and best-checkpoint hooks (used to show that validation
+            does not change training).
+    """
+
+    def __init__(self, cfg, extra_writers: Callable[[], Sequence[EventWriter]] | None = None,
+                 validate: bool = True) -> None:
+        # DefaultTrainer.__init__ calls build_hooks(), which reads these.
+        self._extra_writers = extra_writers
+        self._validate = validate
+        if comm.is_main_process():
+            os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+        # DefaultTrainer.__init__, with build_ddp_model as a seam; the construction order is Detectron2's.
+        TrainerBase.__init__(self)
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        model = self.build_ddp_model(cfg, model)
+        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(model, data_loader, optimizer)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
+
+    @classmethod
+    def build_ddp_model(cls, cfg, model):
+        """The model wrapped for data parallelism when there are several processes (else itself)."""
+        on_gpu = cfg.MODEL.DEVICE.startswith("cuda")
+        return create_ddp_model(model, broadcast_buffers=False,
+                                device_ids=[comm.get_local_rank()] if on_gpu else None)
+
+    @classmethod
+    def build_validation_loader(cls, cfg):
+        return build_validation_loader(cfg, VAL_DATASET)
+
+    def build_hooks(self) -> list[hooks.HookBase]:
+        cfg = self.cfg
+        ret: list[hooks.HookBase] = [hooks.IterationTimer(), hooks.LRScheduler()]
+        if comm.is_main_process():
+            ret.append(hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD))
+        if self._validate:
+            ret.append(ValidationLoss(cfg.TEST.EVAL_PERIOD, self.build_validation_loader(cfg), seed=cfg.SEED))
+            ret.append(hooks.BestCheckpointer(cfg.TEST.EVAL_PERIOD, self.checkpointer, VAL_PREFIX + TOTAL_LOSS,
+                                              mode="min", file_prefix=BEST_CHECKPOINT))
+        if comm.is_main_process():
+            ret.append(hooks.PeriodicWriter(self.build_writers(), period=WRITE_PERIOD))
+        return ret
+
+    def build_writers(self) -> list[EventWriter]:
+        writers: list[EventWriter] = [
+            CommonMetricPrinter(self.max_iter, window_size=WRITE_PERIOD),
+            JSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json"), window_size=WRITE_PERIOD),
+        ]
+        if self._extra_writers is not None:
+            writers.extend(self._extra_writers())
+        return writers
+
+    def best_checkpoint_path(self) -> str:
+        return os.path.join(self.cfg.OUTPUT_DIR, f"{BEST_CHECKPOINT}.pth")

@@ -1,0 +1,102 @@
+"""Log the best checkpoint as an MLflow pyfunc model, register it, tag it and give it an alias.
+
+Aliases: the first version of a name becomes ``champion``; every later version becomes ``challenger``
+until it is promoted (the alias moves to the newest challenger).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+import cv2
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.models import ModelSignature
+from mlflow.types import ColSpec, Schema
+
+from seizure_mlflow.registry.model import (ARTIFACT_CATEGORIES, ARTIFACT_CONFIG, ARTIFACT_WEIGHTS, IMAGE_COLUMN)
+
+logger = logging.getLogger(__name__)
+
+MODEL_ARTIFACT = "model"
+CHAMPION, CHALLENGER = "champion", "challenger"
+ENTRY_POINT = str(Path(__file__).with_name("pyfunc_entry.py"))
+SIGNATURE = ModelSignature(inputs=Schema([ColSpec("binary", IMAGE_COLUMN)]))
+_REQUIREMENTS = ("mlflow", "torch", "torchvision", "numpy", "pandas", "pycocotools", "opencv-python-headless", "PyYAML")
+
+
+def pip_requirements() -> list[str]:
+    """Pinned versions of what the model needs at load time, as installed here.
+
+    Detectron2 and this package are not on PyPI under these names: a serving environment installs them
+    with ``make setup`` (see docs/model-format.md).
+    """
+    pins = []
+    for name in _REQUIREMENTS:
+        try:
+            pins.append(f"{name}=={metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            pins.append(name)
+    return pins
+
+
+def synthetic_input_example() -> pd.DataFrame:
+    """A plain grey PNG: the model's input example must never be a patient frame."""
+    ok, png = cv2.imencode(".png", np.full((64, 64, 3), 127, np.uint8))
+    assert ok
+    return pd.DataFrame({IMAGE_COLUMN: [png.tobytes()]})
+
+
+def export_weights(checkpoint_path: str, out_path: str) -> None:
+    """The model ``state_dict`` of a Detectron2 checkpoint, without optimizer or trainer state."""
+    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+    torch.save(checkpoint["model"], out_path)
+
+
+def log_and_register(cfg, checkpoint_path: str, categories: list[dict], model_name: str,
+                     version_tags: dict[str, str]) -> ModelVersion:
+    """Log ``MODEL_ARTIFACT`` in the active run from ``checkpoint_path``, register it, tag and alias it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = os.path.join(tmp, "model_weights.pt")
+        export_weights(checkpoint_path, weights)
+        config = os.path.join(tmp, "config.yaml")
+        serving_cfg = cfg.clone()
+        serving_cfg.defrost()
+        serving_cfg.MODEL.WEIGHTS = ""
+        serving_cfg.OUTPUT_DIR = ""
+        Path(config).write_text(serving_cfg.dump())
+        cats = os.path.join(tmp, "categories.json")
+        Path(cats).write_text(json.dumps(categories))
+        info = mlflow.pyfunc.log_model(
+            name=MODEL_ARTIFACT,
+            python_model=ENTRY_POINT,
+            artifacts={ARTIFACT_CONFIG: config, ARTIFACT_WEIGHTS: weights, ARTIFACT_CATEGORIES: cats},
+            signature=SIGNATURE,
+            input_example=synthetic_input_example(),
+            pip_requirements=pip_requirements(),
+            registered_model_name=model_name,
+        )
+    client = MlflowClient()
+    version = client.get_model_version(model_name, str(info.registered_model_version))
+    for key, value in version_tags.items():
+        client.set_model_version_tag(model_name, version.version, key, value)
+    alias = assign_alias(client, model_name, version.version)
+    logger.info("Registered %s version %s as @%s", model_name, version.version, alias)
+    return client.get_model_version(model_name, version.version)
+
+
+def assign_alias(client: MlflowClient, model_name: str, version: str) -> str:
+    """``champion`` for the first version of a name, ``challenger`` otherwise; returns the alias set."""
+    aliases = client.get_registered_model(model_name).aliases
+    alias = CHALLENGER if CHAMPION in aliases else CHAMPION
+    client.set_registered_model_alias(model_name, alias, version)
+    return alias

@@ -1,0 +1,60 @@
+"""A Detectron2 ``EventWriter`` that sends training and validation scalars to an MLflow run, in batches.
+
+Use it on the main process only (Detectron2 builds writers there). At each ``write()`` every value that
+entered the event storage since the previous write is sent once, unsmoothed, in ``log_batch`` requests of
+up to 1000 metrics, with ``step = iteration + 1`` (iterations completed):
+
+* ``total_loss``, ``loss_*`` and ``lr`` become ``train/total_loss``, ``train/loss_*``, ``train/lr``;
+* ``val/*`` (put by :class:`~seizure_mlflow.engine.validation.ValidationLoss`) is sent as it is.
+"""
+
+from __future__ import annotations
+
+import time
+
+from detectron2.utils.events import EventWriter, get_event_storage
+from mlflow import MlflowClient
+from mlflow.entities import Metric
+
+from seizure_mlflow.engine.validation import VAL_PREFIX
+
+TRAIN_PREFIX = "train/"
+MAX_METRICS_PER_REQUEST = 1000
+
+
+def metric_name(storage_key: str) -> str | None:
+    """The MLflow name of an event-storage key, or None for keys that are not logged."""
+    if storage_key.startswith(VAL_PREFIX):
+        return storage_key
+    if storage_key in ("total_loss", "lr") or storage_key.startswith("loss_"):
+        return TRAIN_PREFIX + storage_key
+    return None
+
+
+class MlflowWriter(EventWriter):
+    def __init__(self, run_id: str, client: MlflowClient | None = None) -> None:
+        self._run_id = run_id
+        self._client = client or MlflowClient()
+        self._last_sent: dict[str, int] = {}
+
+    def pending_metrics(self) -> list[Metric]:
+        """Values in the current event storage that have not been sent yet, and mark them sent."""
+        storage = get_event_storage()
+        timestamp = int(time.time() * 1000)
+        metrics = []
+        for key, history in storage.histories().items():
+            name = metric_name(key)
+            if name is None:
+                continue
+            last = self._last_sent.get(key, -1)
+            for value, iteration in history.values():
+                if iteration > last:
+                    metrics.append(Metric(name, float(value), timestamp, int(iteration) + 1))
+                    last = int(iteration)
+            self._last_sent[key] = last
+        return metrics
+
+    def write(self) -> None:
+        metrics = self.pending_metrics()
+        for start in range(0, len(metrics), MAX_METRICS_PER_REQUEST):
+            self._client.log_batch(self._run_id, metrics=metrics[start:start + MAX_METRICS_PER_REQUEST])

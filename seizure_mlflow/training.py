@@ -1,0 +1,156 @@
+"""A whole training run, as one plain function: check data, build config, train, log, register.
+
+Order matters for users: every input is checked (datasets, parameters, config) *before* an MLflow run is
+started or attached, so bad input fails fast and leaves no run RUNNING. Under ``mlflow run`` the run
+already exists; ``mlflow run`` marks it FAILED when this command exits non-zero.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import torch
+from mlflow import MlflowClient
+
+from seizure_mlflow.config import TRAIN_DATASET, VAL_DATASET, TrainParams, build_config
+from seizure_mlflow.data.checks import CocoSummary, check_coco, check_same_categories
+from seizure_mlflow.data.sample import DEFAULT_SAMPLE_DIR, sample_paths, write_sample_dataset
+from seizure_mlflow.errors import UserError
+from seizure_mlflow.tracking.run import active_run, log_config, log_losses
+
+logger = logging.getLogger(__name__)
+
+BEST_VAL_METRIC = "best/val_total_loss"
+BEST_ITER_METRIC = "best/iteration"
+
+
+@dataclass(frozen=True)
+class Datasets:
+    train: CocoSummary
+    val: CocoSummary
+    is_sample: bool
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_id: str
+    output_dir: str
+    best_val_total_loss: float
+    best_iteration: int
+    model_name: str
+    model_version: str
+    model_alias: str
+
+
+def check_datasets(params: TrainParams, sample_dir: str = DEFAULT_SAMPLE_DIR) -> Datasets:
+    """Check the training and validation COCO files (writing the sample data first if none are given)."""
+    if params.train_json:
+        train = check_coco(params.train_json, params.train_images)
+        val = check_coco(params.val_json, params.val_images)
+        is_sample = False
+    else:
+        paths = sample_paths(write_sample_dataset(sample_dir))
+        train, val = check_coco(*paths["train"]), check_coco(*paths["val"])
+        is_sample = True
+    check_same_categories(train, val)
+    return Datasets(train=train, val=val, is_sample=is_sample)
+
+
+def file_digest(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def build_trainer(cfg, datasets: Datasets, extra_writers=None, validate: bool = True):
+    """Register the datasets, seed every RNG from ``cfg.SEED`` (plus the rank), and build the trainer."""
+    from detectron2.utils import comm
+    from detectron2.utils.env import seed_all_rng
+
+    from seizure_mlflow.data.catalog import register_coco
+    from seizure_mlflow.engine.trainer import Trainer
+
+    register_coco(TRAIN_DATASET, datasets.train)
+    register_coco(VAL_DATASET, datasets.val)
+    seed_all_rng(cfg.SEED + comm.get_rank())
+    return Trainer(cfg, extra_writers=extra_writers, validate=validate)
+
+
+def _train_worker(cfg, run_id: str, tracking_uri: str, datasets: Datasets) -> None:
+    """Runs in every training process (one, or one per GPU under Detectron2's ``launch``)."""
+    from detectron2.utils import comm
+    from detectron2.utils.logger import setup_logger
+
+    from seizure_mlflow.tracking.writer import MlflowWriter
+
+    mlflow.set_tracking_uri(tracking_uri)
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="detectron2", abbrev_name="d2")
+    writers = (lambda: [MlflowWriter(run_id)]) if comm.is_main_process() else None
+    trainer = build_trainer(cfg, datasets, extra_writers=writers)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+
+
+def best_checkpoint(output_dir: str) -> tuple[str, int]:
+    """Path and iteration (iterations completed) of the best checkpoint a run saved."""
+    path = os.path.join(output_dir, "model_best.pth")
+    if not os.path.isfile(path):
+        raise RuntimeError(f"no best checkpoint in {output_dir}: no finite validation loss was computed")
+    iteration = torch.load(path, map_location="cpu", weights_only=True)["iteration"]
+    return path, int(iteration) + 1
+
+
+def run_training(params: TrainParams, num_processes: int = 1, sample_dir: str = DEFAULT_SAMPLE_DIR) -> TrainResult:
+    from detectron2.engine import launch
+
+    from seizure_mlflow.registry.register import CHAMPION, log_and_register
+
+    datasets = check_datasets(params, sample_dir)
+    if num_processes < 1:
+        raise UserError(f"num_processes must be >= 1, got {num_processes}")
+    cfg = build_config(params, num_classes=len(datasets.train.categories), output_dir="")
+    categories = [{"id": cid, "name": name} for cid, name in datasets.train.categories]
+
+    tags = {
+        "seizure.config": params.config,
+        "seizure.dataset": "sample" if datasets.is_sample else "custom",
+        "seizure.train_digest": file_digest(datasets.train.json_path),
+        "seizure.val_digest": file_digest(datasets.val.json_path),
+    }
+    with active_run(run_name="train", tags=tags) as run:
+        run_id = run.info.run_id
+        cfg = cfg.clone()
+        cfg.defrost()
+        cfg.OUTPUT_DIR = os.path.abspath(params.output_dir or os.path.join("output", run_id))
+        cfg.freeze()
+        os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+        log_config(cfg)
+        logger.info("MLflow run %s; checkpoints in %s", run_id, cfg.OUTPUT_DIR)
+        worker_args = (cfg, run_id, mlflow.get_tracking_uri(), datasets)
+        try:
+            if num_processes == 1:
+                _train_worker(*worker_args)
+            else:
+                launch(_train_worker, num_processes, args=worker_args)
+        finally:
+            # Even a failed run keeps the curves it got so far.
+            has_best = os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "model_best.pth"))
+            log_losses(run_id, best_checkpoint(cfg.OUTPUT_DIR)[1] if has_best else None)
+
+        checkpoint, best_iteration = best_checkpoint(cfg.OUTPUT_DIR)
+        val_history = {m.step: m.value for m in MlflowClient().get_metric_history(run_id, "val/total_loss")}
+        best_val = val_history[best_iteration]
+        mlflow.log_metrics({BEST_VAL_METRIC: best_val, BEST_ITER_METRIC: best_iteration}, step=params.max_iter)
+        version = log_and_register(cfg, checkpoint, categories, params.model_name, {
+            "val_total_loss": f"{best_val:.6g}",
+            "best_iteration": str(best_iteration),
+            "run_id": run_id,
+            "config": params.config,
+        })
+        alias = CHAMPION if CHAMPION in version.aliases else "challenger"
+    return TrainResult(run_id=run_id, output_dir=cfg.OUTPUT_DIR, best_val_total_loss=best_val,
+                       best_iteration=best_iteration, model_name=params.model_name,
+                       model_version=str(version.version), model_alias=alias)

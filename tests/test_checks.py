@@ -1,0 +1,109 @@
+"""The COCO validator: each malformed input fails with a message naming the file, the record and the fix."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from seizure_mlflow.data.checks import check_coco, check_same_categories
+from seizure_mlflow.errors import DatasetError
+
+
+def _valid() -> dict:
+    return {
+        "images": [{"id": 1, "file_name": "a.png", "width": 20, "height": 10},
+                   {"id": 2, "file_name": "b.png", "width": 20, "height": 10}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 5, 5],
+                         "segmentation": [[1, 1, 6, 1, 6, 6, 1, 6]], "area": 25, "iscrowd": 0}],
+        "categories": [{"id": 1, "name": "patient"}],
+    }
+
+
+@pytest.fixture
+def image_root(tmp_path):
+    root = tmp_path / "images"
+    root.mkdir()
+    for name in ("a.png", "b.png"):
+        (root / name).write_bytes(b"\x89PNG")
+    return root
+
+
+def _write(tmp_path, data, name="coco.json") -> str:
+    path = tmp_path / name
+    path.write_text(data if isinstance(data, str) else json.dumps(data))
+    return str(path)
+
+
+def _edit(fn):
+    data = _valid()
+    fn(data)
+    return data
+
+
+MALFORMED = [
+    ("empty file", "", "file is empty"),
+    ("not json", "{images: [}", "not valid JSON (line 1"),
+    ("top level list", "[]", "top level must be a JSON object"),
+    ("no images key", _edit(lambda d: d.pop("images")), "missing or non-list 'images'"),
+    ("empty images", _edit(lambda d: d.update(images=[], annotations=[])), "'images' is empty"),
+    ("empty categories", _edit(lambda d: d.update(categories=[])), "'categories' is empty"),
+    ("duplicate image id", _edit(lambda d: d["images"].append(dict(d["images"][0]))), "images[2] (id 1): duplicate image id"),
+    ("image without size", _edit(lambda d: d["images"][0].pop("width")), "images[0] (id 1): needs positive integer 'width'"),
+    ("image file missing", _edit(lambda d: d["images"][1].update(file_name="gone.png")), "image file 'gone.png' not found"),
+    ("unknown image id", _edit(lambda d: d["annotations"][0].update(image_id=9)), "annotations[0] (id 1): image_id 9 is not an image"),
+    ("unknown category id", _edit(lambda d: d["annotations"][0].update(category_id=5)), "category_id 5 is not a category in this file"),
+    ("duplicate annotation id", _edit(lambda d: d["annotations"].append(dict(d["annotations"][0]))), "annotations[1] (id 1): duplicate annotation id"),
+    ("zero-width bbox", _edit(lambda d: d["annotations"][0].update(bbox=[1, 1, 0, 5])), "degenerate bbox [1, 1, 0, 5]"),
+    ("bbox outside image", _edit(lambda d: d["annotations"][0].update(bbox=[15, 1, 30, 5])), "lies outside its 20x10 image"),
+    ("bbox wrong length", _edit(lambda d: d["annotations"][0].update(bbox=[1, 1, 5])), "bbox must be [x, y, width, height]"),
+    ("polygon too short", _edit(lambda d: d["annotations"][0].update(segmentation=[[1, 1, 5, 5]])), "polygon 0 has 4 coordinates"),
+    ("polygon odd length", _edit(lambda d: d["annotations"][0].update(segmentation=[[1, 1, 5, 5, 6, 6, 7]])), "needs an even number"),
+    ("polygon zero area", _edit(lambda d: d["annotations"][0].update(segmentation=[[1, 1, 2, 2, 3, 3]])), "polygon 0 has zero area"),
+    ("bad RLE", _edit(lambda d: d["annotations"][0].update(segmentation={"counts": "abc"})), "RLE segmentation needs 'size'"),
+    ("duplicate category name", _edit(lambda d: d["categories"].append({"id": 2, "name": "patient"})), "duplicate category name 'patient'"),
+    ("no annotations", _edit(lambda d: d.update(annotations=[])), "'annotations' is empty"),
+]
+
+
+@pytest.mark.parametrize("data,expected", [(d, e) for _, d, e in MALFORMED], ids=[c for c, _, _ in MALFORMED])
+def test_malformed_coco_is_a_clear_error(tmp_path, image_root, data, expected):
+    path = _write(tmp_path, copy.deepcopy(data))
+    with pytest.raises(DatasetError) as err:
+        check_coco(path, image_root)
+    message = str(err.value)
+    assert path in message, message
+    assert expected in message, message
+
+
+def test_missing_file_and_folder(tmp_path, image_root):
+    with pytest.raises(DatasetError, match="COCO file not found"):
+        check_coco(tmp_path / "nope.json", image_root)
+    path = _write(tmp_path, _valid())
+    with pytest.raises(DatasetError, match="image folder .* does not exist"):
+        check_coco(path, tmp_path / "no-images")
+
+
+def test_every_problem_is_listed_at_once(tmp_path, image_root):
+    data = _valid()
+    data["annotations"][0].update(category_id=7, bbox=[0, 0, -1, 2])
+    with pytest.raises(DatasetError) as err:
+        check_coco(_write(tmp_path, data), image_root)
+    assert "2 problem(s)" in str(err.value)
+
+
+def test_valid_file_summary(tmp_path, image_root, caplog):
+    summary = check_coco(_write(tmp_path, _valid()), image_root)
+    assert summary.categories == ((1, "patient"),)
+    assert (summary.num_images, summary.num_annotations, summary.unannotated_images) == (2, 1, 1)
+    assert "1 of 2 images have no annotations" in caplog.text
+
+
+def test_train_and_val_categories_must_agree(tmp_path, image_root):
+    train = check_coco(_write(tmp_path, _valid(), "train.json"), image_root)
+    other = _valid()
+    other["categories"] = [{"id": 1, "name": "person"}]
+    val = check_coco(_write(tmp_path, other, "val.json"), image_root)
+    with pytest.raises(DatasetError, match="val.json: categories .* differ from those of .*train.json"):
+        check_same_categories(train, val)
