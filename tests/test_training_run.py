@@ -1,0 +1,145 @@
+"""A whole training run against a real MLflow store: metrics, params, artifacts, registry, loading, predict."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import matplotlib
+import mlflow
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+from PIL import Image
+
+from conftest import REPO, tiny_params, venv_env
+from seizure_mlflow.training import run_training
+
+LOSS_PARTS = ("loss_cls", "loss_box_reg", "loss_mask", "loss_rpn_cls", "loss_rpn_loc")
+PHOTO = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"  # a real photograph
+
+
+@pytest.fixture
+def trained(tiny_data, tmp_path, tracking):
+    result = run_training(tiny_params(tiny_data, tmp_path, max_iter=6, eval_period=2))
+    return result
+
+
+def test_run_records_params_metrics_and_artifacts(trained):
+    client = MlflowClient()
+    run = client.get_run(trained.run_id)
+    assert run.info.status == "FINISHED"
+    params = run.data.params
+    assert params["SOLVER.BASE_LR"] == "0.01" and params["SOLVER.MAX_ITER"] == "6" and params["TEST.EVAL_PERIOD"] == "2"
+    assert not any("/" in v and ("sample" in v) for k, v in params.items() if k.startswith("DATASETS")), "data paths logged"
+
+    def steps(key):
+        return [m.step for m in client.get_metric_history(trained.run_id, key)]
+
+    for part in ("total_loss",) + LOSS_PARTS:
+        assert steps(f"train/{part}") == [1, 2, 3, 4, 5, 6], part
+        assert steps(f"val/{part}") == [2, 4, 6], part
+    assert steps("train/lr") == [1, 2, 3, 4, 5, 6]
+    val = {m.step: m.value for m in client.get_metric_history(trained.run_id, "val/total_loss")}
+    assert run.data.metrics["best/val_total_loss"] == min(val.values()) == trained.best_val_total_loss
+    assert run.data.metrics["best/iteration"] == trained.best_iteration == min(val, key=val.get)
+
+    artifacts = {a.path for a in client.list_artifacts(trained.run_id)}
+    assert {"config.yaml", "losses.csv", "plots"} <= artifacts
+    logged = mlflow.search_logged_models(filter_string=f"source_run_id = '{trained.run_id}'", output_format="list")
+    assert [m.name for m in logged] == ["model"]
+    local = Path(client.download_artifacts(trained.run_id, "losses.csv"))
+    table = pd.read_csv(local)
+    assert table["iteration"].tolist() == [1, 2, 3, 4, 5, 6]
+    assert table["val/total_loss"].notna().tolist() == [False, True, False, True, False, True]
+    assert table.loc[table.iteration == 4, "val/total_loss"].item() == pytest.approx(val[4])
+    png = Path(client.download_artifacts(trained.run_id, "plots/loss_curves.png"))
+    assert Image.open(png).size[0] > 500
+    config = Path(client.download_artifacts(trained.run_id, "config.yaml")).read_text()
+    assert "BASE_LR: 0.01" in config
+
+
+def test_registered_version_tags_and_aliases(trained, tiny_data, tmp_path):
+    client = MlflowClient()
+    version = client.get_model_version_by_alias("test-detector", "champion")
+    assert str(version.version) == trained.model_version == "1"
+    assert version.tags["run_id"] == trained.run_id
+    assert version.tags["best_iteration"] == str(trained.best_iteration)
+    assert float(version.tags["val_total_loss"]) == pytest.approx(trained.best_val_total_loss, rel=1e-5)
+    assert version.tags["config"] == "cpu_demo.yaml"
+
+    second = run_training(tiny_params(tiny_data, tmp_path, max_iter=2, eval_period=2, output_dir=str(tmp_path / "o2")))
+    assert (second.model_version, second.model_alias) == ("2", "challenger")
+    assert str(client.get_model_version_by_alias("test-detector", "champion").version) == "1"
+    assert str(client.get_model_version_by_alias("test-detector", "challenger").version) == "2"
+
+
+def test_champion_loads_in_a_fresh_process_and_predicts_on_a_photo(trained, tracking, tmp_path):
+    script = textwrap.dedent(f"""
+        import json, sys
+        import mlflow.pyfunc, pandas as pd
+        from pycocotools import mask as mask_util
+        model = mlflow.pyfunc.load_model("models:/test-detector@champion")
+        data = open({str(PHOTO)!r}, "rb").read()
+        out = model.predict(pd.DataFrame({{"image": [data, data]}}))
+        sizes = [list(mask_util.decode(r["segmentation"]).shape) for r in out[0]]
+        json.dump({{"n": len(out), "first": out[0][:3], "sizes": sizes}}, sys.stdout)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          env=venv_env(MLFLOW_TRACKING_URI=tracking), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    answer = json.loads(proc.stdout.strip().splitlines()[-1])
+    height, width = Image.open(PHOTO).size[::-1]
+    assert answer["n"] == 2
+    assert all(size == [height, width] for size in answer["sizes"])
+    for r in answer["first"]:
+        assert set(r) == {"category_id", "category_name", "bbox", "score", "segmentation"}
+        assert r["category_name"] in ("patient", "caregiver") and r["segmentation"]["size"] == [height, width]
+        x, y, w, h = r["bbox"]
+        assert 0 <= x <= width and 0 <= y <= height and w >= 0 and h >= 0
+
+
+def test_predict_command_writes_coco_results(trained, tracking, tmp_path, tiny_data):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    (folder / "photo.jpg").write_bytes(PHOTO.read_bytes())
+    Image.open(PHOTO).convert("RGB").resize((80, 60)).save(folder / "small.png")
+    out = tmp_path / "results" / "results.json"
+    proc = subprocess.run([sys.executable, "-m", "seizure_mlflow", "predict", "--model-uri", "models:/test-detector@champion",
+                           "--input", str(folder), "--output", str(out)],
+                          capture_output=True, text=True, timeout=300, env=venv_env(MLFLOW_TRACKING_URI=tracking), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert {r["file_name"] for r in results} <= {"photo.jpg", "small.png"}
+    assert all({"image_id", "category_id", "bbox", "score", "segmentation"} <= set(r) for r in results)
+    small = [r for r in results if r["file_name"] == "small.png"]
+    assert all(r["segmentation"]["size"] == [60, 80] for r in small)
+
+
+def test_predict_rejects_bad_input_before_loading(tracking, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "seizure_mlflow", "predict", "--model-uri", "models:/nope@champion",
+                           "--input", str(tmp_path / "missing"), "--output", str(tmp_path / "r.json")],
+                          capture_output=True, text=True, timeout=120, env=venv_env(MLFLOW_TRACKING_URI=tracking))
+    assert proc.returncode == 2 and "no such file or folder" in proc.stderr
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_pyfunc_input_errors_are_short(trained):
+    model = mlflow.pyfunc.load_model("models:/test-detector@champion")
+    with pytest.raises(Exception) as err:
+        model.predict(pd.DataFrame({"image": [b"not an image" * 1000]}))
+    assert "not a decodable image" in str(err.value) and len(str(err.value)) < 500
+
+
+def test_non_finite_loss_stops_training_and_fails_the_run(tiny_data, tmp_path, tracking):
+    params = tiny_params(tiny_data, tmp_path, lr=1e5, max_iter=30, eval_period=10, model_name="diverges",
+                         opts=("SOLVER.CLIP_GRADIENTS.ENABLED", "False", "SOLVER.WARMUP_ITERS", "0"))
+    with pytest.raises(FloatingPointError):
+        run_training(params)
+    run = MlflowClient().search_runs([mlflow.get_experiment_by_name("Default").experiment_id])[0]
+    assert run.info.status == "FAILED"
+    assert not MlflowClient().search_registered_models("name='diverges'")
