@@ -97,6 +97,9 @@ def _add_sample_data(sub) -> None:
     p.add_argument("--height", type=int, default=d.height)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--force", action="store_true", help="rewrite even if the folder holds the same dataset")
+    p.add_argument("--format", choices=("coco", "per-video"), default="coco",
+                   help="coco: frames + train/val/test COCO files (default); per-video: NAME.mp4 + NAME.json "
+                        "per video, the input of `prepare`")
     p.set_defaults(func=cmd_sample_data)
 
 
@@ -105,8 +108,57 @@ def cmd_sample_data(args) -> int:
 
     spec = SampleSpec(num_videos=args.num_videos, frames_per_video=args.frames_per_video,
                       width=args.width, height=args.height, seed=args.seed)
+    if args.format == "per-video":
+        from seizure_mlflow.data.sample import write_sample_exports
+
+        root = write_sample_exports(args.output, spec)
+        print(f"Sample videos in per-video export form in {root}: NAME.mp4 + NAME.json for {spec.num_videos} videos")
+        return 0
     root = write_sample_dataset(args.output, spec, force=args.force)
     print(f"Sample data in {root}: train.json, val.json, test.json, images/")
+    return 0
+
+
+def _add_prepare(sub) -> None:
+    p = sub.add_parser("prepare", help="per-video COCO exports (+ frames or videos) -> train/val/test, split by video",
+                       description="Merge per-video annotation exports (NAME.json with a NAME/ frame folder or a "
+                                   "NAME.mp4|.avi|.mov|.mkv video) or one merged COCO file into train/val/test COCO "
+                                   "files, split by video (or by patient), extracting the annotated frames.")
+    p.add_argument("--input", required=True, help="folder of per-video exports, or with --merged the image root")
+    p.add_argument("--output", required=True, help="new folder for train/val/test.json, images/, split.json, report.json")
+    p.add_argument("--ratios", nargs="+", default=["0.6", "0.2", "0.2"], metavar="R",
+                   help="train val test shares (three numbers, or one string '0.6 0.2 0.2'); default 0.6 0.2 0.2")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
+    p.add_argument("--patient-map", default="", help="CSV video,patient: all videos of a patient share a split")
+    p.add_argument("--merged", default="", help="one merged COCO file instead of per-video exports")
+    p.add_argument("--video-key", default="video_id", help="with --merged: the image field naming the video")
+    p.add_argument("--video-regex", default="", help="with --merged: regex over file_name whose group is the video")
+    p.add_argument("--every", type=int, default=0, help="also extract every N-th unannotated frame (images only)")
+    p.add_argument("--force", action="store_true", help="replace a non-empty --output folder")
+    p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow even under `mlflow run`")
+    p.set_defaults(func=cmd_prepare)
+
+
+def cmd_prepare(args) -> int:
+    from seizure_mlflow.data.prepare import (discover_videos, format_report, log_to_mlflow, prepare_dataset,
+                                             split_merged)
+
+    try:
+        ratios = tuple(float(r) for r in " ".join(args.ratios).replace(",", " ").split())
+    except ValueError:
+        raise UserError(f"--ratios needs three numbers (train val test); got {' '.join(args.ratios)!r}") from None
+    if len(ratios) != 3:
+        raise UserError(f"--ratios needs three numbers (train val test); got {' '.join(args.ratios)!r}")
+    if args.merged:
+        videos = split_merged(args.merged, args.input, video_key=args.video_key, video_regex=args.video_regex or None)
+    else:
+        videos = discover_videos(args.input)
+    result = prepare_dataset(videos, args.output, ratios=ratios, seed=args.seed,
+                             patient_map=args.patient_map or None, every=args.every, force=args.force)
+    print(format_report(result.report))
+    print(f"Wrote {result.output}: train.json, val.json, test.json, images/, split.json, report.json")
+    if os.environ.get("MLFLOW_RUN_ID") and not args.no_mlflow:
+        log_to_mlflow(result)
     return 0
 
 
@@ -178,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
     _add_train(sub)
     _add_sample_data(sub)
+    _add_prepare(sub)
     _add_predict(sub)
     return parser
 

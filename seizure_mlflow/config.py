@@ -35,10 +35,10 @@ class TrainParams:
     val_images: str = ""
     config: str = DEFAULT_CONFIG
     weights: str = ""
-    lr: float = 0.01
+    lr: float = 0.02
     ims_per_batch: int = 2
-    max_iter: int = 250
-    eval_period: int = 25
+    max_iter: int = 800
+    eval_period: int = 50
     min_size: int = 128
     num_workers: int = 0
     device: str = "auto"

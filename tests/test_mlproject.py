@@ -7,11 +7,12 @@ import subprocess
 import pytest
 from mlflow import MlflowClient
 
-from conftest import REPO, TINY_OPTS, venv_env
+from conftest import REPO, TINY_OPTS, TINY_SPEC, venv_env
+from seizure_mlflow.data.sample import write_sample_exports
 
 
-def _mlflow_run(tracking, cwd, *params: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    cmd = ["mlflow", "run", str(REPO), "--env-manager", "local", "--experiment-name", "mlproject-test"]
+def _mlflow_run(tracking, cwd, *params: str, timeout: int = 600, entry_point: str = "main") -> subprocess.CompletedProcess:
+    cmd = ["mlflow", "run", str(REPO), "-e", entry_point, "--env-manager", "local", "--experiment-name", "mlproject-test"]
     for p in params:
         cmd += ["-P", p]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd,
@@ -29,12 +30,23 @@ def _runs():
     return client.search_runs([experiment.experiment_id]) if experiment else []
 
 
-def test_mlflow_run_main(tiny_data, tracking, tmp_path):
+def test_prepare_then_main_round_trip(tracking, tmp_path):
+    """Per-video exports (videos + COCO) -> `-e prepare` -> `main` trains on its output."""
+    exports = write_sample_exports(tmp_path / "exports", TINY_SPEC)
+    prepared = tmp_path / "prepared"
+    proc = _mlflow_run(tracking, tmp_path, f"input={exports}", f"output={prepared}", entry_point="prepare")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "split  videos  frames  instances" in proc.stdout
+    [prepare_run] = _runs()
+    assert prepare_run.data.metrics["train/videos"] == 3
+
+    data = [f"train_json={prepared / 'train.json'}", f"train_images={prepared / 'images'}",
+            f"val_json={prepared / 'val.json'}", f"val_images={prepared / 'images'}"]
     proc = _mlflow_run(tracking, tmp_path, "lr=0.001", "max_iter=12", "eval_period=4", "min_size=64", "device=cpu",
                        "model_name=mlproject-detector", f"opts={' '.join(TINY_OPTS)}", f"output_dir={tmp_path / 'out'}",
-                       *_data_params(tiny_data))
+                       *data)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    [run] = _runs()
+    run = next(r for r in _runs() if r.info.run_id != prepare_run.info.run_id)
     client = MlflowClient()
     assert run.info.status == "FINISHED"
     assert run.data.params["lr"] == "0.001"  # logged by `mlflow run` itself

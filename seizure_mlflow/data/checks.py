@@ -115,8 +115,14 @@ def _polygon_area(poly: list[float]) -> float:
 
 def check_coco(json_path: str | os.PathLike, image_root: str | os.PathLike, *, check_files: bool = True) -> CocoSummary:
     """Check a COCO instances file and its images; raise :class:`DatasetError` naming each bad record."""
-    json_path, image_root = str(json_path), str(image_root)
-    data = load_coco_json(json_path)
+    return check_coco_data(load_coco_json(json_path), str(json_path), str(image_root), check_files=check_files)
+
+
+def check_coco_data(data: dict[str, Any], json_path: str, image_root: str, *, check_files: bool = True) -> CocoSummary:
+    """Check parsed COCO ``data`` read from ``json_path`` (named in messages); see :func:`check_coco`.
+
+    With ``check_files=False`` the image files are not looked for (frames still to be extracted).
+    """
     problems = _Problems(json_path)
     if check_files and not Path(image_root).is_dir():
         raise DatasetError(f"{json_path}: image folder {image_root} does not exist; give the folder the file_name entries are relative to")

@@ -286,3 +286,37 @@ def write_sample_dataset(root: str | os.PathLike = DEFAULT_SAMPLE_DIR, spec: Sam
         raise
     logger.info("Wrote sample data to %s: %s", root, {s: len(v) for s, v in splits.items()})
     return root
+
+
+def write_sample_exports(root: str | os.PathLike, spec: SampleSpec | None = None, fps: int = 10) -> Path:
+    """The sample videos in per-video export form, as annotation tools deliver them: for each video
+    ``NAME.mp4`` and ``NAME.json`` (COCO, frames named ``frame_000123.png`` with a ``frame_id``).
+
+    The input of ``seizure-mlflow prepare``. Written to a temporary folder and moved into place.
+    """
+    from seizure_mlflow.data.video import write_video
+
+    spec = spec or SampleSpec()
+    root = Path(root)
+    if root.exists() and any(root.iterdir()):
+        raise UserError(f"{root} exists and is not empty; choose a new --output folder")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".exports-", dir=root.parent))
+    try:
+        for name, frames in generate_videos(spec):
+            images, annotations = [], []
+            for t, _, anns in frames:
+                images.append({"id": t + 1, "file_name": f"frame_{t:06d}.png", "frame_id": t,
+                               "width": spec.width, "height": spec.height})
+                for ann in anns:
+                    annotations.append({"id": len(annotations) + 1, "image_id": t + 1, **ann})
+            write_video(tmp / f"{name}.mp4", [rgb for _, rgb, _ in frames], fps=fps)
+            (tmp / f"{name}.json").write_text(json.dumps({"images": images, "annotations": annotations,
+                                                          "categories": CATEGORIES}))
+        if root.exists():
+            root.rmdir()
+        os.replace(tmp, root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return root

@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 BEST_CHECKPOINT = "model_best"
 WRITE_PERIOD = 20
+KEEP_PERIODIC_CHECKPOINTS = 2  # plus model_best.pth and model_final.pth
 
 
 class Trainer(DefaultTrainer):
@@ -83,7 +84,8 @@ class Trainer(DefaultTrainer):
         cfg = self.cfg
         ret: list[hooks.HookBase] = [hooks.IterationTimer(), hooks.LRScheduler()]
         if comm.is_main_process():
-            ret.append(hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD))
+            ret.append(hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD,
+                                                  max_to_keep=KEEP_PERIODIC_CHECKPOINTS))
         if self._validate:
             ret.append(ValidationLoss(cfg.TEST.EVAL_PERIOD, self.build_validation_loader(cfg), seed=cfg.SEED))
             ret.append(hooks.BestCheckpointer(cfg.TEST.EVAL_PERIOD, self.checkpointer, VAL_PREFIX + TOTAL_LOSS,

@@ -1,0 +1,93 @@
+"""Video files: decode the annotated frames once, in order (PyAV), and write synthetic videos."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Iterable
+
+import av
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from seizure_mlflow.errors import DatasetError
+
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv")
+
+
+def _open(path: str | os.PathLike):
+    try:
+        container = av.open(str(path))
+    except (av.error.FFmpegError, OSError, ValueError) as exc:
+        raise DatasetError(f"{path}: cannot read this video ({exc}); is the file complete and a video?") from None
+    if not container.streams.video:
+        container.close()
+        raise DatasetError(f"{path}: has no video stream")
+    return container
+
+
+def frame_count(path: str | os.PathLike) -> int | None:
+    """Frames the container declares, or None when it does not say (some AVI/MKV files)."""
+    with _open(path) as container:
+        return container.streams.video[0].frames or None
+
+
+def extract_frames(path: str | os.PathLike, wanted: Iterable[int], write: Callable[[int, np.ndarray], None],
+                   every: int = 0, bar: tqdm | None = None) -> int:
+    """Decode ``path`` once, in order, stopping after the last frame needed.
+
+    ``write(index, bgr)`` receives each wanted frame (and, with ``every=N``, every N-th frame too);
+    ``bar``, if given, advances by one per decoded frame.
+    Returns the number of frames decoded. A wanted index beyond the end of the video is a
+    :class:`DatasetError` naming the video and the indices.
+    """
+    wanted = set(int(i) for i in wanted)
+    if any(i < 0 for i in wanted):
+        raise DatasetError(f"{path}: negative frame index {min(wanted)}")
+    declared = frame_count(path)
+    if declared is not None and wanted and max(wanted) >= declared and not every:
+        beyond = sorted(i for i in wanted if i >= declared)
+        raise DatasetError(f"{path}: frame index(es) {beyond[:5]} out of range: the video has {declared} frames (0-{declared - 1})")
+    last = max(wanted) if wanted else -1
+    if every:
+        last = max(last, (declared or 0) - 1) if declared else None
+    decoded = 0
+    with _open(path) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        try:
+            for index, frame in enumerate(container.decode(stream)):
+                decoded = index + 1
+                if bar is not None:
+                    bar.update(1)
+                if index in wanted or (every and index % every == 0):
+                    write(index, frame.to_ndarray(format="bgr24"))
+                if last is not None and index >= last:
+                    break
+        except av.error.FFmpegError as exc:
+            raise DatasetError(f"{path}: decoding failed at frame {decoded} ({exc})") from None
+    missing = sorted(i for i in wanted if i >= decoded)
+    if missing:
+        raise DatasetError(f"{path}: frame index(es) {missing[:5]} out of range: the video has {decoded} frames (0-{decoded - 1})")
+    return decoded
+
+
+def write_video(path: str | os.PathLike, frames_rgb: Iterable[np.ndarray], fps: int = 10) -> None:
+    """Encode RGB ``uint8`` frames (even width and height) as an MPEG-4 video."""
+    frames = list(frames_rgb)
+    height, width = frames[0].shape[:2]
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"qscale": "2"}
+        for rgb in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def write_png(path: str | os.PathLike, bgr: np.ndarray) -> None:
+    if not cv2.imwrite(str(path), bgr):
+        raise OSError(f"could not write {path}")
