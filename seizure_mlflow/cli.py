@@ -20,9 +20,6 @@ from seizure_mlflow.errors import UserError
 
 logger = logging.getLogger("seizure_mlflow")
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-
-
 def _add_train(sub) -> None:
     from seizure_mlflow.config import DEFAULT_CONFIG, DEFAULT_MODEL_NAME, TrainParams
 
@@ -34,6 +31,9 @@ def _add_train(sub) -> None:
     p.add_argument("--train-images", default="", help="folder the training file_name entries are relative to")
     p.add_argument("--val-json", default="", help="validation COCO file")
     p.add_argument("--val-images", default="", help="validation image folder")
+    p.add_argument("--test-json", default="", help="test COCO file: if given, the best checkpoint's COCO AP is "
+                                                  "logged and champion/challenger promotion runs")
+    p.add_argument("--test-images", default="", help="test image folder")
     p.add_argument("--config", default=DEFAULT_CONFIG,
                    help="model-zoo name (e.g. COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml) or YAML path "
                         f"(default: the bundled {DEFAULT_CONFIG})")
@@ -61,6 +61,7 @@ def cmd_train(args) -> int:
     params = TrainParams(
         train_json=args.train_json, train_images=args.train_images,
         val_json=args.val_json, val_images=args.val_images,
+        test_json=args.test_json, test_images=args.test_images,
         config=args.config, weights=args.weights,
         lr=parse_float("lr", args.lr),
         ims_per_batch=parse_int("ims_per_batch", args.ims_per_batch),
@@ -162,53 +163,103 @@ def cmd_prepare(args) -> int:
     return 0
 
 
-def _add_predict(sub) -> None:
-    p = sub.add_parser("predict", help="run a model URI on an image or a folder of images; write COCO-style results",
-                       description="Load an MLflow model (models:/NAME@ALIAS, models:/NAME/VERSION, runs:/ID/model) "
-                                   "and write its detections as COCO results JSON.")
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="COCO AP (boxes and masks) of a model URI on a test set, logged to MLflow",
+                       description="Evaluate models:/NAME@ALIAS, models:/NAME/VERSION or runs:/ID/model on a COCO test "
+                                   "set (default: the sample test split) with Detectron2's COCOEvaluator; log metrics, "
+                                   "predictions.json, per-category AP and a precision-recall plot; tag the version.")
     p.add_argument("--model-uri", required=True)
-    p.add_argument("--input", required=True, help="an image file or a folder of PNG/JPEG images")
+    p.add_argument("--test-json", default="", help="test COCO file (default: the sample test split)")
+    p.add_argument("--test-images", default="", help="test image folder")
+    p.set_defaults(func=cmd_evaluate)
+
+
+def cmd_evaluate(args) -> int:
+    import tempfile
+
+    from seizure_mlflow.evaluation import (coco_digest, detector_from_uri, evaluate_detector, log_evaluation,
+                                           registered_version, summary_line, tag_version)
+    from seizure_mlflow.tracking.run import active_run
+    from seizure_mlflow.training import check_test_set
+
+    if bool(args.test_json) != bool(args.test_images):
+        raise UserError("--test-json and --test-images go together: give both, or neither for the sample test split")
+    test = check_test_set(args.test_json, args.test_images)
+    detector = detector_from_uri(args.model_uri)
+    version = registered_version(args.model_uri)
+    tags = {"seizure.evaluation": "true", "seizure.model_uri": args.model_uri, "seizure.test_digest": coco_digest(test.json_path)}
+    if version:
+        tags.update({"seizure.model_name": version[0], "seizure.model_version": version[1]})
+    with active_run(run_name="evaluate", tags=tags) as run, tempfile.TemporaryDirectory() as tmp:
+        result = evaluate_detector(detector, test, tmp)
+        log_evaluation(result, run.info.run_id)
+        if version:
+            from mlflow import MlflowClient
+
+            tag_version(MlflowClient(), version[0], version[1], result, run.info.run_id)
+    print(f"{args.model_uri}: {summary_line(result)} (run {run.info.run_id})")
+    return 0
+
+
+def _add_promote(sub) -> None:
+    from seizure_mlflow.registry.promote import DEFAULT_METRIC
+
+    p = sub.add_parser("promote", help="move @champion to @challenger if it is better on a test metric",
+                       description="Compare the challenger with the champion on one test set and move the champion "
+                                   "alias only if the challenger is strictly better. Without --test-json the values "
+                                   "recorded by earlier evaluations are compared (only if from the same test set).")
+    p.add_argument("--model-name", required=True)
+    p.add_argument("--metric", default=DEFAULT_METRIC)
+    p.add_argument("--test-json", default="")
+    p.add_argument("--test-images", default="")
+    p.set_defaults(func=cmd_promote)
+
+
+def cmd_promote(args) -> int:
+    from seizure_mlflow.data.checks import check_coco
+    from seizure_mlflow.registry.promote import promote
+
+    if bool(args.test_json) != bool(args.test_images):
+        raise UserError("--test-json and --test-images go together")
+    test = check_coco(args.test_json, args.test_images) if args.test_json else None
+    decision = promote(args.model_name, test, args.metric)
+    print(decision.message(args.model_name))
+    return 0
+
+
+def _add_predict(sub) -> None:
+    p = sub.add_parser("predict", help="run a model URI on images, a folder or a video; write COCO-style results",
+                       description="Load a registered detector (models:/NAME@ALIAS, models:/NAME/VERSION, "
+                                   "runs:/ID/model) and write its detections as COCO results JSON. A video is decoded "
+                                   "as a stream; its results carry frame_index and timestamp.")
+    p.add_argument("--model-uri", required=True)
+    p.add_argument("--input", required=True, help="an image, a folder of PNG/JPEG images, or a video file")
     p.add_argument("--output", required=True, help="results JSON to write")
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--overlay", default="", help="with a video input: also write this video with detections drawn")
     p.set_defaults(func=cmd_predict)
 
 
-def list_images(path: str) -> list[Path]:
-    p = Path(path)
-    if p.is_file():
-        if p.suffix.lower() not in IMAGE_SUFFIXES:
-            raise UserError(f"{p}: not a PNG or JPEG image")
-        return [p]
-    if p.is_dir():
-        images = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
-        if not images:
-            raise UserError(f"{p}: no .png/.jpg/.jpeg images in this folder")
-        return images
-    raise UserError(f"{p}: no such file or folder")
-
-
 def cmd_predict(args) -> int:
-    import mlflow.pyfunc
-    import pandas as pd
-    from tqdm import tqdm
+    from seizure_mlflow.evaluation import detector_from_uri
+    from seizure_mlflow.inference.files import is_video, list_images, predict_images, predict_video
 
-    images = list_images(args.input)
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
-    try:
-        model = mlflow.pyfunc.load_model(args.model_uri)
-    except Exception as exc:  # MLflow raises several types for a bad URI
-        raise UserError(f"cannot load model {args.model_uri!r}: {str(exc).splitlines()[0]}") from None
-    root = Path(args.input) if Path(args.input).is_dir() else Path(args.input).parent
-    results = []
-    for start in tqdm(range(0, len(images), args.batch_size), desc="predict", unit="batch"):
-        batch = images[start:start + args.batch_size]
-        frame = pd.DataFrame({"image": [f.read_bytes() for f in batch]})
-        for k, (path, detections) in enumerate(zip(batch, model.predict(frame))):
-            for det in detections:
-                results.append({"image_id": start + k + 1, "file_name": str(path.relative_to(root)), **det})
+    video = is_video(args.input)
+    if args.overlay and not video:
+        raise UserError("--overlay needs a video --input")
+    images = [] if video else list_images(args.input)
+    detector = detector_from_uri(args.model_uri)
+    if video:
+        results = predict_video(detector, Path(args.input), args.batch_size, overlay=args.overlay or None)
+        what = f"{len({r['frame_index'] for r in results})} frames with detections"
+    else:
+        root = Path(args.input) if Path(args.input).is_dir() else Path(args.input).parent
+        results = predict_images(detector, images, root, args.batch_size)
+        what = f"{len(images)} images"
     write_json_atomically(args.output, results)
-    print(f"{len(results)} detections in {len(images)} images -> {args.output}")
+    print(f"{len(results)} detections in {what} -> {args.output}")
     return 0
 
 
@@ -231,6 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_sample_data(sub)
     _add_prepare(sub)
+    _add_evaluate(sub)
+    _add_promote(sub)
     _add_predict(sub)
     return parser
 

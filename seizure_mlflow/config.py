@@ -33,6 +33,8 @@ class TrainParams:
     train_images: str = ""
     val_json: str = ""
     val_images: str = ""
+    test_json: str = ""
+    test_images: str = ""
     config: str = DEFAULT_CONFIG
     weights: str = ""
     lr: float = 0.02
@@ -60,7 +62,8 @@ class TrainParams:
         _require(bool(self.model_name.strip()), "model_name must not be empty")
         _require(len(self.opts) % 2 == 0,
                  f"opts must be KEY VALUE pairs; got an odd number of items: {' '.join(self.opts)!r}")
-        for json_key, images_key in (("train_json", "train_images"), ("val_json", "val_images")):
+        for json_key, images_key in (("train_json", "train_images"), ("val_json", "val_images"),
+                                     ("test_json", "test_images")):
             has_json, has_images = bool(getattr(self, json_key)), bool(getattr(self, images_key))
             _require(has_json == has_images,
                      f"{json_key} and {images_key} go together: give both, or neither to use the sample data")

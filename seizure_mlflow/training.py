@@ -7,18 +7,16 @@ already exists; ``mlflow run`` marks it FAILED when this command exits non-zero.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import mlflow
 import torch
 from mlflow import MlflowClient
 
 from seizure_mlflow.config import TRAIN_DATASET, VAL_DATASET, TrainParams, build_config
-from seizure_mlflow.data.checks import CocoSummary, check_coco, check_same_categories
+from seizure_mlflow.data.checks import CocoSummary, check_coco, check_same_categories, file_digest
 from seizure_mlflow.data.sample import DEFAULT_SAMPLE_DIR, sample_paths, write_sample_dataset
 from seizure_mlflow.errors import UserError
 from seizure_mlflow.tracking.run import active_run, log_config, log_losses
@@ -61,8 +59,11 @@ def check_datasets(params: TrainParams, sample_dir: str = DEFAULT_SAMPLE_DIR) ->
     return Datasets(train=train, val=val, is_sample=is_sample)
 
 
-def file_digest(path: str) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+def check_test_set(test_json: str, test_images: str, sample_dir: str = DEFAULT_SAMPLE_DIR) -> CocoSummary:
+    """The given test COCO file, or the sample data's test split (written first if missing)."""
+    if test_json:
+        return check_coco(test_json, test_images)
+    return check_coco(*sample_paths(write_sample_dataset(sample_dir))["test"])
 
 
 def build_trainer(cfg, datasets: Datasets, extra_writers=None, validate: bool = True):
@@ -109,6 +110,9 @@ def run_training(params: TrainParams, num_processes: int = 1, sample_dir: str = 
     from seizure_mlflow.registry.register import CHAMPION, log_and_register
 
     datasets = check_datasets(params, sample_dir)
+    test = check_coco(params.test_json, params.test_images) if params.test_json else None
+    if test is not None:
+        check_same_categories(datasets.train, test)
     if num_processes < 1:
         raise UserError(f"num_processes must be >= 1, got {num_processes}")
     cfg = build_config(params, num_classes=len(datasets.train.categories), output_dir="")
@@ -151,6 +155,33 @@ def run_training(params: TrainParams, num_processes: int = 1, sample_dir: str = 
             "config": params.config,
         })
         alias = CHAMPION if CHAMPION in version.aliases else "challenger"
+        if test is not None:
+            alias = _evaluate_and_promote(cfg, checkpoint, categories, test, run_id, params.model_name, str(version.version))
     return TrainResult(run_id=run_id, output_dir=cfg.OUTPUT_DIR, best_val_total_loss=best_val,
                        best_iteration=best_iteration, model_name=params.model_name,
                        model_version=str(version.version), model_alias=alias)
+
+
+def _evaluate_and_promote(cfg, checkpoint: str, categories: list[dict], test: CocoSummary, run_id: str,
+                          model_name: str, version: str) -> str:
+    """Test AP of the best checkpoint on the training run and its version; then champion/challenger promotion.
+
+    Returns the alias the new version holds afterwards.
+    """
+    import tempfile
+
+    from seizure_mlflow.evaluation import evaluate_detector, log_evaluation, summary_line, tag_version
+    from seizure_mlflow.inference.predictor import Detector
+    from seizure_mlflow.registry.promote import promote
+
+    state_dict = torch.load(checkpoint, map_location="cpu", weights_only=True)["model"]
+    detector = Detector(cfg, state_dict, categories)
+    with tempfile.TemporaryDirectory() as tmp:
+        result = evaluate_detector(detector, test, tmp)
+        log_evaluation(result, run_id)
+    tag_version(MlflowClient(), model_name, version, result, run_id)
+    logger.info("Test set: %s", summary_line(result))
+    decision = promote(model_name, test)
+    logger.info("Promotion: %s", decision.message(model_name))
+    aliases = MlflowClient().get_model_version(model_name, version).aliases
+    return "champion" if "champion" in aliases else ("challenger" if "challenger" in aliases else "")

@@ -6,6 +6,7 @@ every problem found (up to a limit), each naming the file and the record, before
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -79,6 +80,11 @@ def load_coco_json(json_path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise DatasetError(f"{path}: top level must be a JSON object with images, annotations and categories")
     return data
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """Short SHA-256 of a file's bytes: names a dataset version without naming its path."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
 def _is_number(value: Any) -> bool:

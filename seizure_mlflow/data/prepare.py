@@ -12,7 +12,6 @@ moved into place only when complete.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import logging
 import os
@@ -28,7 +27,7 @@ import numpy as np
 from pycocotools import mask as mask_util
 from tqdm import tqdm
 
-from seizure_mlflow.data.checks import check_coco_data, load_coco_json
+from seizure_mlflow.data.checks import check_coco_data, file_digest, load_coco_json
 from seizure_mlflow.data.video import VIDEO_SUFFIXES, extract_frames, frame_count, write_png
 from seizure_mlflow.errors import DatasetError, UserError
 
@@ -250,10 +249,6 @@ def _unify_categories(videos: list[Video]) -> list[dict]:
     return [{"id": i + 1, "name": name} for i, name in enumerate(names)]
 
 
-def file_digest(path: str | os.PathLike) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 @dataclass
 class PrepareResult:
     output: Path
@@ -386,6 +381,6 @@ def log_to_mlflow(result: PrepareResult) -> None:
         mlflow.log_metrics(metrics)
         mlflow.log_dict(result.report, "report.json")
         for split in SPLITS:
-            digest = file_digest(result.output / f"{split}.json")[:16]
+            digest = file_digest(result.output / f"{split}.json")
             dataset = MetaDataset(CodeDatasetSource({"producer": "seizure-mlflow prepare"}), name=f"seizure-{split}", digest=digest)
             mlflow.log_input(dataset, context=split)

