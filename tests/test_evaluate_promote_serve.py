@@ -230,11 +230,13 @@ def test_rest_serving_answers_photos_and_video_frames(registry):
         answers = json.loads(body)["predictions"]
         assert len(answers) == 3 and all(r["segmentation"]["size"] == [144, 176] for a in answers for r in a)
 
-        for bad in ({"dataframe_split": {"columns": ["img"], "data": [[photo]]}},
-                    {"dataframe_split": {"columns": ["image"], "data": [[base64.b64encode(b"not an image" * 5000).decode()]]}}):
+        not_an_image = base64.b64encode(b"not an image" * 5000).decode()
+        for bad, says in (({"dataframe_split": {"columns": ["img"], "data": [[photo]]}}, "column 'image'"),
+                          ({"dataframe_split": {"columns": ["image"], "data": [[not_an_image]]}}, "not a decodable image")):
             status, body = _post(url, bad)
             assert 400 <= status < 600
-            assert len(body) < 5000 and photo[:200] not in body, body[:500]
+            assert says in body and len(body) < 5000, body[:3000]
+            assert photo[:200] not in body and not_an_image[:200] not in body
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         try:
