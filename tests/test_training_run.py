@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import pytest
 from mlflow import MlflowClient
 from PIL import Image
 
-from conftest import REPO, tiny_params, venv_env
+from conftest import tiny_params, venv_env
 from seizure_mlflow.training import run_training
 
 LOSS_PARTS = ("loss_cls", "loss_box_reg", "loss_mask", "loss_rpn_cls", "loss_rpn_loc")

@@ -17,7 +17,6 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ from pycocotools import mask as mask_util
 from tqdm import tqdm
 
 from seizure_mlflow.data.checks import check_coco_data, file_digest, load_coco_json
+from seizure_mlflow.data.staging import staged_folder
 from seizure_mlflow.data.video import VIDEO_SUFFIXES, extract_frames, frame_count, write_png
 from seizure_mlflow.errors import DatasetError, UserError
 
@@ -281,10 +281,8 @@ def prepare_dataset(videos: list[Video], output: str | os.PathLike, ratios=(0.6,
     category_id = {c["name"]: c["id"] for c in categories}
 
     to_decode = sum(max(v.frame_of_image.values()) + 1 for v in videos if v.video_path is not None)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     bar = tqdm(total=to_decode or None, unit="frame", desc="decoding videos", disable=not progress or not to_decode)
-    try:
+    with bar, staged_folder(out) as tmp:
         coco = {s: {"images": [], "annotations": [], "categories": categories} for s in SPLITS}
         next_image, next_ann = 1, 1
         for video in sorted(videos, key=lambda v: v.name):
@@ -337,14 +335,6 @@ def prepare_dataset(videos: list[Video], output: str | os.PathLike, ratios=(0.6,
             "method": "groups shuffled with the seed; the first three seed train/val/test, each next group goes to "
                       "the split furthest below its share of videos",
         }, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    finally:
-        bar.close()
     return PrepareResult(output=out, splits=splits, report=report)
 
 

@@ -16,14 +16,13 @@ import json
 import logging
 import math
 import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from seizure_mlflow.data.staging import staged_folder
 from seizure_mlflow.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -252,9 +251,7 @@ def write_sample_dataset(root: str | os.PathLike = DEFAULT_SAMPLE_DIR, spec: Sam
     if root.exists() and any(root.iterdir()) and not (root / MANIFEST).is_file():
         raise UserError(f"{root} exists and is not a sample dataset folder; choose an empty or new --output folder")
 
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".sample-", dir=root.parent))
-    try:
+    with staged_folder(root) as tmp:
         coco = {split: {"images": [], "annotations": [], "categories": CATEGORIES} for split in SPLITS}
         all_frames = {}
         for name, frames in generate_videos(spec):
@@ -278,12 +275,6 @@ def write_sample_dataset(root: str | os.PathLike = DEFAULT_SAMPLE_DIR, spec: Sam
             (tmp / f"{split}.json").write_text(json.dumps(coco[split]))
         (tmp / "split.json").write_text(json.dumps({"seed": spec.seed, "ratios": list(spec.ratios), "videos": splits}, indent=2))
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        if root.exists():
-            shutil.rmtree(root)
-        os.replace(tmp, root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     logger.info("Wrote sample data to %s: %s", root, {s: len(v) for s, v in splits.items()})
     return root
 
@@ -300,9 +291,7 @@ def write_sample_exports(root: str | os.PathLike, spec: SampleSpec | None = None
     root = Path(root)
     if root.exists() and any(root.iterdir()):
         raise UserError(f"{root} exists and is not empty; choose a new --output folder")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".exports-", dir=root.parent))
-    try:
+    with staged_folder(root) as tmp:
         for name, frames in generate_videos(spec):
             images, annotations = [], []
             for t, _, anns in frames:
@@ -313,10 +302,4 @@ def write_sample_exports(root: str | os.PathLike, spec: SampleSpec | None = None
             write_video(tmp / f"{name}.mp4", [rgb for _, rgb, _ in frames], fps=fps)
             (tmp / f"{name}.json").write_text(json.dumps({"images": images, "annotations": annotations,
                                                           "categories": CATEGORIES}))
-        if root.exists():
-            root.rmdir()
-        os.replace(tmp, root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return root
