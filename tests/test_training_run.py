@@ -142,3 +142,25 @@ def test_non_finite_loss_stops_training_and_fails_the_run(tiny_data, tmp_path, t
     run = MlflowClient().search_runs([mlflow.get_experiment_by_name("Default").experiment_id])[0]
     assert run.info.status == "FAILED"
     assert not MlflowClient().search_registered_models("name='diverges'")
+
+
+def test_test_set_given_to_training_is_evaluated_and_promoted(tiny_data, tmp_path, tracking):
+    test_json, test_images = tiny_data["test"]
+    first = run_training(tiny_params(tiny_data, tmp_path, test_json=test_json, test_images=test_images,
+                                     model_name="with-test", output_dir=str(tmp_path / "a")))
+    second = run_training(tiny_params(tiny_data, tmp_path, test_json=test_json, test_images=test_images,
+                                      model_name="with-test", output_dir=str(tmp_path / "b"), seed=2))
+    client = MlflowClient()
+    for result in (first, second):
+        run = client.get_run(result.run_id)
+        assert {"test/bbox/AP", "test/bbox/AP50", "test/bbox/AP75", "test/segm/AP", "test/segm/AP50",
+                "test/segm/AP75"} <= set(run.data.metrics)
+        assert "predictions.json" in {a.path for a in client.list_artifacts(result.run_id)}
+        tags = client.get_model_version("with-test", result.model_version).tags
+        assert float(tags["test_segm_AP"]) == pytest.approx(run.data.metrics["test/segm/AP"], abs=1e-4)
+    assert first.model_alias == "champion"
+    decision = client.get_model_version("with-test", second.model_version).tags["promotion_decision"]
+    assert decision in ("promoted", "kept-worse", "kept-tie")
+    champion = str(client.get_model_version_by_alias("with-test", "champion").version)
+    assert champion == ("2" if decision == "promoted" else "1")
+    assert second.model_alias == ("champion" if decision == "promoted" else "challenger")
