@@ -49,6 +49,9 @@ def _add_train(sub) -> None:
     p.add_argument("--model-name", default=DEFAULT_MODEL_NAME, help="registered model name")
     p.add_argument("--opts", default="", help="extra Detectron2 overrides 'KEY VALUE ...', applied last")
     p.add_argument("--output-dir", default="", help="checkpoint folder (default: output/RUN_ID)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run whose checkpoints are in --output-dir from its last checkpoint, "
+                        "in the same MLflow run")
     p.add_argument("--num-processes", default="1",
                    help="training processes on this machine (one per GPU; Detectron2's launch)")
     p.set_defaults(func=cmd_train)
@@ -73,7 +76,11 @@ def cmd_train(args) -> int:
         opts=tuple(shlex.split(args.opts)), output_dir=args.output_dir,
     )
     try:
-        result = run_training(params, num_processes=parse_int("num_processes", args.num_processes))
+        result = run_training(params, num_processes=parse_int("num_processes", args.num_processes), resume=args.resume)
+    except KeyboardInterrupt as exc:
+        logger.error("Training interrupted (%s); the MLflow run is KILLED. Continue with: seizure-mlflow train "
+                     "--resume --output-dir %s (and the same parameters)", exc or "Ctrl-C", params.output_dir or "output/RUN_ID")
+        return 130
     except FloatingPointError as exc:
         logger.error("Training stopped: %s\nCheckpoints saved before this point are kept; try a lower --lr.",
                      str(exc).splitlines()[0])

@@ -7,6 +7,7 @@ already exists; ``mlflow run`` marks it FAILED when this command exits non-zero.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from seizure_mlflow.tracking.run import active_run, log_config, log_losses
 
 logger = logging.getLogger(__name__)
 
+RUN_FILE = "mlflow_run.json"  # in OUTPUT_DIR: which MLflow run these checkpoints belong to
 BEST_VAL_METRIC = "best/val_total_loss"
 BEST_ITER_METRIC = "best/iteration"
 
@@ -80,7 +82,7 @@ def build_trainer(cfg, datasets: Datasets, extra_writers=None, validate: bool = 
     return Trainer(cfg, extra_writers=extra_writers, validate=validate)
 
 
-def _train_worker(cfg, run_id: str, tracking_uri: str, datasets: Datasets) -> None:
+def _train_worker(cfg, run_id: str, tracking_uri: str, datasets: Datasets, resume: bool = False) -> None:
     """Runs in every training process (one, or one per GPU under Detectron2's ``launch``)."""
     from detectron2.utils import comm
     from detectron2.utils.logger import setup_logger
@@ -89,9 +91,9 @@ def _train_worker(cfg, run_id: str, tracking_uri: str, datasets: Datasets) -> No
 
     mlflow.set_tracking_uri(tracking_uri)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="detectron2", abbrev_name="d2")
-    writers = (lambda: [MlflowWriter(run_id)]) if comm.is_main_process() else None
+    writers = (lambda: [MlflowWriter(run_id, skip_logged=resume)]) if comm.is_main_process() else None
     trainer = build_trainer(cfg, datasets, extra_writers=writers)
-    trainer.resume_or_load(resume=False)
+    trainer.resume_or_load(resume=resume)
     trainer.train()
 
 
@@ -104,7 +106,23 @@ def best_checkpoint(output_dir: str) -> tuple[str, int]:
     return path, int(iteration) + 1
 
 
-def run_training(params: TrainParams, num_processes: int = 1, sample_dir: str = DEFAULT_SAMPLE_DIR) -> TrainResult:
+def run_to_resume(output_dir: str) -> str:
+    """The MLflow run id that the checkpoints in ``output_dir`` belong to; a clear error if none can be resumed."""
+    if not output_dir:
+        raise UserError("--resume needs the --output-dir of the run to continue")
+    if not os.path.isfile(os.path.join(output_dir, "last_checkpoint")):
+        raise UserError(f"--resume: no checkpoint in {output_dir} (no last_checkpoint file); nothing to continue")
+    try:
+        with open(os.path.join(output_dir, RUN_FILE)) as fh:
+            return json.load(fh)["run_id"]
+    except (OSError, ValueError, KeyError):
+        raise UserError(f"--resume: {output_dir}/{RUN_FILE} is missing or unreadable; which MLflow run is this?") from None
+
+
+def run_training(params: TrainParams, num_processes: int = 1, sample_dir: str = DEFAULT_SAMPLE_DIR,
+                 resume: bool = False) -> TrainResult:
+    """Train, log and register. With ``resume``, continue the run whose checkpoints are in ``output_dir``
+    from its last checkpoint, in the same MLflow run."""
     from detectron2.engine import launch
 
     from seizure_mlflow.registry.register import CHAMPION, log_and_register
@@ -115,6 +133,9 @@ def run_training(params: TrainParams, num_processes: int = 1, sample_dir: str = 
         check_same_categories(datasets.train, test)
     if num_processes < 1:
         raise UserError(f"num_processes must be >= 1, got {num_processes}")
+    resume_run_id = (os.environ.get("MLFLOW_RUN_ID") or run_to_resume(params.output_dir)) if resume else None
+    if resume and os.environ.get("MLFLOW_RUN_ID"):
+        run_to_resume(params.output_dir)  # checkpoints must be there all the same
     cfg = build_config(params, num_classes=len(datasets.train.categories), output_dir="")
     categories = [{"id": cid, "name": name} for cid, name in datasets.train.categories]
 
@@ -124,16 +145,18 @@ def run_training(params: TrainParams, num_processes: int = 1, sample_dir: str = 
         "seizure.train_digest": file_digest(datasets.train.json_path),
         "seizure.val_digest": file_digest(datasets.val.json_path),
     }
-    with active_run(run_name="train", tags=tags) as run:
+    with active_run(run_name="train", tags=tags, run_id=resume_run_id) as run:
         run_id = run.info.run_id
         cfg = cfg.clone()
         cfg.defrost()
         cfg.OUTPUT_DIR = os.path.abspath(params.output_dir or os.path.join("output", run_id))
         cfg.freeze()
         os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+        with open(os.path.join(cfg.OUTPUT_DIR, RUN_FILE), "w") as fh:
+            json.dump({"run_id": run_id}, fh)
         log_config(cfg)
         logger.info("MLflow run %s; checkpoints in %s", run_id, cfg.OUTPUT_DIR)
-        worker_args = (cfg, run_id, mlflow.get_tracking_uri(), datasets)
+        worker_args = (cfg, run_id, mlflow.get_tracking_uri(), datasets, resume)
         try:
             if num_processes == 1:
                 _train_worker(*worker_args)

@@ -12,6 +12,8 @@ from detectron2.engine import hooks, launch
 
 from conftest import TINY_OPTS, tiny_params
 from seizure_mlflow.config import build_config
+from seizure_mlflow.engine.resume import ResumableBestCheckpointer
+from seizure_mlflow.engine.trainer import CheckpointAlignedWriter
 from seizure_mlflow.engine.validation import ValidationLoss, compute_validation_loss
 from seizure_mlflow.tracking.writer import metric_name
 from seizure_mlflow.training import build_trainer, check_datasets
@@ -97,8 +99,8 @@ def test_training_is_identical_with_and_without_the_hook(tiny_data, tmp_path):
 def test_hook_order(tiny_data, tmp_path):
     cfg, datasets = _cfg(tiny_data, tmp_path)
     kinds = [type(h) for h in build_trainer(cfg, datasets)._hooks]
-    assert kinds.index(hooks.PeriodicCheckpointer) < kinds.index(ValidationLoss) < kinds.index(hooks.BestCheckpointer) \
-        < kinds.index(hooks.PeriodicWriter)
+    assert kinds.index(ValidationLoss) < kinds.index(ResumableBestCheckpointer) < kinds.index(CheckpointAlignedWriter) \
+        < kinds.index(hooks.PeriodicCheckpointer)
     assert metric_name("val/loss_cls") == "val/loss_cls" and metric_name("loss_mask") == "train/loss_mask"
     assert metric_name("fast_rcnn/cls_accuracy") is None
 

@@ -5,8 +5,9 @@
 * ``build_ddp_model``: ``DistributedDataParallel`` with ``device_ids`` only on GPUs, so that several CPU
   processes (gloo) can train too (``DefaultTrainer`` always passes a GPU index);
 
-* ``build_hooks``: timer, LR schedule, periodic checkpoints, validation loss, best checkpoint, writers, in
-  that order (each hook's docstring says what it needs before it);
+* ``build_hooks``: timer, LR schedule, RNG state, validation loss, best checkpoint, writers, periodic
+  checkpoints, stop-on-signal, in that order (each hook's docstring says what it needs before it);
+* ``build_train_loader`` / ``resume_or_load``: a seeded sampler that a resume fast-forwards (see ``resume.py``);
 * ``build_writers``: console (with ETA), JSON lines in ``OUTPUT_DIR/metrics.json``, and any extra writers
   given by the caller (the MLflow writer).
 
@@ -22,12 +23,15 @@ import weakref
 from typing import Callable, Sequence
 
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.data import build_detection_train_loader, get_detection_dataset_dicts
+from detectron2.data.samplers import TrainingSampler
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, hooks
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.utils import comm
 from detectron2.utils.events import CommonMetricPrinter, EventWriter, JSONWriter
 
 from seizure_mlflow.config import VAL_DATASET
+from seizure_mlflow.engine.resume import RandomState, ResumableBestCheckpointer, SkipSampler, StopOnSignal
 from seizure_mlflow.engine.validation import TOTAL_LOSS, VAL_PREFIX, ValidationLoss, build_validation_loader
 
 logger = logging.getLogger(__name__)
@@ -77,21 +81,44 @@ class Trainer(DefaultTrainer):
                                 device_ids=[comm.get_local_rank()] if on_gpu else None)
 
     @classmethod
+    def build_train_loader(cls, cfg, skip_iterations: int = 0):
+        """Detectron2's training loader, with a ``TrainingSampler`` seeded from ``cfg.SEED`` whose index
+        stream starts after ``skip_iterations`` iterations' worth of images (for an exact resume)."""
+        if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
+            return super().build_train_loader(cfg)
+        dataset = get_detection_dataset_dicts(cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
+        per_process = cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size()
+        sampler = SkipSampler(TrainingSampler(len(dataset), seed=cfg.SEED), skip=skip_iterations * per_process)
+        # seed: the loader's own generator, so that creating its iterator does not draw from torch's global RNG
+        # (which would shift the random stream of a resumed run).
+        return build_detection_train_loader(cfg, dataset=dataset, sampler=sampler, seed=cfg.SEED)
+
+    def resume_or_load(self, resume: bool = True) -> None:
+        """Detectron2's resume, plus the training data stream fast-forwarded to the resumed iteration."""
+        super().resume_or_load(resume=resume)
+        if resume and self.start_iter > 0:
+            self._trainer.data_loader = self.build_train_loader(self.cfg, skip_iterations=self.start_iter)
+            self._trainer._data_loader_iter_obj = None
+
+    @classmethod
     def build_validation_loader(cls, cfg):
         return build_validation_loader(cfg, VAL_DATASET)
 
     def build_hooks(self) -> list[hooks.HookBase]:
+        """Validation, best checkpoint and a flush of the writers come *before* the periodic checkpoint, so
+        that every metric up to a checkpoint is logged before it exists: a run killed at any moment and
+        resumed from its last checkpoint then misses no step (and re-sends none, see ``MlflowWriter``)."""
         cfg = self.cfg
-        ret: list[hooks.HookBase] = [hooks.IterationTimer(), hooks.LRScheduler()]
-        if comm.is_main_process():
-            ret.append(hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD,
-                                                  max_to_keep=KEEP_PERIODIC_CHECKPOINTS))
+        ret: list[hooks.HookBase] = [hooks.IterationTimer(), hooks.LRScheduler(), RandomState()]
         if self._validate:
             ret.append(ValidationLoss(cfg.TEST.EVAL_PERIOD, self.build_validation_loader(cfg), seed=cfg.SEED))
-            ret.append(hooks.BestCheckpointer(cfg.TEST.EVAL_PERIOD, self.checkpointer, VAL_PREFIX + TOTAL_LOSS,
-                                              mode="min", file_prefix=BEST_CHECKPOINT))
+            ret.append(ResumableBestCheckpointer(cfg.TEST.EVAL_PERIOD, self.checkpointer, VAL_PREFIX + TOTAL_LOSS,
+                                                 mode="min", file_prefix=BEST_CHECKPOINT))
         if comm.is_main_process():
-            ret.append(hooks.PeriodicWriter(self.build_writers(), period=WRITE_PERIOD))
+            ret.append(CheckpointAlignedWriter(self.build_writers(), WRITE_PERIOD, cfg.SOLVER.CHECKPOINT_PERIOD))
+            ret.append(hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD,
+                                                  max_to_keep=KEEP_PERIODIC_CHECKPOINTS))
+        ret.append(StopOnSignal(self.checkpointer))
         return ret
 
     def build_writers(self) -> list[EventWriter]:
@@ -105,3 +132,18 @@ class Trainer(DefaultTrainer):
 
     def best_checkpoint_path(self) -> str:
         return os.path.join(self.cfg.OUTPUT_DIR, f"{BEST_CHECKPOINT}.pth")
+
+
+class CheckpointAlignedWriter(hooks.PeriodicWriter):
+    """``PeriodicWriter`` that also writes at every checkpoint iteration (and the last)."""
+
+    def __init__(self, writers: list[EventWriter], period: int, checkpoint_period: int) -> None:
+        super().__init__(writers, period=period)
+        self._checkpoint_period = checkpoint_period
+
+    def after_step(self) -> None:
+        next_iter = self.trainer.iter + 1
+        if self._checkpoint_period > 0 and next_iter % self._checkpoint_period == 0 and next_iter % self._period:
+            for writer in self._writers:
+                writer.write()
+        super().after_step()

@@ -121,9 +121,9 @@ class ValidationLoss(HookBase):
     """Puts ``val/total_loss`` and ``val/loss_*`` into the trainer's storage every ``eval_period``
     iterations and at the last iteration.
 
-    Ordering: register it after ``PeriodicCheckpointer`` (a failure here leaves a checkpoint) and
-    **before** ``BestCheckpointer`` (which reads ``val/total_loss``) and ``PeriodicWriter`` (so each value
-    is written at its own iteration, unsmoothed). The values are put at the iteration that just ran
+    Ordering: register it **before** ``BestCheckpointer`` (which reads ``val/total_loss``), the writers
+    (so each value is written at its own iteration, unsmoothed) and ``PeriodicCheckpointer`` (so a
+    checkpoint's state includes this iteration's validation). The values are put at the iteration that just ran
     (``trainer.iter``); writers report them as step ``trainer.iter + 1``, iterations completed.
     """
 

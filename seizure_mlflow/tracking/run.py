@@ -28,10 +28,12 @@ CONFIG_YAML = "config.yaml"
 
 
 @contextlib.contextmanager
-def active_run(run_name: str | None = None, tags: dict[str, str] | None = None) -> Iterator[mlflow.ActiveRun]:
-    """Attach to ``MLFLOW_RUN_ID`` or start a run; end it FINISHED, FAILED, or KILLED (Ctrl-C / SIGTERM)."""
-    attached = bool(os.environ.get("MLFLOW_RUN_ID"))
-    run = mlflow.start_run(run_name=None if attached else run_name, tags=tags)
+def active_run(run_name: str | None = None, tags: dict[str, str] | None = None,
+               run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
+    """Attach to ``run_id`` or ``MLFLOW_RUN_ID``, or start a run; end it FINISHED, FAILED, or KILLED
+    (Ctrl-C / SIGTERM)."""
+    attached = bool(run_id or os.environ.get("MLFLOW_RUN_ID"))
+    run = mlflow.start_run(run_id=run_id, run_name=None if attached else run_name, tags=tags)
     try:
         yield run
     except KeyboardInterrupt:
@@ -45,8 +47,19 @@ def active_run(run_name: str | None = None, tags: dict[str, str] | None = None) 
 
 
 def log_config(cfg) -> None:
-    """The merged Detectron2 config: flattened as params, and whole as ``config.yaml``."""
-    mlflow.log_params(flatten_config(cfg))
+    """The merged Detectron2 config: flattened as params, and whole as ``config.yaml``.
+
+    Re-logging the same values (a resumed run) is fine; a changed value is a :class:`ConfigError`.
+    """
+    from mlflow.exceptions import MlflowException
+
+    from seizure_mlflow.errors import ConfigError
+
+    try:
+        mlflow.log_params(flatten_config(cfg))
+    except MlflowException as exc:
+        raise ConfigError("this run already has different parameters (a resume must use the same ones): "
+                          f"{str(exc).splitlines()[0][:300]}") from None
     mlflow.log_text(cfg.dump(), CONFIG_YAML)
 
 

@@ -31,11 +31,27 @@ def metric_name(storage_key: str) -> str | None:
     return None
 
 
+def storage_key(metric: str) -> str:
+    """The event-storage key an MLflow metric name comes from (inverse of :func:`metric_name`)."""
+    return metric[len(TRAIN_PREFIX):] if metric.startswith(TRAIN_PREFIX) else metric
+
+
 class MlflowWriter(EventWriter):
-    def __init__(self, run_id: str, client: MlflowClient | None = None) -> None:
+    """Args:
+        run_id: the run to log into.
+        skip_logged: do not send steps the run already has (a resumed run recomputes the iterations between
+            its checkpoint and the kill; their values were logged before).
+    """
+
+    def __init__(self, run_id: str, client: MlflowClient | None = None, skip_logged: bool = False) -> None:
         self._run_id = run_id
         self._client = client or MlflowClient()
         self._last_sent: dict[str, int] = {}
+        if skip_logged:
+            for name in self._client.get_run(run_id).data.metrics:
+                if metric_name(storage_key(name)) == name:
+                    steps = [m.step for m in self._client.get_metric_history(run_id, name)]
+                    self._last_sent[storage_key(name)] = max(steps) - 1
 
     def pending_metrics(self) -> list[Metric]:
         """Values in the current event storage that have not been sent yet, and mark them sent."""

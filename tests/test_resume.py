@@ -1,0 +1,109 @@
+"""A run killed mid-way continues with --resume: same MLflow run, every metric step once, same best model."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from conftest import TINY_OPTS, venv_env
+
+MAX_ITER, EVAL_PERIOD = 24, 4
+
+
+def _command(tiny_data, out: Path, model_name: str, *extra: str) -> list[str]:
+    (tj, ti), (vj, vi) = tiny_data["train"], tiny_data["val"]
+    return [sys.executable, "-m", "seizure_mlflow", "train", "--train-json", tj, "--train-images", ti, "--val-json", vj,
+            "--val-images", vi, "--max-iter", str(MAX_ITER), "--eval-period", str(EVAL_PERIOD), "--min-size", "64",
+            "--device", "cpu", "--lr", "0.01", "--seed", "1", "--model-name", model_name, "--output-dir", str(out),
+            "--opts", " ".join(TINY_OPTS), *extra]
+
+
+def _run(cmd, tracking, cwd, **kw):
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=cwd, env=venv_env(MLFLOW_TRACKING_URI=tracking), **kw)
+
+
+def _start(cmd, tracking, cwd, log: Path):
+    return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=cwd,
+                            env=venv_env(MLFLOW_TRACKING_URI=tracking))
+
+
+def _wait_for_checkpoint(out: Path, proc, at_least: int, log: Path) -> int:
+    """Wait until the last checkpoint is at ``at_least`` iterations or more; return its iteration count."""
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        marker = out / "last_checkpoint"
+        if marker.exists():
+            name = marker.read_text().strip()
+            if name.startswith("model_0") and int(name[6:13]) + 1 >= at_least:
+                return int(name[6:13]) + 1
+        assert proc.poll() is None, log.read_text()[-3000:]
+        time.sleep(0.05)
+    raise AssertionError("no checkpoint in time")
+
+
+def _steps(run_id: str, key: str) -> list[int]:
+    return [m.step for m in MlflowClient().get_metric_history(run_id, key)]
+
+
+def test_sigkill_then_resume_equals_an_uninterrupted_run(tiny_data, tracking, tmp_path):
+    out, log = tmp_path / "killed", tmp_path / "killed.log"
+    proc = _start(_command(tiny_data, out, "resumed"), tracking, tmp_path, log)
+    checkpoint = _wait_for_checkpoint(out, proc, 8, log)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert checkpoint < MAX_ITER, "the run finished before it could be killed"
+    run_id = json.loads((out / "mlflow_run.json").read_text())["run_id"]
+    assert MlflowClient().get_run(run_id).info.status == "RUNNING"  # what a SIGKILL leaves
+
+    resumed = _run(_command(tiny_data, out, "resumed", "--resume"), tracking, tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"Run {run_id}" in resumed.stdout
+    reference = _run(_command(tiny_data, tmp_path / "reference", "reference"), tracking, tmp_path)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    ref_id = json.loads((tmp_path / "reference" / "mlflow_run.json").read_text())["run_id"]
+
+    client = MlflowClient()
+    assert client.get_run(run_id).info.status == "FINISHED"
+    for key in ("train/total_loss", "train/loss_mask", "train/lr"):
+        assert _steps(run_id, key) == list(range(1, MAX_ITER + 1)), key
+    assert _steps(run_id, "val/total_loss") == list(range(EVAL_PERIOD, MAX_ITER + 1, EVAL_PERIOD))
+    val = {m.step: m.value for m in client.get_metric_history(run_id, "val/total_loss")}
+    ref_val = {m.step: m.value for m in client.get_metric_history(ref_id, "val/total_loss")}
+    assert val == pytest.approx(ref_val, rel=1e-5)
+    resumed_version = client.get_model_version_by_alias("resumed", "champion")
+    reference_version = client.get_model_version_by_alias("reference", "champion")
+    assert resumed_version.tags["best_iteration"] == reference_version.tags["best_iteration"]
+    assert resumed_version.tags["run_id"] == run_id
+
+
+def test_sigterm_saves_a_checkpoint_and_ends_the_run_killed(tiny_data, tracking, tmp_path):
+    out, log = tmp_path / "stopped", tmp_path / "stopped.log"
+    proc = _start(_command(tiny_data, out, "stopped"), tracking, tmp_path, log)
+    _wait_for_checkpoint(out, proc, 4, log)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 130, log.read_text()[-3000:]
+    text = log.read_text()
+    assert "continue with --resume" in text and "Traceback" not in text
+    run_id = json.loads((out / "mlflow_run.json").read_text())["run_id"]
+    assert MlflowClient().get_run(run_id).info.status == "KILLED"
+    stopped_at = int((out / "last_checkpoint").read_text().strip()[6:13]) + 1
+    assert 4 <= stopped_at < MAX_ITER
+    train_steps = _steps(run_id, "train/total_loss")
+    assert train_steps == list(range(1, stopped_at + 1))  # everything up to the stop was flushed
+
+    resumed = _run(_command(tiny_data, out, "stopped", "--resume"), tracking, tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert MlflowClient().get_run(run_id).info.status == "FINISHED"
+    assert _steps(run_id, "train/total_loss") == list(range(1, MAX_ITER + 1))
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tiny_data, tracking, tmp_path):
+    proc = _run(_command(tiny_data, tmp_path / "empty", "nothing", "--resume"), tracking, tmp_path)
+    assert proc.returncode == 2 and "no checkpoint in" in proc.stderr
