@@ -5,7 +5,7 @@ STAMP := $(VENV)/.setup-done
 export MLFLOW_DISABLE_TELEMETRY ?= true
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench stack-up stack-down clean
 
 setup: $(STAMP)
 
@@ -22,6 +22,13 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest
+
+# A team tracking stack on 127.0.0.1: PostgreSQL + SeaweedFS S3 + mlflow server (state in .stack/).
+stack-up: setup
+	$(PY) -m seizure_mlflow.stack.local up
+
+stack-down:
+	$(PY) -m seizure_mlflow.stack.local down
 
 bench: setup
 	$(PY) benchmarks/run_all.py

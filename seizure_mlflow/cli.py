@@ -49,7 +49,7 @@ def _add_train(sub) -> None:
     p.add_argument("--model-name", default=DEFAULT_MODEL_NAME, help="registered model name")
     p.add_argument("--opts", default="", help="extra Detectron2 overrides 'KEY VALUE ...', applied last")
     p.add_argument("--output-dir", default="", help="checkpoint folder (default: output/RUN_ID)")
-    p.add_argument("--resume", action="store_true",
+    p.add_argument("--resume", nargs="?", const="true", default="false", choices=("true", "false"),
                    help="continue the run whose checkpoints are in --output-dir from its last checkpoint, "
                         "in the same MLflow run")
     p.add_argument("--num-processes", default="1",
@@ -76,7 +76,7 @@ def cmd_train(args) -> int:
         opts=tuple(shlex.split(args.opts)), output_dir=args.output_dir,
     )
     try:
-        result = run_training(params, num_processes=parse_int("num_processes", args.num_processes), resume=args.resume)
+        result = run_training(params, num_processes=parse_int("num_processes", args.num_processes), resume=args.resume == "true")
     except KeyboardInterrupt as exc:
         logger.error("Training interrupted (%s); the MLflow run is KILLED. Continue with: seizure-mlflow train "
                      "--resume --output-dir %s (and the same parameters)", exc or "Ctrl-C", params.output_dir or "output/RUN_ID")

@@ -91,10 +91,14 @@ def _train_worker(cfg, run_id: str, tracking_uri: str, datasets: Datasets, resum
 
     mlflow.set_tracking_uri(tracking_uri)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="detectron2", abbrev_name="d2")
-    writers = (lambda: [MlflowWriter(run_id, skip_logged=resume)]) if comm.is_main_process() else None
-    trainer = build_trainer(cfg, datasets, extra_writers=writers)
+    mlflow_writer = MlflowWriter(run_id, skip_logged=resume) if comm.is_main_process() else None
+    trainer = build_trainer(cfg, datasets, extra_writers=(lambda: [mlflow_writer]) if mlflow_writer else None)
     trainer.resume_or_load(resume=resume)
-    trainer.train()
+    try:
+        trainer.train()
+    finally:
+        if mlflow_writer is not None:
+            mlflow_writer.drain()
 
 
 def best_checkpoint(output_dir: str) -> tuple[str, int]:
@@ -104,6 +108,27 @@ def best_checkpoint(output_dir: str) -> tuple[str, int]:
         raise RuntimeError(f"no best checkpoint in {output_dir}: no finite validation loss was computed")
     iteration = torch.load(path, map_location="cpu", weights_only=True)["iteration"]
     return path, int(iteration) + 1
+
+
+def check_tracking_server(timeout_s: float = 5) -> None:
+    """Fail fast, before any work, when the tracking URI is an HTTP server that does not answer."""
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    uri = mlflow.get_tracking_uri()
+    parsed = urllib.parse.urlsplit(uri)
+    if parsed.scheme not in ("http", "https"):
+        return
+    shown = f"{parsed.scheme}://{parsed.hostname}{':' + str(parsed.port) if parsed.port else ''}"  # no credentials
+    try:
+        with urllib.request.urlopen(f"{shown}{parsed.path.rstrip('/')}/health", timeout=timeout_s):
+            return
+    except urllib.error.HTTPError:
+        return  # it answers (an auth proxy may refuse /health without credentials)
+    except OSError as exc:
+        raise UserError(f"MLflow tracking server {shown} is unreachable ({getattr(exc, 'reason', exc)}); start it "
+                        "(`make stack-up` for the local stack) or point MLFLOW_TRACKING_URI elsewhere") from None
 
 
 def run_to_resume(output_dir: str) -> str:
@@ -127,15 +152,18 @@ def run_training(params: TrainParams, num_processes: int = 1, sample_dir: str = 
 
     from seizure_mlflow.registry.register import CHAMPION, log_and_register
 
+    check_tracking_server()
     datasets = check_datasets(params, sample_dir)
     test = check_coco(params.test_json, params.test_images) if params.test_json else None
     if test is not None:
         check_same_categories(datasets.train, test)
     if num_processes < 1:
         raise UserError(f"num_processes must be >= 1, got {num_processes}")
-    resume_run_id = (os.environ.get("MLFLOW_RUN_ID") or run_to_resume(params.output_dir)) if resume else None
-    if resume and os.environ.get("MLFLOW_RUN_ID"):
-        run_to_resume(params.output_dir)  # checkpoints must be there all the same
+    resume_run_id = run_to_resume(params.output_dir) if resume else None
+    wrapper = os.environ.get("MLFLOW_RUN_ID")
+    if resume_run_id and wrapper and wrapper != resume_run_id:
+        # `mlflow run -P resume=true` made a new run for this command: point it at the run that continues.
+        MlflowClient().set_tag(wrapper, "seizure.continues_run", resume_run_id)
     cfg = build_config(params, num_classes=len(datasets.train.categories), output_dir="")
     categories = [{"id": cid, "name": name} for cid, name in datasets.train.categories]
 

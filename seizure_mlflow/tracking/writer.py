@@ -10,6 +10,9 @@ up to 1000 metrics, with ``step = iteration + 1`` (iterations completed):
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 import time
 
 from detectron2.utils.events import EventWriter, get_event_storage
@@ -18,8 +21,27 @@ from mlflow.entities import Metric
 
 from seizure_mlflow.engine.validation import VAL_PREFIX
 
+logger = logging.getLogger(__name__)
+
 TRAIN_PREFIX = "train/"
 MAX_METRICS_PER_REQUEST = 1000
+
+
+@contextlib.contextmanager
+def _fail_fast_http(timeout_s: int = 10):
+    """MLflow's HTTP client retries a refused request for minutes; while training, one quick try is enough
+    (the writer keeps what was not delivered and tries again at its next write)."""
+    keys = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout_s)}
+    saved = {k: os.environ.get(k) for k in keys}
+    os.environ.update(keys)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def metric_name(storage_key: str) -> str | None:
@@ -47,6 +69,8 @@ class MlflowWriter(EventWriter):
         self._run_id = run_id
         self._client = client or MlflowClient()
         self._last_sent: dict[str, int] = {}
+        self._queue: list[Metric] = []
+        self._failing_since: float | None = None
         if skip_logged:
             for name in self._client.get_run(run_id).data.metrics:
                 if metric_name(storage_key(name)) == name:
@@ -71,6 +95,34 @@ class MlflowWriter(EventWriter):
         return metrics
 
     def write(self) -> None:
-        metrics = self.pending_metrics()
-        for start in range(0, len(metrics), MAX_METRICS_PER_REQUEST):
-            self._client.log_batch(self._run_id, metrics=metrics[start:start + MAX_METRICS_PER_REQUEST])
+        self._queue.extend(self.pending_metrics())
+        self._deliver()
+
+    def _deliver(self) -> bool:
+        """Send the queue in batches; stop at the first failure. True when the queue is empty."""
+        with _fail_fast_http():
+            while self._queue:
+                batch = self._queue[:MAX_METRICS_PER_REQUEST]
+                try:
+                    self._client.log_batch(self._run_id, metrics=batch)
+                except Exception as exc:  # the server is down, restarting, or unreachable
+                    if self._failing_since is None:
+                        self._failing_since = time.time()
+                        logger.warning("MLflow tracking server unreachable (%s); training goes on and %d metric values "
+                                       "are kept until it is back", type(exc).__name__, len(self._queue))
+                    return False
+                del self._queue[:len(batch)]
+        if self._failing_since is not None:
+            logger.warning("MLflow tracking server is back after %.0f s; queued metrics delivered",
+                           time.time() - self._failing_since)
+            self._failing_since = None
+        return True
+
+    def drain(self, timeout_s: float = 1800, poll_s: float = 5) -> None:
+        """Block until every queued value is delivered (at the end of training), or raise after ``timeout_s``."""
+        deadline = time.time() + timeout_s
+        while not self._deliver():
+            if time.time() > deadline:
+                raise RuntimeError(f"MLflow tracking server unreachable for {timeout_s:.0f} s; {len(self._queue)} metric "
+                                   "values not delivered (the checkpoints are on disk: continue later with --resume)")
+            time.sleep(poll_s)

