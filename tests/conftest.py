@@ -56,6 +56,7 @@ def tracking(tmp_path, monkeypatch) -> str:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", uri)
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
     mlflow.set_tracking_uri(uri)
@@ -67,7 +68,8 @@ def tracking(tmp_path, monkeypatch) -> str:
 
 def venv_env(**extra: str) -> dict[str, str]:
     """Environment for a subprocess that runs this venv's commands."""
-    env = dict(os.environ)
+    # mlflow.set_tracking_uri/set_registry_uri also export MLFLOW_*_URI; a subprocess gets only what it is given.
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_RUN_ID")}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["MLFLOW_DISABLE_TELEMETRY"] = "true"
     env.update(extra)

@@ -16,6 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import matplotlib
 import mlflow
 import pytest
 from mlflow import MlflowClient
@@ -108,11 +109,26 @@ def test_training_lands_in_postgres_and_s3_and_leaks_no_secret(team_stack, tiny_
                                  if not k.startswith("AWS_") and k != "MLFLOW_S3_ENDPOINT_URL"})
     assert loaded.returncode == 0 and "SeizureDetectorModel" in loaded.stdout, loaded.stderr[-2000:]
 
+    # evaluate and predict work against the server unchanged.
+    test_json, test_images = tiny_data["test"]
+    env = venv_env(**team_stack["env"])
+    evaluated = subprocess.run([sys.executable, "-m", "seizure_mlflow", "evaluate", "--model-uri", "models:/team-detector@champion",
+                                "--test-json", test_json, "--test-images", test_images], capture_output=True, text=True,
+                               timeout=300, cwd=tmp_path, env=env)
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    photo = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+    predicted = subprocess.run([sys.executable, "-m", "seizure_mlflow", "predict", "--model-uri", "models:/team-detector@champion",
+                                "--input", str(photo), "--output", str(tmp_path / "p.json")], capture_output=True, text=True,
+                               timeout=300, cwd=tmp_path, env=env)
+    assert predicted.returncode == 0 and json.loads((tmp_path / "p.json").read_text()) is not None, predicted.stderr[-2000:]
+
     client = MlflowClient(team_stack["env"]["MLFLOW_TRACKING_URI"])
+    assert "test_segm_AP" in client.get_model_version_by_alias("team-detector", "champion").tags
     run = client.get_run(run_id)
     artifacts = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="", dst_path=str(tmp_path / "a"),
                                                          tracking_uri=team_stack["env"]["MLFLOW_TRACKING_URI"]))
-    haystack = [json.dumps(run.data.params), json.dumps(run.data.tags), proc.stdout, proc.stderr]
+    haystack = [json.dumps(run.data.params), json.dumps(run.data.tags), proc.stdout, proc.stderr,
+                evaluated.stdout, evaluated.stderr, predicted.stdout, predicted.stderr]
     haystack += [p.read_bytes().decode("latin-1") for p in artifacts.rglob("*") if p.is_file()]
     for name, secret in team_stack["secrets"].items():
         assert all(secret not in text for text in haystack), f"{name} leaked"
