@@ -49,6 +49,9 @@ def _add_train(sub) -> None:
     p.add_argument("--model-name", default=DEFAULT_MODEL_NAME, help="registered model name")
     p.add_argument("--opts", default="", help="extra Detectron2 overrides 'KEY VALUE ...', applied last")
     p.add_argument("--output-dir", default="", help="checkpoint folder (default: output/RUN_ID)")
+    p.add_argument("--log-images", nargs="?", const="true", default="false", choices=("true", "false"),
+                   help="also upload a few validation frames with the best model's detections drawn (patient data: "
+                        "off unless asked for)")
     p.add_argument("--resume", nargs="?", const="true", default="false", choices=("true", "false"),
                    help="continue the run whose checkpoints are in --output-dir from its last checkpoint, "
                         "in the same MLflow run")
@@ -73,7 +76,7 @@ def cmd_train(args) -> int:
         min_size=parse_int("min_size", args.min_size),
         num_workers=parse_int("num_workers", args.num_workers),
         device=args.device, seed=parse_int("seed", args.seed), model_name=args.model_name,
-        opts=tuple(shlex.split(args.opts)), output_dir=args.output_dir,
+        opts=tuple(shlex.split(args.opts)), output_dir=args.output_dir, log_images=args.log_images == "true",
     )
     try:
         result = run_training(params, num_processes=parse_int("num_processes", args.num_processes), resume=args.resume == "true")

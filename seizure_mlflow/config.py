@@ -48,6 +48,7 @@ class TrainParams:
     model_name: str = DEFAULT_MODEL_NAME
     opts: tuple[str, ...] = field(default_factory=tuple)
     output_dir: str = ""
+    log_images: bool = False  # upload a few validation frames with predictions drawn (patient data: opt-in)
 
     def __post_init__(self) -> None:
         _require(isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from pathlib import Path
 from dataclasses import dataclass
 
 import mlflow
@@ -206,6 +207,8 @@ def run_training(params: TrainParams, num_processes: int = 1, sample_dir: str = 
             "config": params.config,
         })
         alias = CHAMPION if CHAMPION in version.aliases else "challenger"
+        if params.log_images:
+            _log_validation_images(best_detector(cfg, checkpoint, categories), datasets.val, run_id)
         if test is not None:
             alias = _evaluate_and_promote(cfg, checkpoint, categories, test, run_id, params.model_name, str(version.version))
     return TrainResult(run_id=run_id, output_dir=cfg.OUTPUT_DIR, best_val_total_loss=best_val,
@@ -222,13 +225,10 @@ def _evaluate_and_promote(cfg, checkpoint: str, categories: list[dict], test: Co
     import tempfile
 
     from seizure_mlflow.evaluation import evaluate_detector, log_evaluation, summary_line, tag_version
-    from seizure_mlflow.inference.predictor import Detector
     from seizure_mlflow.registry.promote import promote
 
-    state_dict = torch.load(checkpoint, map_location="cpu", weights_only=True)["model"]
-    detector = Detector(cfg, state_dict, categories)
     with tempfile.TemporaryDirectory() as tmp:
-        result = evaluate_detector(detector, test, tmp)
+        result = evaluate_detector(best_detector(cfg, checkpoint, categories), test, tmp)
         log_evaluation(result, run_id)
     tag_version(MlflowClient(), model_name, version, result, run_id)
     logger.info("Test set: %s", summary_line(result))
@@ -236,3 +236,29 @@ def _evaluate_and_promote(cfg, checkpoint: str, categories: list[dict], test: Co
     logger.info("Promotion: %s", decision.message(model_name))
     aliases = MlflowClient().get_model_version(model_name, version).aliases
     return "champion" if "champion" in aliases else ("challenger" if "challenger" in aliases else "")
+
+
+def best_detector(cfg, checkpoint: str, categories: list[dict]):
+    """A :class:`~seizure_mlflow.inference.predictor.Detector` with the weights of a training checkpoint."""
+    from seizure_mlflow.inference.predictor import Detector
+
+    return Detector(cfg, torch.load(checkpoint, map_location="cpu", weights_only=True)["model"], categories)
+
+
+def _log_validation_images(detector, val: CocoSummary, run_id: str, count: int = 4) -> None:
+    """Only with ``--log-images``: a few validation frames with the best checkpoint's detections drawn,
+    as ``images/val_N.png``. These are patient frames: never uploaded unless asked for."""
+    import json as _json
+    import tempfile
+
+    import cv2
+
+    from seizure_mlflow.inference.files import draw_detections
+
+    images = _json.loads(Path(val.json_path).read_text())["images"][:count]
+    frames = [cv2.imread(os.path.join(val.image_root, img["file_name"]), cv2.IMREAD_COLOR) for img in images]
+    with tempfile.TemporaryDirectory() as tmp:
+        for k, (frame, detections) in enumerate(zip(frames, detector.predict(frames))):
+            path = os.path.join(tmp, f"val_{k}.png")
+            cv2.imwrite(path, draw_detections(frame, detections))
+        MlflowClient().log_artifacts(run_id, tmp, artifact_path="images")

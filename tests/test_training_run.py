@@ -49,6 +49,7 @@ def test_run_records_params_metrics_and_artifacts(trained):
 
     artifacts = {a.path for a in client.list_artifacts(trained.run_id)}
     assert {"config.yaml", "losses.csv", "plots"} <= artifacts
+    assert "images" not in artifacts  # no patient frame leaves the machine unless --log-images
     logged = mlflow.search_logged_models(filter_string=f"source_run_id = '{trained.run_id}'", output_format="list")
     assert [m.name for m in logged] == ["model"]
     local = Path(client.download_artifacts(trained.run_id, "losses.csv"))
@@ -164,3 +165,11 @@ def test_test_set_given_to_training_is_evaluated_and_promoted(tiny_data, tmp_pat
     champion = str(client.get_model_version_by_alias("with-test", "champion").version)
     assert champion == ("2" if decision == "promoted" else "1")
     assert second.model_alias == ("champion" if decision == "promoted" else "challenger")
+
+
+def test_log_images_is_opt_in(tiny_data, tmp_path, tracking):
+    result = run_training(tiny_params(tiny_data, tmp_path, max_iter=2, eval_period=2, log_images=True, model_name="imgs"))
+    client = MlflowClient()
+    names = sorted(a.path for a in client.list_artifacts(result.run_id, "images"))
+    assert names == ["images/val_0.png", "images/val_1.png"]  # the tiny val split has 2 frames
+    assert Image.open(client.download_artifacts(result.run_id, names[0])).size == (96, 72)
