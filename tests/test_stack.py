@@ -122,7 +122,7 @@ def test_training_lands_in_postgres_and_s3_and_leaks_no_secret(team_stack, tiny_
                                timeout=300, cwd=tmp_path, env=env)
     assert predicted.returncode == 0 and json.loads((tmp_path / "p.json").read_text()) is not None, predicted.stderr[-2000:]
 
-    client = MlflowClient(team_stack["env"]["MLFLOW_TRACKING_URI"])
+    client = MlflowClient(team_stack["env"]["MLFLOW_TRACKING_URI"], registry_uri=team_stack["env"]["MLFLOW_TRACKING_URI"])
     assert "test_segm_AP" in client.get_model_version_by_alias("team-detector", "champion").tags
     run = client.get_run(run_id)
     artifacts = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="", dst_path=str(tmp_path / "a"),
@@ -140,7 +140,7 @@ def test_tracking_outage_loses_and_duplicates_nothing(team_stack, tiny_data, tmp
     with log_path.open("w") as log:
         proc = _train(tiny_data, team_stack, tmp_path, "outage-detector", "--max-iter", str(max_iter), "--eval-period",
                       str(period), "--output-dir", str(tmp_path / "out"), popen=True, log=log)
-        client = MlflowClient(team_stack["env"]["MLFLOW_TRACKING_URI"])
+        client = MlflowClient(team_stack["env"]["MLFLOW_TRACKING_URI"], registry_uri=team_stack["env"]["MLFLOW_TRACKING_URI"])
         deadline = time.time() + 300
         while not (tmp_path / "out" / "mlflow_run.json").exists() or not client.get_metric_history(
                 json.loads((tmp_path / "out" / "mlflow_run.json").read_text())["run_id"], "train/total_loss"):
