@@ -190,7 +190,7 @@ def run_training(params: TrainParams, num_processes: int = 1, sample_dir: str = 
             if num_processes == 1:
                 _train_worker(*worker_args)
             else:
-                launch(_train_worker, num_processes, args=worker_args)
+                launch(_train_worker, num_processes, dist_url="auto", args=worker_args)
         finally:
             # Even a failed run keeps the curves it got so far.
             has_best = os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "model_best.pth"))

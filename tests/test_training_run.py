@@ -173,3 +173,15 @@ def test_log_images_is_opt_in(tiny_data, tmp_path, tracking):
     names = sorted(a.path for a in client.list_artifacts(result.run_id, "images"))
     assert names == ["images/val_0.png", "images/val_1.png"]  # the tiny val split has 2 frames
     assert Image.open(client.download_artifacts(result.run_id, names[0])).size == (96, 72)
+
+
+def test_two_cpu_processes_train_log_once_and_register(tiny_data, tmp_path, tracking):
+    """Detectron2's launch with 2 processes on the CPU (gloo, DDP without device ids): one writer, one model."""
+    result = run_training(tiny_params(tiny_data, tmp_path, max_iter=4, eval_period=2, model_name="two-procs",
+                                      ims_per_batch=4), num_processes=2)
+    client = MlflowClient()
+    assert client.get_run(result.run_id).info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(result.run_id, "train/total_loss")] == [1, 2, 3, 4]
+    assert [m.step for m in client.get_metric_history(result.run_id, "val/total_loss")] == [2, 4]
+    assert client.get_run(result.run_id).data.params["SOLVER.IMS_PER_BATCH"] == "4"
+    assert str(client.get_model_version_by_alias("two-procs", "champion").version) == result.model_version
