@@ -185,30 +185,27 @@ def _add_evaluate(sub) -> None:
 
 
 def cmd_evaluate(args) -> int:
-    import tempfile
-
-    from seizure_mlflow.evaluation import (coco_digest, detector_from_uri, evaluate_detector, log_evaluation,
-                                           registered_version, summary_line, tag_version)
+    from seizure_mlflow.data.checks import file_digest
+    from seizure_mlflow.evaluation import detector_from_uri, evaluate_and_record, registered_version, summary_line
     from seizure_mlflow.tracking.run import active_run
     from seizure_mlflow.training import check_test_set
 
-    if bool(args.test_json) != bool(args.test_images):
-        raise UserError("--test-json and --test-images go together: give both, or neither for the sample test split")
+    _require_test_pair(args)
     test = check_test_set(args.test_json, args.test_images)
     detector = detector_from_uri(args.model_uri)
     version = registered_version(args.model_uri)
-    tags = {"seizure.evaluation": "true", "seizure.model_uri": args.model_uri, "seizure.test_digest": coco_digest(test.json_path)}
+    tags = {"seizure.evaluation": "true", "seizure.model_uri": args.model_uri, "seizure.test_digest": file_digest(test.json_path)}
     if version:
         tags.update({"seizure.model_name": version[0], "seizure.model_version": version[1]})
-    with active_run(run_name="evaluate", tags=tags) as run, tempfile.TemporaryDirectory() as tmp:
-        result = evaluate_detector(detector, test, tmp)
-        log_evaluation(result, run.info.run_id)
-        if version:
-            from mlflow import MlflowClient
-
-            tag_version(MlflowClient(), version[0], version[1], result, run.info.run_id)
+    with active_run(run_name="evaluate", tags=tags) as run:
+        result = evaluate_and_record(detector, test, run.info.run_id, version)
     print(f"{args.model_uri}: {summary_line(result)} (run {run.info.run_id})")
     return 0
+
+
+def _require_test_pair(args) -> None:
+    if bool(args.test_json) != bool(args.test_images):
+        raise UserError("--test-json and --test-images go together: give both, or neither")
 
 
 def _add_promote(sub) -> None:
@@ -229,8 +226,7 @@ def cmd_promote(args) -> int:
     from seizure_mlflow.data.checks import check_coco
     from seizure_mlflow.registry.promote import promote
 
-    if bool(args.test_json) != bool(args.test_images):
-        raise UserError("--test-json and --test-images go together")
+    _require_test_pair(args)
     test = check_coco(args.test_json, args.test_images) if args.test_json else None
     decision = promote(args.model_name, test, args.metric)
     print(decision.message(args.model_name))

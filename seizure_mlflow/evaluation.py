@@ -46,11 +46,6 @@ def version_tag(metric: str) -> str:
     return metric.replace("/", "_")
 
 
-def coco_digest(path: str | os.PathLike) -> str:
-    """Digest of a test COCO file: two evaluations are comparable only when theirs are equal."""
-    return file_digest(path)
-
-
 @dataclass
 class EvaluationResult:
     metrics: dict[str, float]  # test/bbox/AP ... test/segm/AP75, percent
@@ -114,7 +109,7 @@ def evaluate_detector(detector, test: CocoSummary, output_dir: str | os.PathLike
         for name in test.category_names:
             rows[name][f"{task}_AP"] = _finite(task_results.get(f"AP-{name}"))
     return EvaluationResult(metrics=metrics, per_category=pd.DataFrame(list(rows.values())),
-                            predictions_path=str(predictions), test_digest=coco_digest(test.json_path),
+                            predictions_path=str(predictions), test_digest=file_digest(test.json_path),
                             num_images=len(records), precision=evaluator.precision,
                             category_names=test.category_names)
 
@@ -179,6 +174,21 @@ def tag_version(client, model_name: str, version: str, result: EvaluationResult,
         client.set_model_version_tag(model_name, version, version_tag(key), f"{value:.4f}")
     client.set_model_version_tag(model_name, version, "test_digest", result.test_digest)
     client.set_model_version_tag(model_name, version, "evaluation_run_id", evaluation_run_id)
+
+
+def evaluate_and_record(detector, test: CocoSummary, run_id: str, version: tuple[str, str] | None = None) -> EvaluationResult:
+    """Evaluate, log everything in run ``run_id``, and tag the registered ``(name, version)`` if given.
+
+    The one path behind ``evaluate``, the end of a training run with a test set, and promotion.
+    """
+    from mlflow import MlflowClient
+
+    with tempfile.TemporaryDirectory() as tmp:
+        result = evaluate_detector(detector, test, tmp)
+        log_evaluation(result, run_id)
+    if version is not None:
+        tag_version(MlflowClient(), version[0], version[1], result, run_id)
+    return result
 
 
 def summary_line(result: EvaluationResult) -> str:

@@ -107,7 +107,7 @@ def best_checkpoint(output_dir: str) -> tuple[str, int]:
     path = os.path.join(output_dir, "model_best.pth")
     if not os.path.isfile(path):
         raise RuntimeError(f"no best checkpoint in {output_dir}: no finite validation loss was computed")
-    iteration = torch.load(path, map_location="cpu", weights_only=True)["iteration"]
+    iteration = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["iteration"]  # no full read
     return path, int(iteration) + 1
 
 
@@ -151,6 +151,7 @@ def run_training(params: TrainParams, num_processes: int = 1, sample_dir: str = 
     from its last checkpoint, in the same MLflow run."""
     from detectron2.engine import launch
 
+    from seizure_mlflow.inference.predictor import Detector
     from seizure_mlflow.registry.register import CHAMPION, log_and_register
 
     check_tracking_server()
@@ -194,13 +195,15 @@ def run_training(params: TrainParams, num_processes: int = 1, sample_dir: str = 
         finally:
             # Even a failed run keeps the curves it got so far.
             has_best = os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "model_best.pth"))
-            log_losses(run_id, best_checkpoint(cfg.OUTPUT_DIR)[1] if has_best else None)
+            best = best_checkpoint(cfg.OUTPUT_DIR) if has_best else None
+            log_losses(run_id, best[1] if best else None)
 
-        checkpoint, best_iteration = best_checkpoint(cfg.OUTPUT_DIR)
+        checkpoint, best_iteration = best or best_checkpoint(cfg.OUTPUT_DIR)
+        weights = torch.load(checkpoint, map_location="cpu", weights_only=True)["model"]  # read once, used below
         val_history = {m.step: m.value for m in MlflowClient().get_metric_history(run_id, "val/total_loss")}
         best_val = val_history[best_iteration]
         mlflow.log_metrics({BEST_VAL_METRIC: best_val, BEST_ITER_METRIC: best_iteration}, step=params.max_iter)
-        version = log_and_register(cfg, checkpoint, categories, params.model_name, {
+        version = log_and_register(cfg, weights, categories, params.model_name, {
             "val_total_loss": f"{best_val:.6g}",
             "best_iteration": str(best_iteration),
             "run_id": run_id,
@@ -208,29 +211,24 @@ def run_training(params: TrainParams, num_processes: int = 1, sample_dir: str = 
         })
         alias = CHAMPION if CHAMPION in version.aliases else "challenger"
         if params.log_images:
-            _log_validation_images(best_detector(cfg, checkpoint, categories), datasets.val, run_id)
+            _log_validation_images(Detector(cfg, weights, categories), datasets.val, run_id)
         if test is not None:
-            alias = _evaluate_and_promote(cfg, checkpoint, categories, test, run_id, params.model_name, str(version.version))
+            alias = _evaluate_and_promote(Detector(cfg, weights, categories), test, run_id, params.model_name,
+                                          str(version.version))
     return TrainResult(run_id=run_id, output_dir=cfg.OUTPUT_DIR, best_val_total_loss=best_val,
                        best_iteration=best_iteration, model_name=params.model_name,
                        model_version=str(version.version), model_alias=alias)
 
 
-def _evaluate_and_promote(cfg, checkpoint: str, categories: list[dict], test: CocoSummary, run_id: str,
-                          model_name: str, version: str) -> str:
+def _evaluate_and_promote(detector, test: CocoSummary, run_id: str, model_name: str, version: str) -> str:
     """Test AP of the best checkpoint on the training run and its version; then champion/challenger promotion.
 
     Returns the alias the new version holds afterwards.
     """
-    import tempfile
-
-    from seizure_mlflow.evaluation import evaluate_detector, log_evaluation, summary_line, tag_version
+    from seizure_mlflow.evaluation import evaluate_and_record, summary_line
     from seizure_mlflow.registry.promote import promote
 
-    with tempfile.TemporaryDirectory() as tmp:
-        result = evaluate_detector(best_detector(cfg, checkpoint, categories), test, tmp)
-        log_evaluation(result, run_id)
-    tag_version(MlflowClient(), model_name, version, result, run_id)
+    result = evaluate_and_record(detector, test, run_id, (model_name, version))
     logger.info("Test set: %s", summary_line(result))
     decision = promote(model_name, test)
     logger.info("Promotion: %s", decision.message(model_name))
@@ -238,24 +236,16 @@ def _evaluate_and_promote(cfg, checkpoint: str, categories: list[dict], test: Co
     return "champion" if "champion" in aliases else ("challenger" if "challenger" in aliases else "")
 
 
-def best_detector(cfg, checkpoint: str, categories: list[dict]):
-    """A :class:`~seizure_mlflow.inference.predictor.Detector` with the weights of a training checkpoint."""
-    from seizure_mlflow.inference.predictor import Detector
-
-    return Detector(cfg, torch.load(checkpoint, map_location="cpu", weights_only=True)["model"], categories)
-
-
 def _log_validation_images(detector, val: CocoSummary, run_id: str, count: int = 4) -> None:
     """Only with ``--log-images``: a few validation frames with the best checkpoint's detections drawn,
     as ``images/val_N.png``. These are patient frames: never uploaded unless asked for."""
-    import json as _json
     import tempfile
 
     import cv2
 
     from seizure_mlflow.inference.files import draw_detections
 
-    images = _json.loads(Path(val.json_path).read_text())["images"][:count]
+    images = json.loads(Path(val.json_path).read_text())["images"][:count]
     frames = [cv2.imread(os.path.join(val.image_root, img["file_name"]), cv2.IMREAD_COLOR) for img in images]
     with tempfile.TemporaryDirectory() as tmp:
         for k, (frame, detections) in enumerate(zip(frames, detector.predict(frames))):

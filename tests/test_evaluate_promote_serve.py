@@ -28,7 +28,7 @@ from pycocotools.cocoeval import COCOeval
 from conftest import tiny_params, venv_env
 from seizure_mlflow.data.checks import check_coco
 from seizure_mlflow.errors import UserError
-from seizure_mlflow.evaluation import coco_digest
+from seizure_mlflow.data.checks import file_digest as coco_digest
 from seizure_mlflow.registry.promote import promote
 from seizure_mlflow.training import run_training
 
@@ -160,6 +160,15 @@ def test_promotion_evaluates_both_on_the_given_test_set(fresh_aliases, tiny_data
     assert decision.champion_value == float(v1["test_segm_AP"]) and decision.challenger_value == float(v2["test_segm_AP"])
     assert decision.outcome == "kept-tie"  # v2 is the same weights as v1
     assert _aliases()["champion"] == "1"
+
+    def evaluation_runs():
+        return len(MlflowClient().search_runs([mlflow.get_experiment_by_name("Default").experiment_id],
+                                              filter_string="tags.`seizure.evaluation` = 'true'"))
+
+    before = evaluation_runs()
+    again = promote(NAME, test)  # both versions already carry results for this file: nothing is re-evaluated
+    assert evaluation_runs() == before
+    assert (again.champion_value, again.challenger_value) == (decision.champion_value, decision.challenger_value)
 
 
 def test_predict_on_a_real_video_writes_per_frame_results_and_overlay(registry, tmp_path):

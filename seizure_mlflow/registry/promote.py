@@ -11,7 +11,6 @@ printed.
 from __future__ import annotations
 
 import logging
-import tempfile
 from dataclasses import dataclass
 
 import mlflow
@@ -19,8 +18,8 @@ from mlflow import MlflowClient
 
 from seizure_mlflow.data.checks import CocoSummary
 from seizure_mlflow.errors import UserError
-from seizure_mlflow.evaluation import (coco_digest, detector_from_uri, evaluate_detector, log_evaluation, metric_name,
-                                       tag_version, version_tag)
+from seizure_mlflow.data.checks import file_digest
+from seizure_mlflow.evaluation import detector_from_uri, evaluate_and_record, metric_name, version_tag
 from seizure_mlflow.registry.register import CHALLENGER, CHAMPION
 
 logger = logging.getLogger(__name__)
@@ -54,16 +53,15 @@ class Decision:
 def evaluate_version(client: MlflowClient, model_name: str, version: str, test: CocoSummary) -> dict[str, float]:
     """The version's test metrics on ``test``: from its tags when they are for this file, else evaluated now."""
     tags = client.get_model_version(model_name, version).tags
-    digest = coco_digest(test.json_path)
+    digest = file_digest(test.json_path)
     if tags.get("test_digest") == digest and all(version_tag(m) in tags for m in METRICS):
         return {m: float(tags[version_tag(m)]) for m in METRICS}
     detector = detector_from_uri(f"models:/{model_name}/{version}")
-    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_name=f"evaluate {model_name} v{version}", nested=mlflow.active_run() is not None,
-                                                                  tags={"seizure.model_name": model_name, "seizure.model_version": version,
-                                                                        "seizure.test_digest": digest}) as run:
-        result = evaluate_detector(detector, test, tmp)
-        log_evaluation(result, run.info.run_id)
-        tag_version(client, model_name, version, result, run.info.run_id)
+    tags = {"seizure.evaluation": "true", "seizure.model_name": model_name, "seizure.model_version": version,
+            "seizure.test_digest": digest}
+    with mlflow.start_run(run_name=f"evaluate {model_name} v{version}", nested=mlflow.active_run() is not None,
+                          tags=tags) as run:
+        result = evaluate_and_record(detector, test, run.info.run_id, (model_name, version))
     return result.metrics
 
 
@@ -103,7 +101,7 @@ def promote(model_name: str, test: CocoSummary | None = None, metric: str = DEFA
     if test is not None:
         champion_value = evaluate_version(client, model_name, champion, test)[metric]
         challenger_value = evaluate_version(client, model_name, challenger, test)[metric]
-        digest = coco_digest(test.json_path)
+        digest = file_digest(test.json_path)
     else:
         champion_value, champion_digest = recorded_value(client, model_name, champion, metric)
         challenger_value, digest = recorded_value(client, model_name, challenger, metric)

@@ -58,18 +58,13 @@ def synthetic_input_example() -> pd.DataFrame:
     return pd.DataFrame({IMAGE_COLUMN: [png.tobytes()]})
 
 
-def export_weights(checkpoint_path: str, out_path: str) -> None:
-    """The model ``state_dict`` of a Detectron2 checkpoint, without optimizer or trainer state."""
-    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-    torch.save(checkpoint["model"], out_path)
-
-
-def log_and_register(cfg, checkpoint_path: str, categories: list[dict], model_name: str,
+def log_and_register(cfg, state_dict: dict[str, torch.Tensor], categories: list[dict], model_name: str,
                      version_tags: dict[str, str]) -> ModelVersion:
-    """Log ``MODEL_ARTIFACT`` in the active run from ``checkpoint_path``, register it, tag and alias it."""
+    """Log ``MODEL_ARTIFACT`` in the active run with the model ``state_dict`` (no optimizer or trainer state),
+    register it, tag and alias it."""
     with tempfile.TemporaryDirectory() as tmp:
         weights = os.path.join(tmp, "model_weights.pt")
-        export_weights(checkpoint_path, weights)
+        torch.save(state_dict, weights)
         config = os.path.join(tmp, "config.yaml")
         serving_cfg = cfg.clone()
         serving_cfg.defrost()
