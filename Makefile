@@ -5,7 +5,7 @@ STAMP := $(VENV)/.setup-done
 export MLFLOW_DISABLE_TELEMETRY ?= true
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup demo test bench stack-up stack-down clean
+.PHONY: setup demo test test-fast bench stack-deps stack-up stack-down clean
 
 setup: $(STAMP)
 
@@ -23,8 +23,15 @@ demo: setup
 test: setup
 	$(PY) -m pytest
 
+# Daily work: everything but the tests marked slow (whole training runs, servers, several processes).
+test-fast: setup
+	$(PY) -m pytest -m "not slow"
+
 # A team tracking stack on 127.0.0.1: PostgreSQL + SeaweedFS S3 + mlflow server (state in .stack/).
-stack-up: setup
+stack-deps:
+	bash scripts/install_stack_deps.sh
+
+stack-up: setup stack-deps
 	$(PY) -m seizure_mlflow.stack.local up
 
 stack-down:

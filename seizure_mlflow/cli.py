@@ -7,6 +7,7 @@ codes: 0 success, 1 a failure during work (with its message), 2 bad input found 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import os
@@ -21,65 +22,41 @@ from seizure_mlflow.errors import UserError
 logger = logging.getLogger("seizure_mlflow")
 
 def _add_train(sub) -> None:
-    from seizure_mlflow.config import DEFAULT_CONFIG, DEFAULT_MODEL_NAME, TrainParams
+    from seizure_mlflow.config import default_text, param_fields, param_kind
 
-    d = TrainParams()
     p = sub.add_parser("train", help="train the hooked Mask R-CNN, log to MLflow, register the best checkpoint",
                        description="Train on COCO files (default: the synthetic sample data), log params, losses and "
                                    "plots to MLflow, and register the checkpoint with the lowest validation loss.")
-    p.add_argument("--train-json", default="", help="training COCO file (empty: the sample data)")
-    p.add_argument("--train-images", default="", help="folder the training file_name entries are relative to")
-    p.add_argument("--val-json", default="", help="validation COCO file")
-    p.add_argument("--val-images", default="", help="validation image folder")
-    p.add_argument("--test-json", default="", help="test COCO file: if given, the best checkpoint's COCO AP is "
-                                                  "logged and champion/challenger promotion runs")
-    p.add_argument("--test-images", default="", help="test image folder")
-    p.add_argument("--config", default=DEFAULT_CONFIG,
-                   help="model-zoo name (e.g. COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml) or YAML path "
-                        f"(default: the bundled {DEFAULT_CONFIG})")
-    p.add_argument("--weights", default="", help="'' from scratch, a path, a URL, or 'model-zoo'")
-    p.add_argument("--lr", default=str(d.lr), help=f"base learning rate (default {d.lr})")
-    p.add_argument("--ims-per-batch", default=str(d.ims_per_batch), help="images per batch, all processes")
-    p.add_argument("--max-iter", default=str(d.max_iter), help="training iterations")
-    p.add_argument("--eval-period", default=str(d.eval_period), help="validation loss every N iterations")
-    p.add_argument("--min-size", default=str(d.min_size), help="shorter image side in pixels, train and test")
-    p.add_argument("--num-workers", default=str(d.num_workers), help="data-loader worker processes")
-    p.add_argument("--device", default=d.device, help="auto, cpu or cuda")
-    p.add_argument("--seed", default=str(d.seed), help="random seed")
-    p.add_argument("--model-name", default=DEFAULT_MODEL_NAME, help="registered model name")
-    p.add_argument("--opts", default="", help="extra Detectron2 overrides 'KEY VALUE ...', applied last")
-    p.add_argument("--output-dir", default="", help="checkpoint folder (default: output/RUN_ID)")
-    p.add_argument("--log-images", nargs="?", const="true", default="false", choices=("true", "false"),
-                   help="also upload a few validation frames with the best model's detections drawn (patient data: "
-                        "off unless asked for)")
-    p.add_argument("--resume", nargs="?", const="true", default="false", choices=("true", "false"),
-                   help="continue the run whose checkpoints are in --output-dir from its last checkpoint, "
-                        "in the same MLflow run")
-    p.add_argument("--num-processes", default="1",
-                   help="training processes on this machine (one per GPU; Detectron2's launch)")
+    for f in param_fields():  # one option per TrainParams field: the MLproject's `main` parameters
+        flag = cli_flag(f.name)
+        if param_kind(f) == "bool":
+            p.add_argument(flag, dest=f.name, nargs="?", const="true", default=default_text(f), help=f.metadata["help"])
+        else:
+            p.add_argument(flag, dest=f.name, default=default_text(f), help=f.metadata["help"],
+                           choices=f.metadata.get("choices"))
     p.set_defaults(func=cmd_train)
 
 
+def cli_flag(param: str) -> str:
+    """The command-line option of a parameter: ``output_dir`` -> ``--output-dir``."""
+    return "--" + param.replace("_", "-")
+
+
+_OPTION_OF_PARAM = {"input_dir": "--input"}  # library parameter names whose option is not cli_flag(name)
+
+
+def cli_option(param: str) -> str:
+    """How the command line names a library function's parameter in an error message."""
+    return _OPTION_OF_PARAM.get(param) or cli_flag(param)
+
+
 def cmd_train(args) -> int:
-    from seizure_mlflow.config import TrainParams, parse_float, parse_int
+    from seizure_mlflow.config import param_fields, params_from_text
     from seizure_mlflow.training import run_training
 
-    params = TrainParams(
-        train_json=args.train_json, train_images=args.train_images,
-        val_json=args.val_json, val_images=args.val_images,
-        test_json=args.test_json, test_images=args.test_images,
-        config=args.config, weights=args.weights,
-        lr=parse_float("lr", args.lr),
-        ims_per_batch=parse_int("ims_per_batch", args.ims_per_batch),
-        max_iter=parse_int("max_iter", args.max_iter),
-        eval_period=parse_int("eval_period", args.eval_period),
-        min_size=parse_int("min_size", args.min_size),
-        num_workers=parse_int("num_workers", args.num_workers),
-        device=args.device, seed=parse_int("seed", args.seed), model_name=args.model_name,
-        opts=tuple(shlex.split(args.opts)), output_dir=args.output_dir, log_images=args.log_images == "true",
-    )
+    params = params_from_text({f.name: getattr(args, f.name) for f in param_fields()})
     try:
-        result = run_training(params, num_processes=parse_int("num_processes", args.num_processes), resume=args.resume == "true")
+        result = run_training(params)
     except KeyboardInterrupt as exc:
         logger.error("Training interrupted (%s); the MLflow run is KILLED. Continue with: seizure-mlflow train "
                      "--resume --output-dir %s (and the same parameters)", exc or "Ctrl-C", params.output_dir or "output/RUN_ID")
@@ -117,8 +94,11 @@ def _add_sample_data(sub) -> None:
 def cmd_sample_data(args) -> int:
     from seizure_mlflow.data.sample import SampleSpec, write_sample_dataset
 
+    from seizure_mlflow.data.staging import check_output_folder
+
     spec = SampleSpec(num_videos=args.num_videos, frames_per_video=args.frames_per_video,
                       width=args.width, height=args.height, seed=args.seed)
+    check_output_folder(args.output, "output")
     if args.format == "per-video":
         from seizure_mlflow.data.sample import write_sample_exports
 
@@ -145,7 +125,10 @@ def _add_prepare(sub) -> None:
     p.add_argument("--video-key", default="video_id", help="with --merged: the image field naming the video")
     p.add_argument("--video-regex", default="", help="with --merged: regex over file_name whose group is the video")
     p.add_argument("--every", type=int, default=0, help="also extract every N-th unannotated frame (images only)")
-    p.add_argument("--force", action="store_true", help="replace a non-empty --output folder")
+    p.add_argument("--force", action="store_true", help="replace an earlier output of prepare (never any other folder)")
+    p.add_argument("--merge-category-spellings", action="store_true",
+                   help="make category names that differ only in case or spaces (patient, Patient) one class, with a "
+                        "warning (default: an error listing the spellings)")
     p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow even under `mlflow run`")
     p.set_defaults(func=cmd_prepare)
 
@@ -157,15 +140,15 @@ def cmd_prepare(args) -> int:
     try:
         ratios = tuple(float(r) for r in " ".join(args.ratios).replace(",", " ").split())
     except ValueError:
-        raise UserError(f"--ratios needs three numbers (train val test); got {' '.join(args.ratios)!r}") from None
+        raise UserError(f"needs three numbers (train val test); got {' '.join(args.ratios)!r}", param="ratios") from None
     if len(ratios) != 3:
-        raise UserError(f"--ratios needs three numbers (train val test); got {' '.join(args.ratios)!r}")
+        raise UserError(f"needs three numbers (train val test); got {' '.join(args.ratios)!r}", param="ratios")
     if args.merged:
         videos = split_merged(args.merged, args.input, video_key=args.video_key, video_regex=args.video_regex or None)
     else:
         videos = discover_videos(args.input)
-    result = prepare_dataset(videos, args.output, ratios=ratios, seed=args.seed,
-                             patient_map=args.patient_map or None, every=args.every, force=args.force)
+    result = prepare_dataset(videos, args.output, ratios=ratios, seed=args.seed, patient_map=args.patient_map or None,
+                             every=args.every, force=args.force, merge_category_spellings=args.merge_category_spellings)
     print(format_report(result.report))
     print(f"Wrote {result.output}: train.json, val.json, test.json, images/, split.json, report.json")
     if os.environ.get("MLFLOW_RUN_ID") and not args.no_mlflow:
@@ -186,9 +169,11 @@ def _add_evaluate(sub) -> None:
 
 def cmd_evaluate(args) -> int:
     from seizure_mlflow.data.checks import file_digest
-    from seizure_mlflow.evaluation import detector_from_uri, evaluate_and_record, registered_version, summary_line
+    from seizure_mlflow.data.datasets import check_test_set
+    from seizure_mlflow.evaluation import summary_line
+    from seizure_mlflow.registry.evaluate import evaluate_and_record
+    from seizure_mlflow.registry.uris import detector_from_uri, registered_version
     from seizure_mlflow.tracking.run import active_run
-    from seizure_mlflow.training import check_test_set
 
     _require_test_pair(args)
     test = check_test_set(args.test_json, args.test_images)
@@ -205,7 +190,7 @@ def cmd_evaluate(args) -> int:
 
 def _require_test_pair(args) -> None:
     if bool(args.test_json) != bool(args.test_images):
-        raise UserError("--test-json and --test-images go together: give both, or neither")
+        raise UserError("--test-json and --test-images go together: give both, or neither", param="test_json")
 
 
 def _add_promote(sub) -> None:
@@ -247,15 +232,23 @@ def _add_predict(sub) -> None:
 
 
 def cmd_predict(args) -> int:
-    from seizure_mlflow.evaluation import detector_from_uri
-    from seizure_mlflow.inference.files import is_video, list_images, predict_images, predict_video
+    from seizure_mlflow.data.staging import check_output_file
+    from seizure_mlflow.data.video import check_video_readable
+    from seizure_mlflow.inference.files import check_images, is_video, list_images, predict_images, predict_video
+    from seizure_mlflow.registry.uris import detector_from_uri
 
     if args.batch_size < 1:
-        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+        raise UserError(f"must be >= 1, got {args.batch_size}", param="batch_size")
     video = is_video(args.input)
     if args.overlay and not video:
-        raise UserError("--overlay needs a video --input")
+        raise UserError("needs a video --input", param="overlay")
+    check_output_file(args.output, "output")
+    if args.overlay:
+        check_output_file(args.overlay, "overlay")
+    if video:
+        check_video_readable(args.input)
     images = [] if video else list_images(args.input)
+    check_images(images)
     detector = detector_from_uri(args.model_uri)
     if video:
         results = predict_video(detector, Path(args.input), args.batch_size, overlay=args.overlay or None)
@@ -294,14 +287,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+REQUIRED_MODULES = ("torch", "detectron2", "mlflow", "cv2", "pycocotools", "av")
+
+
+def missing_dependencies() -> list[str]:
+    """The project's dependencies that this Python cannot import (found without importing them)."""
+    return [name for name in REQUIRED_MODULES if importlib.util.find_spec(name) is None]
+
+
+def needs_tracking_server(args) -> bool:
+    """Whether a command will talk to MLflow, so that a dead server stops it before any work (``train`` checks
+    for itself, in :func:`~seizure_mlflow.training.plan_run`)."""
+    if args.command in ("evaluate", "promote"):
+        return True
+    if args.command == "predict":
+        return args.model_uri.startswith(("models:/", "runs:/"))
+    if args.command == "prepare":
+        return bool(os.environ.get("MLFLOW_RUN_ID")) and not args.no_mlflow
+    return False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    missing = missing_dependencies()
+    if missing:
+        print(f"error: this Python ({sys.executable}) cannot import {', '.join(missing)}: it is not the project's "
+              "environment. Run `make setup`, then `source .venv/bin/activate` (or call .venv/bin/seizure-mlflow); "
+              "`mlflow run . --env-manager local` runs its entry points with the `python` on PATH, so activate "
+              "the venv first.", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(levelname)s %(message)s",
                         datefmt="%H:%M:%S")
     args = build_parser().parse_args(argv)
     try:
+        from seizure_mlflow.tracking.run import bound_http_retries, check_tracking_server
+
+        bound_http_retries()
+        if needs_tracking_server(args):
+            check_tracking_server()
         return args.func(args)
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {exc.worded_for(cli_option)}", file=sys.stderr)
         return 2
 
 

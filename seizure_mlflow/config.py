@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,30 +26,48 @@ VAL_DATASET = "seizure_val"
 DEVICES = ("auto", "cpu", "cuda")
 
 
+def _param(default: Any, help: str, **extra: Any) -> Any:
+    """A ``main`` parameter: its default, its ``--help`` text, and how the command line reads it."""
+    factory = {"default_factory": default} if callable(default) else {"default": default}
+    return field(metadata={"help": help, **extra}, **factory)
+
+
 @dataclass(frozen=True)
 class TrainParams:
-    """Parameters of a training run; names match the MLproject ``main`` entry point."""
+    """The parameters of a training run, and the one source of ``main``'s parameters.
 
-    train_json: str = ""
-    train_images: str = ""
-    val_json: str = ""
-    val_images: str = ""
-    test_json: str = ""
-    test_images: str = ""
-    config: str = DEFAULT_CONFIG
-    weights: str = ""
-    lr: float = 0.02
-    ims_per_batch: int = 2
-    max_iter: int = 800
-    eval_period: int = 50
-    min_size: int = 128
-    num_workers: int = 0
-    device: str = "auto"
-    seed: int = 7
-    model_name: str = DEFAULT_MODEL_NAME
-    opts: tuple[str, ...] = field(default_factory=tuple)
-    output_dir: str = ""
-    log_images: bool = False  # upload a few validation frames with predictions drawn (patient data: opt-in)
+    Each field is a parameter of the MLproject ``main`` entry point and an option of ``seizure-mlflow train``
+    (``lr`` -> ``--lr``, ``ims_per_batch`` -> ``--ims-per-batch``): names, types, defaults and help text come
+    from here (see :func:`cli_options` and :func:`params_from_text`); a test keeps the MLproject and the
+    README equal to them. Values are checked when the object is made.
+    """
+
+    train_json: str = _param("", "training COCO file (empty: the synthetic sample data)")
+    train_images: str = _param("", "folder the training file_name entries are relative to")
+    val_json: str = _param("", "validation COCO file")
+    val_images: str = _param("", "validation image folder")
+    test_json: str = _param("", "test COCO file: if given, the best checkpoint's COCO AP is logged and "
+                                "champion/challenger promotion runs")
+    test_images: str = _param("", "test image folder")
+    config: str = _param(DEFAULT_CONFIG, "model-zoo name (e.g. COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml) "
+                                         "or YAML path (default: the bundled %(default)s)")
+    weights: str = _param("", "'' from scratch, a path, a URL, or 'model-zoo' for the config's COCO checkpoint")
+    lr: float = _param(0.02, "base learning rate (default %(default)s)")
+    ims_per_batch: int = _param(2, "images per batch, all processes together (default %(default)s)")
+    max_iter: int = _param(800, "training iterations (default %(default)s)")
+    eval_period: int = _param(50, "validation loss every N iterations (default %(default)s)")
+    min_size: int = _param(128, "shorter image side in pixels, train and test (default %(default)s)")
+    num_workers: int = _param(0, "data-loader worker processes (default %(default)s)")
+    device: str = _param("auto", "auto, cpu or cuda (default %(default)s)", choices=DEVICES)
+    seed: int = _param(7, "random seed (default %(default)s)")
+    model_name: str = _param(DEFAULT_MODEL_NAME, "registered model name (default %(default)s)")
+    opts: tuple[str, ...] = _param(tuple, "extra Detectron2 overrides 'KEY VALUE ...', applied last")
+    num_processes: int = _param(1, "training processes on this machine (one per GPU; Detectron2's launch)")
+    output_dir: str = _param("", "checkpoint folder (default: output/RUN_ID)")
+    resume: bool = _param(False, "continue the run whose checkpoints are in output_dir from its last checkpoint, "
+                                 "in the same MLflow run")
+    log_images: bool = _param(False, "also upload a few validation frames with the best model's detections drawn "
+                                     "(patient data: off unless asked for)")
 
     def __post_init__(self) -> None:
         _require(isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0,
@@ -56,6 +75,8 @@ class TrainParams:
         for name in ("ims_per_batch", "max_iter", "eval_period", "min_size"):
             value = getattr(self, name)
             _require(isinstance(value, int) and value > 0, f"{name} must be a positive integer, got {value!r}")
+        _require(isinstance(self.num_processes, int) and self.num_processes >= 1,
+                 f"num_processes must be an integer >= 1, got {self.num_processes!r}")
         _require(isinstance(self.num_workers, int) and self.num_workers >= 0,
                  f"num_workers must be an integer >= 0, got {self.num_workers!r}")
         _require(isinstance(self.seed, int) and self.seed >= 0, f"seed must be an integer >= 0, got {self.seed!r}")
@@ -71,6 +92,7 @@ class TrainParams:
         _require(bool(self.train_json) == bool(self.val_json),
                  "give both a training set (train_json) and a validation set (val_json), or neither "
                  "to use the sample data")
+        _require(not self.resume or bool(self.output_dir), "resume needs the output_dir of the run to continue")
 
     def replace(self, **changes: Any) -> "TrainParams":
         return dataclasses.replace(self, **changes)
@@ -96,6 +118,47 @@ def parse_float(name: str, text: str) -> float:
     except ValueError:
         raise ConfigError(f"{name} must be a number, got {text!r}") from None
     return value
+
+
+TRUE_FALSE = ("true", "false")
+
+
+def param_fields() -> tuple[dataclasses.Field, ...]:
+    return dataclasses.fields(TrainParams)
+
+
+def param_kind(f: dataclasses.Field) -> str:
+    """``str``, ``int``, ``float``, ``bool`` or ``opts`` (a KEY VALUE list written as one string)."""
+    return "opts" if f.name == "opts" else str(f.type)
+
+
+def default_text(f: dataclasses.Field) -> str:
+    """A field's default as a command line or ``mlflow run -P`` writes it (``0.02``, ``false``, ``""``)."""
+    value = f.default_factory() if f.default is dataclasses.MISSING else f.default
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, tuple):
+        return shlex.join(value)
+    return str(value)
+
+
+def parse_bool(name: str, text: str) -> bool:
+    value = str(text).strip().lower()
+    if value not in TRUE_FALSE:
+        raise ConfigError(f"{name} must be true or false, got {text!r}")
+    return value == "true"
+
+
+def params_from_text(values: dict[str, str]) -> TrainParams:
+    """``TrainParams`` from text values keyed by field name (what the command line and ``mlflow run`` pass);
+    a missing key takes the field's default. Each value is parsed with a message naming its parameter."""
+    unknown = sorted(set(values) - {f.name for f in param_fields()})
+    if unknown:
+        raise ConfigError(f"unknown parameter(s) {', '.join(unknown)}")
+    parsers = {"str": lambda name, text: text, "int": parse_int, "float": parse_float, "bool": parse_bool,
+               "opts": lambda name, text: tuple(shlex.split(text))}
+    parsed = {f.name: parsers[param_kind(f)](f.name, values[f.name]) for f in param_fields() if f.name in values}
+    return TrainParams(**parsed)
 
 
 def resolve_device(device: str) -> str:
@@ -226,8 +289,57 @@ def build_config(params: TrainParams, num_classes: int, output_dir: str):
             cfg.merge_from_list(list(params.opts))
         except (KeyError, ValueError, AssertionError, TypeError) as exc:
             raise ConfigError(f"opts {' '.join(params.opts)!r}: {exc}") from None
+    check_config(cfg, params)
     cfg.freeze()
     return cfg
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+# The final config's values that must hold whatever set them (typed parameter, config file or opts).
+_CONFIG_RULES: tuple[tuple[str, Any, str], ...] = (
+    ("SOLVER.MAX_ITER", lambda v: isinstance(v, int) and v > 0, "a positive integer"),
+    ("SOLVER.IMS_PER_BATCH", lambda v: isinstance(v, int) and v > 0, "a positive integer"),
+    ("SOLVER.BASE_LR", _positive, "a positive number"),
+    ("SOLVER.CHECKPOINT_PERIOD", lambda v: isinstance(v, int) and v > 0, "a positive integer"),
+    ("SOLVER.WARMUP_ITERS", lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
+    ("TEST.EVAL_PERIOD", lambda v: isinstance(v, int) and v > 0, "a positive integer"),
+    ("INPUT.MIN_SIZE_TRAIN", lambda v: len(v) > 0 and all(_positive(x) for x in v), "positive sizes"),
+    ("INPUT.MIN_SIZE_TEST", _positive, "a positive size"),
+    ("INPUT.MAX_SIZE_TRAIN", _positive, "a positive size"),
+    ("INPUT.MAX_SIZE_TEST", _positive, "a positive size"),
+    ("DATALOADER.NUM_WORKERS", lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
+    ("MODEL.RPN.BATCH_SIZE_PER_IMAGE", lambda v: isinstance(v, int) and v > 0, "a positive integer"),
+    ("MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", lambda v: isinstance(v, int) and v > 0, "a positive integer"),
+)
+
+
+def check_config(cfg, params: TrainParams) -> None:
+    """The final config is checked, not only the typed parameters: ``opts`` or a YAML file can set anything.
+
+    Raises :class:`ConfigError` naming the key, its value and what set it, before any run exists.
+    """
+    from_opts = set(params.opts[0::2])
+    problems, keys = [], set()
+    for key, valid, expected in _CONFIG_RULES:
+        value = cfg
+        for part in key.split("."):
+            value = value[part]
+        try:
+            ok = valid(value)
+        except TypeError:
+            ok = False
+        if not ok:
+            source = "set by opts" if key in from_opts else f"from {params.config} or a typed parameter"
+            problems.append(f"{key} must be {expected}, got {value!r} ({source})")
+            keys.add(key)
+    if not problems and cfg.SOLVER.IMS_PER_BATCH % params.num_processes:
+        problems.append(f"SOLVER.IMS_PER_BATCH {cfg.SOLVER.IMS_PER_BATCH} is not divisible by num_processes "
+                        f"{params.num_processes} (each process takes an equal share of a batch)")
+    if problems:
+        raise ConfigError("; ".join(problems), param="opts" if keys & from_opts else None)
 
 
 def flatten_config(cfg, prefix: str = "") -> dict[str, str]:

@@ -1,8 +1,14 @@
-"""A whole training run, as one plain function: check data, build config, train, log, register.
+"""A whole training run, in four named steps: plan, train, record, register.
 
-Order matters for users: every input is checked (datasets, parameters, config) *before* an MLflow run is
-started or attached, so bad input fails fast and leaves no run RUNNING. Under ``mlflow run`` the run
-already exists; ``mlflow run`` marks it FAILED when this command exits non-zero.
+* :func:`plan_run` checks every input (datasets, parameters, config, the tracking server, what to resume)
+  *before* an MLflow run is started or attached, so bad input fails fast and leaves no run behind;
+* :func:`train` runs the hooked trainer in one process or several (Detectron2's ``launch``);
+* :func:`record` builds ``losses.csv`` and the loss plot, and reads the best checkpoint (its iteration and
+  validation loss come from the file itself);
+* :func:`register` logs the best checkpoint as a pyfunc model, registers, tags and aliases it.
+
+:func:`run_training` chains them inside one MLflow run (under ``mlflow run`` the run already exists, and
+``mlflow run`` marks it FAILED when this command exits non-zero).
 """
 
 from __future__ import annotations
@@ -10,8 +16,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 
 import mlflow
 import torch
@@ -19,9 +25,13 @@ from mlflow import MlflowClient
 
 from seizure_mlflow.config import TRAIN_DATASET, VAL_DATASET, TrainParams, build_config
 from seizure_mlflow.data.checks import CocoSummary, check_coco, check_same_categories, file_digest
-from seizure_mlflow.data.sample import DEFAULT_SAMPLE_DIR, sample_paths, write_sample_dataset
+from seizure_mlflow.data.datasets import Datasets, check_datasets
+from seizure_mlflow.data.sample import DEFAULT_SAMPLE_DIR
+from seizure_mlflow.data.staging import check_output_folder
+from seizure_mlflow.engine.trainer import best_checkpoint_path
 from seizure_mlflow.errors import UserError
-from seizure_mlflow.tracking.run import active_run, log_config, log_losses
+from seizure_mlflow.registry.register import CHALLENGER, CHAMPION
+from seizure_mlflow.tracking.run import active_run, check_tracking_server, log_config, log_losses
 
 logger = logging.getLogger(__name__)
 
@@ -31,10 +41,23 @@ BEST_ITER_METRIC = "best/iteration"
 
 
 @dataclass(frozen=True)
-class Datasets:
-    train: CocoSummary
-    val: CocoSummary
-    is_sample: bool
+class Plan:
+    """Everything checked before a run exists."""
+
+    params: TrainParams
+    datasets: Datasets
+    test: CocoSummary | None
+    cfg: object  # the frozen Detectron2 config, OUTPUT_DIR still unset
+    categories: list[dict]
+    resume_run_id: str | None
+
+
+@dataclass(frozen=True)
+class BestCheckpoint:
+    path: str
+    iteration: int  # iterations completed when its validation loss was computed
+    val_total_loss: float
+    weights: dict[str, torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -46,27 +69,6 @@ class TrainResult:
     model_name: str
     model_version: str
     model_alias: str
-
-
-def check_datasets(params: TrainParams, sample_dir: str = DEFAULT_SAMPLE_DIR) -> Datasets:
-    """Check the training and validation COCO files (writing the sample data first if none are given)."""
-    if params.train_json:
-        train = check_coco(params.train_json, params.train_images)
-        val = check_coco(params.val_json, params.val_images)
-        is_sample = False
-    else:
-        paths = sample_paths(write_sample_dataset(sample_dir))
-        train, val = check_coco(*paths["train"]), check_coco(*paths["val"])
-        is_sample = True
-    check_same_categories(train, val)
-    return Datasets(train=train, val=val, is_sample=is_sample)
-
-
-def check_test_set(test_json: str, test_images: str, sample_dir: str = DEFAULT_SAMPLE_DIR) -> CocoSummary:
-    """The given test COCO file, or the sample data's test split (written first if missing)."""
-    if test_json:
-        return check_coco(test_json, test_images)
-    return check_coco(*sample_paths(write_sample_dataset(sample_dir))["test"])
 
 
 def build_trainer(cfg, datasets: Datasets, extra_writers=None, validate: bool = True):
@@ -81,6 +83,32 @@ def build_trainer(cfg, datasets: Datasets, extra_writers=None, validate: bool = 
     register_coco(VAL_DATASET, datasets.val)
     seed_all_rng(cfg.SEED + comm.get_rank())
     return Trainer(cfg, extra_writers=extra_writers, validate=validate)
+
+
+def run_to_resume(output_dir: str) -> str:
+    """The MLflow run id that the checkpoints in ``output_dir`` belong to; a clear error if none can be resumed."""
+    if not os.path.isfile(os.path.join(output_dir, "last_checkpoint")):
+        raise UserError(f"no checkpoint in {output_dir} (no last_checkpoint file); nothing to resume", param="output_dir")
+    try:
+        with open(os.path.join(output_dir, RUN_FILE)) as fh:
+            return json.load(fh)["run_id"]
+    except (OSError, ValueError, KeyError):
+        raise UserError(f"{output_dir}/{RUN_FILE} is missing or unreadable; which MLflow run is this?",
+                        param="output_dir") from None
+
+
+def plan_run(params: TrainParams, sample_dir: str = DEFAULT_SAMPLE_DIR) -> Plan:
+    """Check the tracking server, the data, the parameters and the config; nothing is started."""
+    check_tracking_server()
+    check_output_folder(params.output_dir or "output", "output_dir")
+    datasets = check_datasets(params.train_json, params.train_images, params.val_json, params.val_images, sample_dir)
+    test = check_coco(params.test_json, params.test_images) if params.test_json else None
+    if test is not None:
+        check_same_categories(datasets.train, test)
+    resume_run_id = run_to_resume(params.output_dir) if params.resume else None
+    cfg = build_config(params, num_classes=len(datasets.train.categories), output_dir="")
+    categories = [{"id": cid, "name": name} for cid, name in datasets.train.categories]
+    return Plan(params, datasets, test, cfg, categories, resume_run_id)
 
 
 def _train_worker(cfg, run_id: str, tracking_uri: str, datasets: Datasets, resume: bool = False) -> None:
@@ -102,122 +130,98 @@ def _train_worker(cfg, run_id: str, tracking_uri: str, datasets: Datasets, resum
             mlflow_writer.drain()
 
 
-def best_checkpoint(output_dir: str) -> tuple[str, int]:
-    """Path and iteration (iterations completed) of the best checkpoint a run saved."""
-    path = os.path.join(output_dir, "model_best.pth")
-    if not os.path.isfile(path):
-        raise RuntimeError(f"no best checkpoint in {output_dir}: no finite validation loss was computed")
-    iteration = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["iteration"]  # no full read
-    return path, int(iteration) + 1
-
-
-def check_tracking_server(timeout_s: float = 5) -> None:
-    """Fail fast, before any work, when the tracking URI is an HTTP server that does not answer."""
-    import urllib.error
-    import urllib.parse
-    import urllib.request
-
-    uri = mlflow.get_tracking_uri()
-    parsed = urllib.parse.urlsplit(uri)
-    if parsed.scheme not in ("http", "https"):
-        return
-    shown = f"{parsed.scheme}://{parsed.hostname}{':' + str(parsed.port) if parsed.port else ''}"  # no credentials
-    try:
-        with urllib.request.urlopen(f"{shown}{parsed.path.rstrip('/')}/health", timeout=timeout_s):
-            return
-    except urllib.error.HTTPError:
-        return  # it answers (an auth proxy may refuse /health without credentials)
-    except OSError as exc:
-        raise UserError(f"MLflow tracking server {shown} is unreachable ({getattr(exc, 'reason', exc)}); start it "
-                        "(`make stack-up` for the local stack) or point MLFLOW_TRACKING_URI elsewhere") from None
-
-
-def run_to_resume(output_dir: str) -> str:
-    """The MLflow run id that the checkpoints in ``output_dir`` belong to; a clear error if none can be resumed."""
-    if not output_dir:
-        raise UserError("--resume needs the --output-dir of the run to continue")
-    if not os.path.isfile(os.path.join(output_dir, "last_checkpoint")):
-        raise UserError(f"--resume: no checkpoint in {output_dir} (no last_checkpoint file); nothing to continue")
-    try:
-        with open(os.path.join(output_dir, RUN_FILE)) as fh:
-            return json.load(fh)["run_id"]
-    except (OSError, ValueError, KeyError):
-        raise UserError(f"--resume: {output_dir}/{RUN_FILE} is missing or unreadable; which MLflow run is this?") from None
-
-
-def run_training(params: TrainParams, num_processes: int = 1, sample_dir: str = DEFAULT_SAMPLE_DIR,
-                 resume: bool = False) -> TrainResult:
-    """Train, log and register. With ``resume``, continue the run whose checkpoints are in ``output_dir``
-    from its last checkpoint, in the same MLflow run."""
+def train(cfg, plan: Plan, run_id: str) -> None:
+    """Train with ``cfg`` (its OUTPUT_DIR set) in ``plan.params.num_processes`` processes, logging to ``run_id``."""
     from detectron2.engine import launch
 
-    from seizure_mlflow.inference.predictor import Detector
-    from seizure_mlflow.registry.register import CHAMPION, log_and_register
+    worker_args = (cfg, run_id, mlflow.get_tracking_uri(), plan.datasets, plan.params.resume)
+    if plan.params.num_processes == 1:
+        _train_worker(*worker_args)
+    else:
+        launch(_train_worker, plan.params.num_processes, dist_url="auto", args=worker_args)
 
-    check_tracking_server()
-    datasets = check_datasets(params, sample_dir)
-    test = check_coco(params.test_json, params.test_images) if params.test_json else None
-    if test is not None:
-        check_same_categories(datasets.train, test)
-    if num_processes < 1:
-        raise UserError(f"num_processes must be >= 1, got {num_processes}")
-    resume_run_id = run_to_resume(params.output_dir) if resume else None
+
+def read_best_checkpoint(output_dir: str) -> BestCheckpoint | None:
+    """What ``ResumableBestCheckpointer`` saved, or None when no finite validation loss was computed."""
+    path = best_checkpoint_path(output_dir)
+    if not os.path.isfile(path):
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # tensors are read when used
+    return BestCheckpoint(path=path, iteration=int(state["iteration"]) + 1, val_total_loss=float(state["best_metric"]),
+                          weights=state["model"])
+
+
+def record(run_id: str, output_dir: str) -> BestCheckpoint | None:
+    """``losses.csv`` and the loss plot from the run's metrics; the best checkpoint's values as metrics."""
+    best = read_best_checkpoint(output_dir)
+    log_losses(run_id, best.iteration if best else None)
+    if best is not None:
+        mlflow.log_metrics({BEST_VAL_METRIC: best.val_total_loss, BEST_ITER_METRIC: best.iteration},
+                           step=best.iteration, run_id=run_id)
+    return best
+
+
+def register(plan: Plan, cfg, best: BestCheckpoint, run_id: str):
+    """The best checkpoint as a registered model version, tagged and aliased; returns the version."""
+    from seizure_mlflow.registry.register import log_and_register
+
+    return log_and_register(cfg, best.weights, plan.categories, plan.params.model_name, {
+        "val_total_loss": f"{best.val_total_loss:.6g}",
+        "best_iteration": str(best.iteration),
+        "run_id": run_id,
+        "config": plan.params.config,
+    })
+
+
+def run_training(params: TrainParams, sample_dir: str = DEFAULT_SAMPLE_DIR) -> TrainResult:
+    """Plan, train, record and register in one MLflow run. With ``params.resume``, continue the run whose
+    checkpoints are in ``params.output_dir`` from its last checkpoint, in the same MLflow run."""
+    plan = plan_run(params, sample_dir)
     wrapper = os.environ.get("MLFLOW_RUN_ID")
-    if resume_run_id and wrapper and wrapper != resume_run_id:
+    if plan.resume_run_id and wrapper and wrapper != plan.resume_run_id:
         # `mlflow run -P resume=true` made a new run for this command: point it at the run that continues.
-        MlflowClient().set_tag(wrapper, "seizure.continues_run", resume_run_id)
-    cfg = build_config(params, num_classes=len(datasets.train.categories), output_dir="")
-    categories = [{"id": cid, "name": name} for cid, name in datasets.train.categories]
-
+        MlflowClient().set_tag(wrapper, "seizure.continues_run", plan.resume_run_id)
     tags = {
         "seizure.config": params.config,
-        "seizure.dataset": "sample" if datasets.is_sample else "custom",
-        "seizure.train_digest": file_digest(datasets.train.json_path),
-        "seizure.val_digest": file_digest(datasets.val.json_path),
+        "seizure.dataset": "sample" if plan.datasets.is_sample else "custom",
+        "seizure.train_digest": file_digest(plan.datasets.train.json_path),
+        "seizure.val_digest": file_digest(plan.datasets.val.json_path),
     }
-    with active_run(run_name="train", tags=tags, run_id=resume_run_id) as run:
+    with active_run(run_name="train", tags=tags, run_id=plan.resume_run_id) as run:
         run_id = run.info.run_id
-        cfg = cfg.clone()
-        cfg.defrost()
-        cfg.OUTPUT_DIR = os.path.abspath(params.output_dir or os.path.join("output", run_id))
-        cfg.freeze()
-        os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
-        with open(os.path.join(cfg.OUTPUT_DIR, RUN_FILE), "w") as fh:
-            json.dump({"run_id": run_id}, fh)
+        cfg = _with_output_dir(plan.cfg, params.output_dir or os.path.join("output", run_id))
+        (Path(cfg.OUTPUT_DIR) / RUN_FILE).write_text(json.dumps({"run_id": run_id}))
         log_config(cfg)
         logger.info("MLflow run %s; checkpoints in %s", run_id, cfg.OUTPUT_DIR)
-        worker_args = (cfg, run_id, mlflow.get_tracking_uri(), datasets, resume)
         try:
-            if num_processes == 1:
-                _train_worker(*worker_args)
-            else:
-                launch(_train_worker, num_processes, dist_url="auto", args=worker_args)
+            train(cfg, plan, run_id)
         finally:
-            # Even a failed run keeps the curves it got so far.
-            has_best = os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "model_best.pth"))
-            best = best_checkpoint(cfg.OUTPUT_DIR) if has_best else None
-            log_losses(run_id, best[1] if best else None)
+            best = record(run_id, cfg.OUTPUT_DIR)  # even a failed run keeps the curves it got so far
+        if best is None:
+            raise RuntimeError(f"no best checkpoint in {cfg.OUTPUT_DIR}: no finite validation loss was computed")
+        version = register(plan, cfg, best, run_id)
+        alias = CHAMPION if CHAMPION in version.aliases else CHALLENGER
+        detector = None
+        if params.log_images or plan.test is not None:
+            from seizure_mlflow.inference.predictor import Detector
 
-        checkpoint, best_iteration = best or best_checkpoint(cfg.OUTPUT_DIR)
-        weights = torch.load(checkpoint, map_location="cpu", weights_only=True)["model"]  # read once, used below
-        val_history = {m.step: m.value for m in MlflowClient().get_metric_history(run_id, "val/total_loss")}
-        best_val = val_history[best_iteration]
-        mlflow.log_metrics({BEST_VAL_METRIC: best_val, BEST_ITER_METRIC: best_iteration}, step=params.max_iter)
-        version = log_and_register(cfg, weights, categories, params.model_name, {
-            "val_total_loss": f"{best_val:.6g}",
-            "best_iteration": str(best_iteration),
-            "run_id": run_id,
-            "config": params.config,
-        })
-        alias = CHAMPION if CHAMPION in version.aliases else "challenger"
+            detector = Detector(cfg, best.weights, plan.categories)
         if params.log_images:
-            _log_validation_images(Detector(cfg, weights, categories), datasets.val, run_id)
-        if test is not None:
-            alias = _evaluate_and_promote(Detector(cfg, weights, categories), test, run_id, params.model_name,
-                                          str(version.version))
-    return TrainResult(run_id=run_id, output_dir=cfg.OUTPUT_DIR, best_val_total_loss=best_val,
-                       best_iteration=best_iteration, model_name=params.model_name,
+            _log_validation_images(detector, plan.datasets.val, run_id)
+        if plan.test is not None:
+            alias = _evaluate_and_promote(detector, plan.test, run_id, params.model_name, str(version.version))
+    return TrainResult(run_id=run_id, output_dir=cfg.OUTPUT_DIR, best_val_total_loss=best.val_total_loss,
+                       best_iteration=best.iteration, model_name=params.model_name,
                        model_version=str(version.version), model_alias=alias)
+
+
+def _with_output_dir(cfg, output_dir: str):
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.OUTPUT_DIR = os.path.abspath(output_dir)
+    cfg.freeze()
+    os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+    return cfg
 
 
 def _evaluate_and_promote(detector, test: CocoSummary, run_id: str, model_name: str, version: str) -> str:
@@ -225,7 +229,8 @@ def _evaluate_and_promote(detector, test: CocoSummary, run_id: str, model_name: 
 
     Returns the alias the new version holds afterwards.
     """
-    from seizure_mlflow.evaluation import evaluate_and_record, summary_line
+    from seizure_mlflow.evaluation import summary_line
+    from seizure_mlflow.registry.evaluate import evaluate_and_record
     from seizure_mlflow.registry.promote import promote
 
     result = evaluate_and_record(detector, test, run_id, (model_name, version))
@@ -233,11 +238,11 @@ def _evaluate_and_promote(detector, test: CocoSummary, run_id: str, model_name: 
     decision = promote(model_name, test)
     logger.info("Promotion: %s", decision.message(model_name))
     aliases = MlflowClient().get_model_version(model_name, version).aliases
-    return "champion" if "champion" in aliases else ("challenger" if "challenger" in aliases else "")
+    return CHAMPION if CHAMPION in aliases else (CHALLENGER if CHALLENGER in aliases else "")
 
 
 def _log_validation_images(detector, val: CocoSummary, run_id: str, count: int = 4) -> None:
-    """Only with ``--log-images``: a few validation frames with the best checkpoint's detections drawn,
+    """Only with ``log_images``: a few validation frames with the best checkpoint's detections drawn,
     as ``images/val_N.png``. These are patient frames: never uploaded unless asked for."""
     import tempfile
 

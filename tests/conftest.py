@@ -7,9 +7,11 @@ training iteration takes well under a second on a laptop CPU.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import mlflow
 import pytest
@@ -50,20 +52,34 @@ def tiny_params(tiny_data, tmp_path, **changes) -> TrainParams:
     return TrainParams(**base)
 
 
+@contextlib.contextmanager
+def private_tracking_store(root: Path) -> Iterator[str]:
+    """For the block: a private SQLite tracking store + registry in ``root`` (artifacts in root/mlruns), the
+    working folder ``root``; MLflow's URIs, the environment and the folder are restored afterwards."""
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mp.setenv("MLFLOW_REGISTRY_URI", uri)
+        mp.delenv("MLFLOW_RUN_ID", raising=False)
+        mp.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        try:
+            yield uri
+        finally:
+            while mlflow.active_run():
+                mlflow.end_run()
+            mlflow.set_tracking_uri(previous[0])
+            mlflow.set_registry_uri(previous[1])
+
+
 @pytest.fixture
-def tracking(tmp_path, monkeypatch) -> str:
-    """A private SQLite tracking store + registry; artifacts under tmp_path/mlruns. Returns its URI."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.setenv("MLFLOW_REGISTRY_URI", uri)
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    yield uri
-    while mlflow.active_run():
-        mlflow.end_run()
+def tracking(tmp_path) -> Iterator[str]:
+    """A private store for one test (see :func:`private_tracking_store`). Returns its URI."""
+    with private_tracking_store(tmp_path) as uri:
+        yield uri
 
 
 def venv_env(**extra: str) -> dict[str, str]:

@@ -6,6 +6,7 @@ import copy
 import json
 
 import pytest
+from PIL import Image
 
 from seizure_mlflow.data.checks import check_coco, check_same_categories
 from seizure_mlflow.errors import DatasetError
@@ -26,7 +27,12 @@ def image_root(tmp_path):
     root = tmp_path / "images"
     root.mkdir()
     for name in ("a.png", "b.png"):
-        (root / name).write_bytes(b"\x89PNG")
+        Image.new("RGB", (20, 10)).save(root / name)
+    (tmp_path / "outside.png").write_bytes((root / "a.png").read_bytes())  # a real image beside the image folder
+    (root / "notes.png").write_text("this is a text file named like a frame")
+    (root / "empty.png").write_bytes(b"")
+    Image.new("RGB", (32, 24)).save(root / "big.png")
+    (root / "link.png").symlink_to(tmp_path / "outside.png")
     return root
 
 
@@ -64,6 +70,20 @@ MALFORMED = [
     ("bad RLE", _edit(lambda d: d["annotations"][0].update(segmentation={"counts": "abc"})), "RLE segmentation needs 'size'"),
     ("duplicate category name", _edit(lambda d: d["categories"].append({"id": 2, "name": "patient"})), "duplicate category name 'patient'"),
     ("no annotations", _edit(lambda d: d.update(annotations=[])), "'annotations' is empty"),
+    ("category names differing in case", _edit(lambda d: d["categories"].append({"id": 2, "name": " Patient"})),
+     "category name ' Patient' differs from 'patient' only in case or spaces"),
+    ("file_name with ..", _edit(lambda d: d["images"][1].update(file_name="../outside.png")),
+     "images[1] (id 2): file_name '../outside.png' leads outside the image folder"),
+    ("absolute file_name", _edit(lambda d: d["images"][1].update(file_name="/etc/hostname")),
+     "images[1] (id 2): file_name '/etc/hostname' leads outside the image folder"),
+    ("symlink pointing out", _edit(lambda d: d["images"][1].update(file_name="link.png")),
+     "images[1] (id 2): file_name 'link.png' leads outside the image folder"),
+    ("text file named .png", _edit(lambda d: d["images"][1].update(file_name="notes.png")),
+     "images[1] (id 2): {root}/notes.png is not a readable image"),
+    ("0-byte frame", _edit(lambda d: d["images"][1].update(file_name="empty.png")),
+     "images[1] (id 2): image file {root}/empty.png is empty (0 bytes)"),
+    ("frame of another size", _edit(lambda d: d["images"][1].update(file_name="big.png")),
+     "images[1] (id 2): {root}/big.png is 32x24 (PNG) but the COCO file says 20x10"),
 ]
 
 
@@ -74,7 +94,42 @@ def test_malformed_coco_is_a_clear_error(tmp_path, image_root, data, expected):
         check_coco(path, image_root)
     message = str(err.value)
     assert path in message, message
-    assert expected in message, message
+    assert expected.format(root=image_root) in message, message
+
+
+def test_bad_frames_are_all_listed_at_once_and_nothing_outside_is_opened(tmp_path, image_root, monkeypatch):
+    data = _valid()
+    data["images"] += [{"id": 3, "file_name": name, "width": 20, "height": 10}
+                       for name in ("notes.png", "empty.png", "big.png", "../outside.png", "link.png")]
+    for k, image in enumerate(data["images"][2:]):
+        image["id"] = 3 + k
+    opened = []
+    real_open = Image.open
+    monkeypatch.setattr(Image, "open", lambda p, *a, **kw: opened.append(str(p)) or real_open(p, *a, **kw))
+    with pytest.raises(DatasetError) as err:
+        check_coco(_write(tmp_path, data), image_root)
+    message = str(err.value)
+    assert "5 problem(s)" in message
+    for name in ("notes.png", "empty.png", "big.png", "'../outside.png'", "'link.png'"):
+        assert name in message
+    assert not any("outside" in p or "link" in p for p in opened), opened
+
+
+def test_many_frames_are_checked_in_parallel_with_the_same_result(tmp_path):
+    from seizure_mlflow.data.checks import check_image_headers
+
+    root = tmp_path / "frames"
+    root.mkdir()
+    frames = []
+    for k in range(200):
+        path = root / f"f{k}.png"
+        if k == 150:
+            path.write_text("not an image")
+        else:
+            Image.new("RGB", (20, 10)).save(path)
+        frames.append((f"images[{k}]", str(path), (20, 10) if k != 77 else (21, 10)))
+    problems = check_image_headers(frames)
+    assert [p.split(":")[0] for p in problems] == ["images[77]", "images[150]"]
 
 
 def test_missing_file_and_folder(tmp_path, image_root):

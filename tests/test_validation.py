@@ -16,7 +16,8 @@ from seizure_mlflow.engine.resume import ResumableBestCheckpointer
 from seizure_mlflow.engine.trainer import CheckpointAlignedWriter
 from seizure_mlflow.engine.validation import ValidationLoss, compute_validation_loss
 from seizure_mlflow.tracking.writer import metric_name
-from seizure_mlflow.training import build_trainer, check_datasets
+from seizure_mlflow.data.datasets import check_datasets
+from seizure_mlflow.training import build_trainer
 
 # BatchNorm instead of the demo's GroupNorm: the statistics the hook must not touch.
 BN_OPTS = TINY_OPTS + ("MODEL.RESNETS.NORM", "BN", "MODEL.FPN.NORM", "BN")
@@ -24,7 +25,7 @@ BN_OPTS = TINY_OPTS + ("MODEL.RESNETS.NORM", "BN", "MODEL.FPN.NORM", "BN")
 
 def _cfg(tiny_data, tmp_path, name="out", **changes):
     params = tiny_params(tiny_data, tmp_path, opts=BN_OPTS, **changes)
-    datasets = check_datasets(params)
+    datasets = check_datasets(params.train_json, params.train_images, params.val_json, params.val_images)
     return build_config(params, num_classes=2, output_dir=str(tmp_path / name)), datasets
 
 

@@ -1,7 +1,10 @@
 """The one COCO validator: training, preparation and evaluation all check their files here.
 
 ``check_coco(json_path, image_root)`` reads a COCO instances file and raises :class:`DatasetError` listing
-every problem found (up to a limit), each naming the file and the record, before any work starts.
+every problem found (up to a limit), each naming the file and the record, before any work starts. Besides
+the records it checks the frames themselves: each ``file_name`` must stay inside the image folder (no
+absolute paths, no ``..``, no symbolic links pointing out), and each frame's header is read (its format, and
+its size against the record's ``width``/``height``), so a bad frame is found before training, not hours in.
 """
 
 from __future__ import annotations
@@ -11,15 +14,20 @@ import json
 import logging
 import math
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from PIL import Image
 
 from seizure_mlflow.errors import DatasetError
 
 logger = logging.getLogger(__name__)
 
 MAX_REPORTED = 12
+IMAGE_CHECK_WORKERS = 8
+READABLE_FORMATS = {"PNG", "JPEG", "BMP", "TIFF", "WEBP", "PPM"}
 
 
 @dataclass(frozen=True)
@@ -80,6 +88,53 @@ def load_coco_json(json_path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise DatasetError(f"{path}: top level must be a JSON object with images, annotations and categories")
     return data
+
+
+def category_key(name: str) -> str:
+    """What two spellings of one category name share: ``" Patient "`` and ``"patient"`` are one category."""
+    return " ".join(name.split()).casefold()
+
+
+def is_inside(path: str | os.PathLike, root_real: str) -> bool:
+    """Whether ``path``, with every symbolic link and ``..`` resolved, lies inside the real folder ``root_real``."""
+    real = os.path.realpath(path)
+    return real == root_real or real.startswith(root_real.rstrip(os.sep) + os.sep)
+
+
+def read_image_header(path: str) -> tuple[str, int, int]:
+    """``(format, width, height)`` from an image file's header only (no pixel data is decoded).
+
+    Raises ``OSError``/``ValueError`` (Pillow's ``UnidentifiedImageError`` among them) when the file is not
+    an image in a format Pillow and OpenCV both read.
+    """
+    with Image.open(path) as image:
+        if image.format not in READABLE_FORMATS:
+            raise ValueError(f"format {image.format} is not one OpenCV reads for training")
+        return image.format, image.width, image.height
+
+
+def check_image_headers(frames: list[tuple[str, str, tuple[int, int]]], workers: int = IMAGE_CHECK_WORKERS) -> list[str]:
+    """Problems with ``(where, path, (width, height))`` frames: not an image, or not the size the COCO file says.
+
+    Headers are read in ``workers`` threads (file reads dominate; on network storage this matters most).
+    """
+    def check(frame: tuple[str, str, tuple[int, int]]) -> str | None:
+        where, path, (width, height) = frame
+        try:
+            if os.path.getsize(path) == 0:
+                return f"{where}: image file {path} is empty (0 bytes)"
+            image_format, actual_w, actual_h = read_image_header(path)
+        except (OSError, ValueError, SyntaxError) as exc:
+            return f"{where}: {path} is not a readable image ({exc})"
+        if (actual_w, actual_h) != (width, height):
+            return (f"{where}: {path} is {actual_w}x{actual_h} ({image_format}) but the COCO file says "
+                    f"{width}x{height}; re-export the annotations or the frame")
+        return None
+
+    if len(frames) < 64:
+        return [m for m in map(check, frames) if m]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return [m for m in pool.map(check, frames, chunksize=64) if m]
 
 
 def file_digest(path: str | os.PathLike) -> str:
@@ -153,10 +208,15 @@ def check_coco_data(data: dict[str, Any], json_path: str, image_root: str, *, ch
             problems.add(f"{where}: duplicate category id {cat['id']}")
         elif cat["name"] in category_ids.values():
             problems.add(f"{where}: duplicate category name {cat['name']!r}")
+        elif (same := [n for n in category_ids.values() if category_key(n) == category_key(cat["name"])]):
+            problems.add(f"{where}: category name {cat['name']!r} differs from {same[0]!r} only in case or spaces; "
+                         "use one spelling")
         category_ids[cat["id"]] = cat["name"]
 
     image_sizes: dict[int, tuple[int, int]] = {}
+    to_read: list[tuple[str, str, tuple[int, int]]] = []  # (where, path, (width, height)) of each frame to read
     missing_files = 0
+    root_real = os.path.realpath(image_root) if check_files else ""
     for i, img in enumerate(images):
         if not isinstance(img, dict) or not _is_int(img.get("id")):
             problems.add(f"images[{i}]: needs an integer 'id'")
@@ -172,12 +232,23 @@ def check_coco_data(data: dict[str, Any], json_path: str, image_root: str, *, ch
             problems.add(f"{where}: needs positive integer 'width' and 'height'")
             continue
         image_sizes[img["id"]] = (img["width"], img["height"])
-        if check_files and not os.path.isfile(os.path.join(image_root, img["file_name"])):
+        if not check_files:
+            continue
+        path = os.path.join(image_root, img["file_name"])
+        if os.path.isabs(img["file_name"]) or not is_inside(path, root_real):
+            problems.add(f"{where}: file_name {img['file_name']!r} leads outside the image folder {image_root} "
+                         "(an absolute path, '..', or a symbolic link pointing out); file names must be relative "
+                         "paths inside the image folder")
+        elif not os.path.isfile(path):
             missing_files += 1
             if missing_files <= 3:
                 problems.add(f"{where}: image file {img['file_name']!r} not found under {image_root}")
+        else:
+            to_read.append((where, path, (img["width"], img["height"])))
     if missing_files > 3:
         problems.add(f"{missing_files} image files in all are missing under {image_root}; is it the right folder?")
+    for message in check_image_headers(to_read):
+        problems.add(message)
 
     annotation_ids: set[int] = set()
     annotated_images: set[int] = set()

@@ -26,8 +26,8 @@ import numpy as np
 from pycocotools import mask as mask_util
 from tqdm import tqdm
 
-from seizure_mlflow.data.checks import check_coco_data, file_digest, load_coco_json
-from seizure_mlflow.data.staging import staged_folder
+from seizure_mlflow.data.checks import category_key, check_coco_data, file_digest, is_inside, load_coco_json
+from seizure_mlflow.data.staging import check_output_folder, staged_folder
 from seizure_mlflow.data.video import VIDEO_SUFFIXES, extract_frames, frame_count, write_png
 from seizure_mlflow.errors import DatasetError, UserError
 
@@ -47,6 +47,7 @@ class Video:
     data: dict[str, Any]
     frames_dir: Path | None = None
     video_path: Path | None = None
+    source: Path | None = None  # the input it came from: the exports folder, or the merged COCO file
     frame_of_image: dict[int, int] = field(default_factory=dict)  # image id -> frame index (video files)
 
 
@@ -99,15 +100,20 @@ def discover_videos(input_dir: str | os.PathLike) -> list[Video]:
     """Each ``NAME.json`` in ``input_dir`` with its ``NAME/`` frame folder or ``NAME.<video>`` file."""
     root = Path(input_dir)
     if not root.is_dir():
-        raise UserError(f"--input {root}: no such folder")
+        raise UserError(f"{root}: no such folder", param="input_dir")
     exports = sorted(root.glob("*.json"))
     if not exports:
-        raise UserError(f"--input {root}: no per-video COCO exports (NAME.json) in this folder")
+        raise UserError(f"{root}: no per-video COCO exports (NAME.json) in this folder", param="input_dir")
     videos = []
+    root_real = os.path.realpath(root)
     for json_path in exports:
         name = json_path.stem
         frames_dir = root / name
         video_files = [p for p in (root / f"{name}{s}" for s in VIDEO_SUFFIXES + tuple(x.upper() for x in VIDEO_SUFFIXES)) if p.is_file()]
+        for source in (json_path, frames_dir, *video_files):
+            if source.exists() and not is_inside(source, root_real):
+                raise DatasetError(f"{source} is a symbolic link to {os.path.realpath(source)}, outside the input folder "
+                                   f"{root}; copy the file into the input folder instead of linking it")
         if frames_dir.is_dir():
             source = {"frames_dir": frames_dir}
         elif video_files:
@@ -116,7 +122,7 @@ def discover_videos(input_dir: str | os.PathLike) -> list[Video]:
             raise DatasetError(f"{json_path}: neither a frame folder {name}/ nor a video {name}.mp4|.avi|.mov|.mkv "
                                f"next to it; put the frames or the video beside the export")
         data = normalise_export(load_coco_json(json_path), str(json_path))
-        videos.append(Video(name=name, json_path=str(json_path), data=data, **source))
+        videos.append(Video(name=name, json_path=str(json_path), data=data, source=root, **source))
     return videos
 
 
@@ -132,7 +138,7 @@ def split_merged(merged_json: str | os.PathLike, images_root: str | os.PathLike,
         try:
             pattern = re.compile(video_regex)
         except re.error as exc:
-            raise UserError(f"--video-regex {video_regex!r}: not a regular expression ({exc})") from None
+            raise UserError(f"{video_regex!r} is not a regular expression ({exc})", param="video_regex") from None
     by_video: dict[str, list[dict]] = defaultdict(list)
     for i, img in enumerate(data.get("images", []) if isinstance(data.get("images"), list) else []):
         if pattern is not None:
@@ -141,7 +147,7 @@ def split_merged(merged_json: str | os.PathLike, images_root: str | os.PathLike,
         else:
             key = img.get(video_key) if isinstance(img, dict) else None
         if key is None or key == "":
-            how = f"--video-regex {video_regex!r} does not match its file_name" if pattern else f"it has no '{video_key}' field"
+            how = f"video_regex {video_regex!r} does not match its file_name" if pattern else f"it has no '{video_key}' field"
             raise DatasetError(f"{merged_json}: images[{i}] (id {img.get('id')}): cannot tell its video: {how}")
         by_video[str(key)].append(img)
     videos = []
@@ -150,7 +156,7 @@ def split_merged(merged_json: str | os.PathLike, images_root: str | os.PathLike,
         part = {"images": by_video[name], "categories": data.get("categories", []),
                 "annotations": [a for a in data.get("annotations", []) if isinstance(a, dict) and a.get("image_id") in ids]}
         videos.append(Video(name=_safe_name(name), json_path=f"{merged_json} [video {name}]", data=part,
-                            frames_dir=Path(images_root)))
+                            frames_dir=Path(images_root), source=Path(merged_json)))
     if not videos:
         raise DatasetError(f"{merged_json}: 'images' is empty")
     return videos
@@ -189,25 +195,25 @@ def read_patient_map(path: str | os.PathLike, videos: list[str]) -> dict[str, st
     """``video -> patient`` from a CSV with columns ``video,patient``; every video must be listed."""
     p = Path(path)
     if not p.is_file():
-        raise UserError(f"--patient-map {p}: no such file")
+        raise UserError(f"{p}: no such file", param="patient_map")
     with p.open(newline="") as fh:
         reader = csv.DictReader(fh)
         if not reader.fieldnames or not {"video", "patient"} <= set(reader.fieldnames):
-            raise UserError(f"--patient-map {p}: needs a header row with columns 'video,patient'; got {reader.fieldnames}")
+            raise UserError(f"{p}: needs a header row with columns 'video,patient'; got {reader.fieldnames}", param="patient_map")
         mapping: dict[str, str] = {}
         for line, row in enumerate(reader, start=2):
             video, patient = (row.get("video") or "").strip(), (row.get("patient") or "").strip()
             if not video or not patient:
-                raise UserError(f"--patient-map {p}: line {line}: empty video or patient")
+                raise UserError(f"{p}: line {line}: empty video or patient", param="patient_map")
             if mapping.get(video, patient) != patient:
-                raise UserError(f"--patient-map {p}: line {line}: video {video!r} is mapped to two patients")
+                raise UserError(f"{p}: line {line}: video {video!r} is mapped to two patients", param="patient_map")
             mapping[video] = patient
     missing = sorted(set(videos) - set(mapping))
     if missing:
-        raise UserError(f"--patient-map {p}: no patient for video(s) {missing[:5]}; every video needs a row")
+        raise UserError(f"{p}: no patient for video(s) {missing[:5]}; every video needs a row", param="patient_map")
     unknown = sorted(set(mapping) - set(videos))
     if unknown:
-        logger.warning("--patient-map %s lists videos that are not in the input: %s", p, unknown[:5])
+        logger.warning("patient map %s lists videos that are not in the input: %s", p, unknown[:5])
     return {v: mapping[v] for v in videos}
 
 
@@ -221,7 +227,7 @@ def assign_splits(groups: dict[str, list[str]], ratios: tuple[float, float, floa
         what = "patients" if any(len(v) > 1 for v in groups.values()) else "videos"
         raise UserError(f"need at least 3 {what} to make non-empty train, val and test splits; got {len(groups)}")
     if len(ratios) != 3 or any(r <= 0 for r in ratios):
-        raise UserError(f"--ratios needs three positive numbers (train val test); got {list(ratios)}")
+        raise UserError(f"needs three positive numbers (train val test); got {list(ratios)}", param="ratios")
     total_ratio = sum(ratios)
     n_videos = sum(len(v) for v in groups.values())
     order = [sorted(groups)[i] for i in np.random.default_rng(seed).permutation(len(groups))]
@@ -240,13 +246,45 @@ def assign_splits(groups: dict[str, list[str]], ratios: tuple[float, float, floa
 # ---------------------------------------------------------------------------------------------- writing
 
 
-def _unify_categories(videos: list[Video]) -> list[dict]:
-    names: list[str] = []
+def _unify_categories(videos: list[Video], merge_spellings: bool = False) -> list[dict]:
+    """One category list for all exports, by name. Names that differ only in case or spaces (``patient``,
+    ``Patient ``) are an error listing each spelling and its exports, or, with ``merge_spellings``, one
+    category named by its first spelling (with a warning)."""
+    spellings: dict[str, dict[str, list[str]]] = {}
     for video in videos:
         for cat in sorted(video.data["categories"], key=lambda c: c["id"]):
-            if cat["name"] not in names:
-                names.append(cat["name"])
-    return [{"id": i + 1, "name": name} for i, name in enumerate(names)]
+            spellings.setdefault(category_key(cat["name"]), {}).setdefault(cat["name"], []).append(Path(video.json_path).name)
+    mixed = {key: found for key, found in spellings.items() if len(found) > 1}
+    for found in mixed.values():
+        listed = "; ".join(f"{name!r} in {', '.join(files[:3])}{' ...' if len(files) > 3 else ''}"
+                           for name, files in found.items())
+        if not merge_spellings:
+            raise DatasetError(f"one category is spelled in {len(found)} ways: {listed}. Use one spelling in the "
+                               "exports, or make them one class with merge_category_spellings")
+        logger.warning("Category spellings %s are made one class %r", listed, next(iter(found)))
+    return [{"id": i + 1, "name": next(iter(found))} for i, found in enumerate(spellings.values())]
+
+
+PREPARED_MARKER = ".seizure-mlflow-prepare"  # in every output of prepare: the only folders force may replace
+
+
+def check_output_location(videos: list[Video], out: Path, force: bool) -> None:
+    """The output is writable, outside every input (and no input is inside it), and, if it exists and is not
+    empty, is replaced only with ``force`` and only when it is an earlier output of ``prepare``."""
+    check_output_folder(out, "output")
+    out_real = os.path.realpath(out)
+    inputs = {os.path.realpath(p) for v in videos for p in (v.frames_dir, v.video_path, v.source) if p}
+    for source in sorted(inputs):
+        if is_inside(out_real, source) or is_inside(source, out_real):
+            raise UserError(f"{out} is, contains or is inside the input {source}; write to a folder outside the "
+                            "input", param="output")
+    if out.exists() and any(out.iterdir()):
+        if not force:
+            raise UserError(f"{out} exists and is not empty; choose a new folder (or replace an earlier output of "
+                            "prepare: force)", param="output")
+        if not (out / PREPARED_MARKER).is_file():
+            raise UserError(f"{out} is not an earlier output of prepare (it has no {PREPARED_MARKER} file); "
+                            "force replaces only those, so choose a new folder", param="output")
 
 
 @dataclass
@@ -258,11 +296,10 @@ class PrepareResult:
 
 def prepare_dataset(videos: list[Video], output: str | os.PathLike, ratios=(0.6, 0.2, 0.2), seed: int = 0,
                     patient_map: str | None = None, every: int = 0, force: bool = False,
-                    progress: bool = True) -> PrepareResult:
+                    progress: bool = True, merge_category_spellings: bool = False) -> PrepareResult:
     """Check every video, split by video (or patient), extract/copy frames, write COCO files and reports."""
     out = Path(output)
-    if out.exists() and any(out.iterdir()) and not force:
-        raise UserError(f"--output {out} exists and is not empty; choose a new folder or pass --force")
+    check_output_location(videos, out, force)
     names = [v.name for v in videos]
     duplicates = [n for n, c in Counter(names).items() if c > 1]
     if duplicates:
@@ -270,15 +307,15 @@ def prepare_dataset(videos: list[Video], output: str | os.PathLike, ratios=(0.6,
     for video in videos:
         check_video(video)
     if every < 0:
-        raise UserError(f"--every must be >= 0; got {every}")
+        raise UserError(f"must be >= 0; got {every}", param="every")
     patients = read_patient_map(patient_map, names) if patient_map else {n: n for n in names}
     groups: dict[str, list[str]] = defaultdict(list)
     for name in names:
         groups[patients[name]].append(name)
     splits = assign_splits(dict(groups), tuple(ratios), seed)
     split_of = {name: split for split, members in splits.items() for name in members}
-    categories = _unify_categories(videos)
-    category_id = {c["name"]: c["id"] for c in categories}
+    categories = _unify_categories(videos, merge_category_spellings)
+    category_id = {category_key(c["name"]): c["id"] for c in categories}
 
     to_decode = sum(max(v.frame_of_image.values()) + 1 for v in videos if v.video_path is not None)
     bar = tqdm(total=to_decode or None, unit="frame", desc="decoding videos", disable=not progress or not to_decode)
@@ -312,7 +349,7 @@ def prepare_dataset(videos: list[Video], output: str | os.PathLike, ratios=(0.6,
                 next_image += 1
             for ann in video.data["annotations"]:
                 doc["annotations"].append({**ann, "id": next_ann, "image_id": new_id[ann["image_id"]],
-                                           "category_id": category_id[old_cat[ann["category_id"]]]})
+                                           "category_id": category_id[category_key(old_cat[ann["category_id"]])]})
                 next_ann += 1
             if video.video_path is not None:
                 sizes = {video.frame_of_image[i["id"]]: (i["width"], i["height"]) for i in video.data["images"]}
@@ -327,6 +364,7 @@ def prepare_dataset(videos: list[Video], output: str | os.PathLike, ratios=(0.6,
                 extract_frames(video.video_path, sizes.keys(), write, every=every, bar=bar)
         for split in SPLITS:
             (tmp / f"{split}.json").write_text(json.dumps(coco[split]))
+        (tmp / PREPARED_MARKER).write_text(json.dumps({"producer": "seizure-mlflow prepare"}))
         report = build_report(coco, splits)
         (tmp / "report.json").write_text(json.dumps(report, indent=2))
         (tmp / "split.json").write_text(json.dumps({

@@ -26,6 +26,15 @@ def _open(path: str | os.PathLike):
     return container
 
 
+def check_video_readable(path: str | os.PathLike) -> None:
+    """Before any work: the file opens as a video and its first frame decodes."""
+    with _open(path) as container:
+        try:
+            next(container.decode(container.streams.video[0]))
+        except (av.error.FFmpegError, StopIteration) as exc:
+            raise DatasetError(f"{path}: no frame could be decoded ({exc or 'no frames'})") from None
+
+
 def frame_count(path: str | os.PathLike) -> int | None:
     """Frames the container declares, or None when it does not say (some AVI/MKV files)."""
     with _open(path) as container:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import random
 import signal
 
@@ -73,7 +74,26 @@ class RandomState(HookBase):
 
 
 class ResumableBestCheckpointer(hooks.BestCheckpointer):
-    """Detectron2's ``BestCheckpointer`` with its best value and iteration in the trainer's checkpoint."""
+    """Detectron2's ``BestCheckpointer`` with its best value and iteration in the trainer's checkpoint.
+
+    The best checkpoint itself holds ``iteration`` (the iteration its metric was computed at) and
+    ``best_metric`` (that value), so what was best is read from the file, not from the tracking server.
+    It reads the metric from the trainer's storage: register it after the hook that puts it there.
+    """
+
+    def _best_checking(self) -> None:
+        latest = self.trainer.storage.latest().get(self._val_metric)
+        if latest is None:
+            logger.warning("%s was not computed; no best checkpoint saved at this iteration", self._val_metric)
+            return
+        value, iteration = latest
+        if not math.isfinite(value):
+            return
+        if self.best_metric is None or self._compare(value, self.best_metric):
+            # Updated before saving, so the checkpoint's copy of this hook's state includes this value.
+            self.best_metric, self.best_iter = value, iteration
+            self._checkpointer.save(self._file_prefix, iteration=iteration, best_metric=value)
+            logger.info("Saved best checkpoint: %s %.5f at iteration %d", self._val_metric, value, iteration + 1)
 
     def state_dict(self) -> dict:
         return {} if self.best_metric is None else {"best_metric": self.best_metric, "best_iter": self.best_iter}

@@ -36,7 +36,7 @@ from seizure_mlflow.engine.validation import TOTAL_LOSS, VAL_PREFIX, ValidationL
 
 logger = logging.getLogger(__name__)
 
-BEST_CHECKPOINT = "model_best"
+BEST_CHECKPOINT = "model_best"  # OUTPUT_DIR/model_best.pth: see ResumableBestCheckpointer for what it holds
 WRITE_PERIOD = 20
 KEEP_PERIODIC_CHECKPOINTS = 2  # plus model_best.pth and model_final.pth
 
@@ -97,8 +97,7 @@ class Trainer(DefaultTrainer):
         """Detectron2's resume, plus the training data stream fast-forwarded to the resumed iteration."""
         super().resume_or_load(resume=resume)
         if resume and self.start_iter > 0:
-            self._trainer.data_loader = self.build_train_loader(self.cfg, skip_iterations=self.start_iter)
-            self._trainer._data_loader_iter_obj = None
+            self._trainer.reset_data_loader(lambda: self.build_train_loader(self.cfg, skip_iterations=self.start_iter))
 
     @classmethod
     def build_validation_loader(cls, cfg):
@@ -131,7 +130,11 @@ class Trainer(DefaultTrainer):
         return writers
 
     def best_checkpoint_path(self) -> str:
-        return os.path.join(self.cfg.OUTPUT_DIR, f"{BEST_CHECKPOINT}.pth")
+        return best_checkpoint_path(self.cfg.OUTPUT_DIR)
+
+
+def best_checkpoint_path(output_dir: str) -> str:
+    return os.path.join(output_dir, f"{BEST_CHECKPOINT}.pth")
 
 
 class CheckpointAlignedWriter(hooks.PeriodicWriter):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Iterator
 
@@ -29,6 +30,22 @@ def list_images(path: str | Path) -> list[Path]:
             raise UserError(f"{p}: no .png/.jpg/.jpeg images in this folder")
         return images
     raise UserError(f"{p}: no such file or folder")
+
+
+def check_images(paths: list[Path]) -> None:
+    """Before any work: every file's header reads as an image; all problems listed at once."""
+    from seizure_mlflow.data.checks import MAX_REPORTED, read_image_header
+
+    problems = []
+    for path in paths:
+        try:
+            read_image_header(str(path))
+        except (OSError, ValueError, SyntaxError) as exc:
+            problems.append(f"{path}: not a readable image ({exc})")
+    if problems:
+        more = f"\n  ... and {len(problems) - MAX_REPORTED} more" if len(problems) > MAX_REPORTED else ""
+        raise UserError(f"{len(problems)} input file(s) are not images:\n  - " + "\n  - ".join(problems[:MAX_REPORTED]) + more,
+                        param="input")
 
 
 def is_video(path: str | Path) -> bool:
@@ -64,7 +81,10 @@ def predict_video(detector, path: Path, batch_size: int = 8, overlay: str | None
     drawn is written there.
     """
     frames, total, fps = iter_frames(path)
-    writer = VideoWriter(overlay, fps) if overlay else None
+    partial = Path(overlay).with_name(f".{Path(overlay).stem}.partial{Path(overlay).suffix}") if overlay else None
+    if partial is not None:
+        partial.parent.mkdir(parents=True, exist_ok=True)
+    writer = VideoWriter(partial, fps) if partial else None
     results = []
     try:
         with tqdm(total=total, desc=f"predict {path.name}", unit="frame") as bar:
@@ -75,9 +95,14 @@ def predict_video(detector, path: Path, batch_size: int = 8, overlay: str | None
                     if writer is not None:
                         writer.write(draw_detections(bgr, dets)[:, :, ::-1])
                 bar.update(len(batch))
-    finally:
+    except BaseException:
         if writer is not None:
             writer.close()
+            partial.unlink(missing_ok=True)  # no half-written overlay
+        raise
+    if writer is not None:
+        writer.close()
+        os.replace(partial, overlay)
     return results
 
 

@@ -16,16 +16,16 @@ from dataclasses import dataclass
 import mlflow
 from mlflow import MlflowClient
 
-from seizure_mlflow.data.checks import CocoSummary
+from seizure_mlflow.data.checks import CocoSummary, file_digest
 from seizure_mlflow.errors import UserError
-from seizure_mlflow.data.checks import file_digest
-from seizure_mlflow.evaluation import detector_from_uri, evaluate_and_record, metric_name, version_tag
-from seizure_mlflow.registry.register import CHALLENGER, CHAMPION
+from seizure_mlflow.evaluation import METRICS, metric_name
+from seizure_mlflow.registry.evaluate import evaluate_and_record
+from seizure_mlflow.registry.register import CHALLENGER, CHAMPION, TEST_DIGEST_TAG, version_tag
+from seizure_mlflow.registry.uris import detector_from_uri
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_METRIC = "test/segm/AP"
-METRICS = tuple(metric_name(t, k) for t in ("bbox", "segm") for k in ("AP", "AP50", "AP75"))
+DEFAULT_METRIC = metric_name("segm", "AP")
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ def evaluate_version(client: MlflowClient, model_name: str, version: str, test: 
     """The version's test metrics on ``test``: from its tags when they are for this file, else evaluated now."""
     tags = client.get_model_version(model_name, version).tags
     digest = file_digest(test.json_path)
-    if tags.get("test_digest") == digest and all(version_tag(m) in tags for m in METRICS):
+    if tags.get(TEST_DIGEST_TAG) == digest and all(version_tag(m) in tags for m in METRICS):
         return {m: float(tags[version_tag(m)]) for m in METRICS}
     detector = detector_from_uri(f"models:/{model_name}/{version}")
     tags = {"seizure.evaluation": "true", "seizure.model_name": model_name, "seizure.model_version": version,
@@ -67,15 +67,15 @@ def evaluate_version(client: MlflowClient, model_name: str, version: str, test: 
 
 def recorded_value(client: MlflowClient, model_name: str, version: str, metric: str) -> tuple[float, str]:
     tags = client.get_model_version(model_name, version).tags
-    if version_tag(metric) not in tags or "test_digest" not in tags:
+    if version_tag(metric) not in tags or TEST_DIGEST_TAG not in tags:
         raise UserError(f"{model_name} version {version} has no recorded {metric}; run `seizure-mlflow evaluate "
-                        f"--model-uri models:/{model_name}/{version}` or pass --test-json/--test-images")
-    return float(tags[version_tag(metric)]), tags["test_digest"]
+                        f"--model-uri models:/{model_name}/{version}` or give a test set to compare on")
+    return float(tags[version_tag(metric)]), tags[TEST_DIGEST_TAG]
 
 
 def promote(model_name: str, test: CocoSummary | None = None, metric: str = DEFAULT_METRIC) -> Decision:
     if metric not in METRICS:
-        raise UserError(f"--metric must be one of {', '.join(METRICS)}; got {metric!r}")
+        raise UserError(f"must be one of {', '.join(METRICS)}; got {metric!r}", param="metric")
     client = MlflowClient()
     try:
         aliases = client.get_registered_model(model_name).aliases

@@ -20,15 +20,18 @@ import pandas as pd
 import torch
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
-from mlflow.models import ModelSignature
+from mlflow.models import Model, ModelSignature
+from mlflow.models.model import MLMODEL_FILE_NAME
 from mlflow.types import ColSpec, Schema
 
 from seizure_mlflow.registry.model import (ARTIFACT_CATEGORIES, ARTIFACT_CONFIG, ARTIFACT_WEIGHTS, IMAGE_COLUMN)
+from seizure_mlflow.tracking.run import remove_machine_context_from_model
 
 logger = logging.getLogger(__name__)
 
 MODEL_ARTIFACT = "model"
 CHAMPION, CHALLENGER = "champion", "challenger"
+TEST_DIGEST_TAG, EVALUATION_RUN_TAG = "test_digest", "evaluation_run_id"
 ENTRY_POINT = str(Path(__file__).with_name("pyfunc_entry.py"))
 # Optional at the schema level so that a wrong column reaches the model, which answers with a short message;
 # MLflow's own schema errors quote the whole input (megabytes of base64 for images).
@@ -80,15 +83,35 @@ def log_and_register(cfg, state_dict: dict[str, torch.Tensor], categories: list[
             signature=SIGNATURE,
             input_example=synthetic_input_example(),
             pip_requirements=pip_requirements(),
-            registered_model_name=model_name,
         )
+    remove_local_paths(info.model_id)
     client = MlflowClient()
-    version = client.get_model_version(model_name, str(info.registered_model_version))
+    version = mlflow.register_model(info.model_uri, model_name)
     for key, value in version_tags.items():
         client.set_model_version_tag(model_name, version.version, key, value)
     alias = assign_alias(client, model_name, version.version)
     logger.info("Registered %s version %s as @%s", model_name, version.version, alias)
     return client.get_model_version(model_name, version.version)
+
+
+def remove_local_paths(model_id: str) -> None:
+    """Rewrite a logged model's ``MLmodel`` and tags without this machine's paths and user name.
+
+    MLflow records where the model code and artifacts were read from (``model_code_path``, each artifact's
+    ``uri``) and where the model was stored (``artifact_path``); loading uses none of them (the code file is
+    found by its name, artifacts by their ``path`` inside the model). They become the file's name, nothing,
+    and the model's name.
+    """
+    model = Model.load(f"models:/{model_id}")
+    pyfunc = model.flavors["python_function"]
+    pyfunc["model_code_path"] = os.path.basename(pyfunc["model_code_path"])
+    for artifact in pyfunc.get("artifacts", {}).values():
+        artifact.pop("uri", None)
+    model.artifact_path = MODEL_ARTIFACT
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save(os.path.join(tmp, MLMODEL_FILE_NAME))
+        MlflowClient().log_model_artifacts(model_id, tmp)
+    remove_machine_context_from_model(model_id)
 
 
 def assign_alias(client: MlflowClient, model_name: str, version: str) -> str:
@@ -97,3 +120,18 @@ def assign_alias(client: MlflowClient, model_name: str, version: str) -> str:
     alias = CHALLENGER if CHAMPION in aliases else CHAMPION
     client.set_registered_model_alias(model_name, alias, version)
     return alias
+
+
+def version_tag(metric: str) -> str:
+    """``test/segm/AP`` -> ``test_segm_AP``: the model-version tag that holds a metric's value."""
+    return metric.replace("/", "_")
+
+
+def tag_evaluation(client: MlflowClient, model_name: str, version: str, metrics: dict[str, float], test_digest: str,
+                   evaluation_run_id: str) -> None:
+    """A version's test metrics as tags (``test_bbox_AP``, ``test_segm_AP``, ...), with the test set's digest
+    and the evaluation run."""
+    for key, value in metrics.items():
+        client.set_model_version_tag(model_name, version, version_tag(key), f"{value:.4f}")
+    client.set_model_version_tag(model_name, version, TEST_DIGEST_TAG, test_digest)
+    client.set_model_version_tag(model_name, version, EVALUATION_RUN_TAG, evaluation_run_id)

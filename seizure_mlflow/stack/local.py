@@ -12,8 +12,10 @@ Credentials are passed to the services through their environment, never on a com
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import pwd
 import secrets
 import shutil
 import signal
@@ -78,39 +80,66 @@ def _credentials(root: Path) -> dict[str, str]:
 def _pg_bin(name: str) -> str:
     found = shutil.which(name) or next(iter(sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))), None)
     if found is None:
-        print("stack: PostgreSQL not found; installing the Debian package 'postgresql'", flush=True)
-        subprocess.run(["apt-get", "update", "-qq"], check=True)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "postgresql"], check=True,
-                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
-        found = shutil.which(name) or next(iter(sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))), None)
+        raise SystemExit(f"stack: PostgreSQL's {name} is not installed; run `make stack-deps` (Debian's package "
+                         "'postgresql'), or install PostgreSQL 13+ and put its bin folder on PATH")
     return str(found)
 
 
+def _as_root() -> bool:
+    return os.geteuid() == 0
+
+
 def _as_postgres(cmd: list[str], **kw) -> subprocess.CompletedProcess:
-    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+    """Run a PostgreSQL command as the server's user: ``postgres`` when we are root (PostgreSQL refuses to run
+    as root), else the invoking user."""
+    if _as_root():
         cmd = ["runuser", "-u", "postgres", "--", *cmd]
     return subprocess.run(cmd, **kw)
 
 
-def start_postgres(root: Path, port: int, password: str) -> None:
-    data, run, log = root / "postgres", root / "run", root / "postgres.log"
-    run.mkdir(exist_ok=True)
-    if os.geteuid() == 0 and _as_postgres(["test", "-x", str(root)]).returncode != 0:
-        raise SystemExit(f"stack: the 'postgres' user cannot enter {root}; choose a --dir whose parent folders "
-                         "others may traverse (chmod o+x), e.g. under /srv or /tmp")
-    if os.geteuid() == 0:
-        for folder in (root, run):
+PG_HOME_FILE = "postgres.home"  # in the stack folder: where PostgreSQL's data, socket folder and log are
+
+
+def postgres_home(root: Path) -> Path:
+    """The folder for PostgreSQL's data (``postgres/``), socket folder (``run/``) and log.
+
+    The stack folder itself, unless we are root and the ``postgres`` user cannot enter it (a clone under a
+    mode-700 home such as ``/root``): then a folder of that user's own, named after the stack folder, under its
+    home (``~postgres/seizure-mlflow/NAME-HASH``). The choice is written to ``postgres.home`` once, so ``down``
+    and later ``up`` find the same cluster.
+    """
+    recorded = root / PG_HOME_FILE
+    if recorded.exists():
+        return Path(recorded.read_text().strip())
+    home = root
+    if _as_root() and _as_postgres(["test", "-x", str(root)], capture_output=True).returncode != 0:
+        digest = hashlib.sha256(str(root).encode()).hexdigest()[:10]
+        home = Path(pwd.getpwnam("postgres").pw_dir) / "seizure-mlflow" / f"{root.parent.name}-{digest}"
+        home.mkdir(parents=True, exist_ok=True)
+        for folder in (home.parent, home):
             shutil.chown(folder, "postgres")
-        log.touch()
-        shutil.chown(log, "postgres")
+        print(f"stack: the 'postgres' user cannot enter {root}; PostgreSQL's data goes to {home}", flush=True)
+    recorded.write_text(f"{home}\n")
+    return home
+
+
+def _give_to_postgres(*paths: Path) -> None:
+    if _as_root():
+        for path in paths:
+            shutil.chown(path, "postgres")
+
+
+def start_postgres(root: Path, port: int, password: str) -> None:
+    home = postgres_home(root)
+    data, run, log = home / "postgres", home / "run", home / "postgres.log"
+    run.mkdir(exist_ok=True)
+    log.touch()
+    _give_to_postgres(home, run, log)
     if not (data / "PG_VERSION").exists():
         data.mkdir(exist_ok=True)
-        if os.geteuid() == 0:
-            shutil.chown(data, "postgres")
-        pwfile = root / "run" / ".pw"
+        pwfile = run / ".pw"
         pwfile.write_text(password)
-        if os.geteuid() == 0:
-            shutil.chown(pwfile, "postgres")
+        _give_to_postgres(data, pwfile)
         done = _as_postgres([_pg_bin("initdb"), "-D", str(data), "-U", PG_USER, "--auth-local=scram-sha-256",
                              "--auth-host=scram-sha-256", f"--pwfile={pwfile}"], capture_output=True, text=True)
         pwfile.unlink()
@@ -124,11 +153,18 @@ def start_postgres(root: Path, port: int, password: str) -> None:
     if started.returncode != 0:
         raise SystemExit(f"stack: PostgreSQL did not start:\n{started.stderr[-1000:]}\n{log.read_text()[-1500:]}")
     env = {**os.environ, "PGPASSWORD": password}
-    exists = subprocess.run(["psql", "-h", "127.0.0.1", "-p", str(port), "-U", PG_USER, "-d", "postgres", "-tAc",
+    psql = _pg_bin("psql")
+    exists = subprocess.run([psql, "-h", "127.0.0.1", "-p", str(port), "-U", PG_USER, "-d", "postgres", "-tAc",
                              f"SELECT 1 FROM pg_database WHERE datname = '{PG_DB}'"], env=env, capture_output=True, text=True)
     if exists.stdout.strip() != "1":
-        subprocess.run(["psql", "-h", "127.0.0.1", "-p", str(port), "-U", PG_USER, "-d", "postgres", "-c",
+        subprocess.run([psql, "-h", "127.0.0.1", "-p", str(port), "-U", PG_USER, "-d", "postgres", "-c",
                         f"CREATE DATABASE {PG_DB}"], env=env, check=True, capture_output=True)
+
+
+def stop_postgres(root: Path) -> None:
+    data = postgres_home(root) / "postgres"
+    if (data / "postmaster.pid").exists():
+        _as_postgres([_pg_bin("pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"], capture_output=True)
 
 
 def _spawn(root: Path, name: str, cmd: list[str], env: dict[str, str]) -> None:
@@ -229,8 +265,7 @@ def _stop_pid(pid_file: Path, timeout: float = 30) -> None:
 def down(root: Path) -> None:
     _stop_pid(root / "mlflow.pid")
     _stop_pid(root / "s3.pid")
-    if (root / "postgres" / "postmaster.pid").exists():
-        _as_postgres([_pg_bin("pg_ctl"), "-D", str(root / "postgres"), "-m", "fast", "-w", "stop"], capture_output=True)
+    stop_postgres(root)
     print("stack down")
 
 

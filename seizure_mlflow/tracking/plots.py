@@ -1,4 +1,4 @@
-"""The loss-curve plot of a training run (matplotlib, Agg backend: no display needed)."""
+"""Plots of runs: loss curves of a training run, precision-recall curves of an evaluation (matplotlib, Agg)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+
+from seizure_mlflow.evaluation import TASKS, EvaluationResult, metric_name  # noqa: E402
 
 
 def _smooth(values: np.ndarray, window: int) -> np.ndarray:
@@ -60,6 +62,32 @@ def plot_loss_curves(losses: pd.DataFrame, path: str, best_iteration: int | None
     ax_parts.grid(alpha=0.3)
     if components:
         ax_parts.legend(loc="upper right", ncol=2, fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_precision_recall(result: EvaluationResult, path: str) -> None:
+    """Precision against recall per category, at IoU 0.50 and 0.75, boxes and masks (all areas, 100 dets)."""
+    fig, axes = plt.subplots(1, len(TASKS), figsize=(11, 4.5), sharey=True)
+    recall = np.linspace(0, 1, 101)
+    for ax, task in zip(axes, TASKS):
+        precision = result.precision.get(task)
+        for k, name in enumerate(result.category_names):
+            for t, (iou, style) in enumerate(((0.5, "-"), (0.75, "--"))):
+                if precision is None:
+                    continue
+                curve = precision[0 if iou == 0.5 else 5, :, k, 0, -1]
+                ax.plot(recall, np.where(curve < 0, np.nan, curve), style, color=f"C{k}", label=f"{name} IoU={iou}")
+        ax.set_title(f"{task}: AP {result.metrics[metric_name(task, 'AP')]:.1f}")
+        ax.set_xlabel("recall")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+        if precision is None:
+            ax.text(0.5, 0.5, "no predictions", ha="center")
+    axes[0].set_ylabel("precision")
+    axes[-1].legend(loc="lower left", fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

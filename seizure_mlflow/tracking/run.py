@@ -27,14 +27,52 @@ LOSS_PLOT = "plots/loss_curves.png"
 CONFIG_YAML = "config.yaml"
 
 
+# Tags that MLflow fills from the machine: the user name, the script's path, a local git remote's path.
+USER_TAG = "mlflow.user"
+PATH_TAGS = ("mlflow.source.name", "mlflow.source.git.repoURL", "mlflow.gitRepoURL")
+USER_ENV = "SEIZURE_MLFLOW_USER"
+
+
+def context_tags(current: dict[str, str]) -> dict[str, str]:
+    """Replacements for the tags MLflow took from this machine: no user name, no local path.
+
+    ``mlflow.user`` becomes ``$SEIZURE_MLFLOW_USER``, else the tracking server's login
+    (``MLFLOW_TRACKING_USERNAME``), else ``unknown``; a local path (``/...``, ``file:...``) keeps only its last
+    part (``seizure_mlflow``, ``seizure-mlflow``). URLs of remote repositories are kept.
+    """
+    user = os.environ.get(USER_ENV) or os.environ.get("MLFLOW_TRACKING_USERNAME") or "unknown"
+    replaced = {USER_TAG: user} if current.get(USER_TAG, user) != user else {}
+    for key in PATH_TAGS:
+        value = current.get(key, "")
+        if value.startswith(("/", "file:")):
+            replaced[key] = os.path.basename(value.rstrip("/")) or "local"
+    return replaced
+
+
+def remove_machine_context(run_id: str, client: MlflowClient | None = None) -> None:
+    """Overwrite the run's tags that carry this machine's user name or paths (see :func:`context_tags`)."""
+    client = client or MlflowClient()
+    for key, value in context_tags(client.get_run(run_id).data.tags).items():
+        client.set_tag(run_id, key, value)
+
+
+def remove_machine_context_from_model(model_id: str, client: MlflowClient | None = None) -> None:
+    """The same for a logged model's tags (MLflow copies the user and source into them)."""
+    client = client or MlflowClient()
+    replaced = context_tags(client.get_logged_model(model_id).tags)
+    if replaced:
+        client.set_logged_model_tags(model_id, replaced)
+
+
 @contextlib.contextmanager
 def active_run(run_name: str | None = None, tags: dict[str, str] | None = None,
                run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
     """Attach to ``run_id`` or ``MLFLOW_RUN_ID``, or start a run; end it FINISHED, FAILED, or KILLED
-    (Ctrl-C / SIGTERM)."""
+    (Ctrl-C / SIGTERM). The machine's user name and paths are taken out of the run's tags first."""
     attached = bool(run_id or os.environ.get("MLFLOW_RUN_ID"))
     run = mlflow.start_run(run_id=run_id, run_name=None if attached else run_name, tags=tags)
     try:
+        remove_machine_context(run.info.run_id)
         yield run
     except KeyboardInterrupt:
         mlflow.end_run("KILLED")
@@ -46,8 +84,29 @@ def active_run(run_name: str | None = None, tags: dict[str, str] | None = None,
         mlflow.end_run("FINISHED")
 
 
+def shareable_path(path: str) -> str:
+    """A local path as a tracking server may see it: relative to the working folder when inside it,
+    else only its last part (``<local>/NAME``). Never the machine's absolute path."""
+    if not path or "://" in path:
+        return path
+    absolute = os.path.abspath(path)
+    relative = os.path.relpath(absolute, os.getcwd())
+    return relative if not relative.startswith("..") else f"<local>/{os.path.basename(absolute)}"
+
+
+def shareable_config(cfg):
+    """A copy of ``cfg`` whose local paths (``OUTPUT_DIR``, a local ``MODEL.WEIGHTS``) are shareable."""
+    shared = cfg.clone()
+    shared.defrost()
+    shared.OUTPUT_DIR = shareable_path(cfg.OUTPUT_DIR)
+    shared.MODEL.WEIGHTS = shareable_path(cfg.MODEL.WEIGHTS)
+    shared.freeze()
+    return shared
+
+
 def log_config(cfg) -> None:
-    """The merged Detectron2 config: flattened as params, and whole as ``config.yaml``.
+    """The merged Detectron2 config, its local paths made shareable: flattened as params, and whole as
+    ``config.yaml``.
 
     Re-logging the same values (a resumed run) is fine; a changed value is a :class:`ConfigError`.
     """
@@ -55,6 +114,7 @@ def log_config(cfg) -> None:
 
     from seizure_mlflow.errors import ConfigError
 
+    cfg = shareable_config(cfg)
     try:
         mlflow.log_params(flatten_config(cfg))
     except MlflowException as exc:
@@ -94,3 +154,41 @@ def log_losses(run_id: str, best_iteration: int | None, client: MlflowClient | N
         plot_loss_curves(table, png_path, best_iteration=best_iteration)
         client.log_artifact(run_id, png_path, artifact_path=os.path.dirname(LOSS_PLOT))
     return table
+
+
+# MLflow's HTTP client retries 7 times with a backoff factor of 2 (minutes against a dead server); a command
+# gives up after about 10 s instead. Values the user has set win.
+BOUNDED_HTTP_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                        "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+
+
+def bound_http_retries() -> None:
+    """Give this process a bounded retry budget for tracking-server requests (see ``BOUNDED_HTTP_RETRIES``)."""
+    for key, value in BOUNDED_HTTP_RETRIES.items():
+        os.environ.setdefault(key, value)
+
+
+def check_tracking_server(timeout_s: float = 5) -> None:
+    """Fail fast, before any work, when the tracking (or registry) URI is an HTTP server that does not answer.
+
+    The message names the server by scheme, host and port only: never a user name or password in the URI.
+    """
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    from seizure_mlflow.errors import UserError
+
+    for uri in dict.fromkeys((mlflow.get_tracking_uri(), mlflow.get_registry_uri())):
+        parsed = urllib.parse.urlsplit(uri)
+        if parsed.scheme not in ("http", "https"):
+            continue
+        shown = f"{parsed.scheme}://{parsed.hostname}{':' + str(parsed.port) if parsed.port else ''}"  # no credentials
+        try:
+            with urllib.request.urlopen(f"{shown}{parsed.path.rstrip('/')}/health", timeout=timeout_s):
+                continue
+        except urllib.error.HTTPError:
+            continue  # it answers (an auth proxy may refuse /health without credentials)
+        except OSError as exc:
+            raise UserError(f"MLflow tracking server {shown} is unreachable ({getattr(exc, 'reason', exc)}); start it "
+                            "(`make stack-up` for the local stack) or point MLFLOW_TRACKING_URI elsewhere") from None

@@ -1,0 +1,57 @@
+"""Model URIs: which registered version a URI names, and the detector it loads.
+
+Every form MLflow accepts is understood, parsed by MLflow itself: ``models:/NAME/VERSION``,
+``models:/NAME@ALIAS``, ``models:/NAME/latest``, ``models:/NAME/STAGE``, ``models:/m-ID`` (a logged model),
+and ``runs:/RUN_ID/PATH``.
+"""
+
+from __future__ import annotations
+
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from mlflow.store.artifact.utils.models import get_model_name_and_version
+
+from seizure_mlflow.errors import UserError
+
+
+def registered_version(model_uri: str, client: MlflowClient | None = None) -> tuple[str, str] | None:
+    """``(name, version)`` of the registered version a URI points at, or None when it names no single
+    registered version (e.g. a ``runs:/`` model that was never registered, or was registered twice)."""
+    client = client or MlflowClient()
+    if model_uri.startswith("models:/"):
+        try:
+            found = get_model_name_and_version(client, model_uri)
+        except MlflowException as exc:
+            raise UserError(f"{model_uri!r}: {str(exc).splitlines()[0]}", param="model_uri") from None
+        if len(found) == 2:
+            return found[0], str(found[1])
+        model_id = found[0]
+        return _only_version(client, lambda v: model_id in (v.model_id, v.source.removeprefix("models:/")),
+                             client.get_logged_model(model_id).source_run_id)
+    if model_uri.startswith("runs:/"):
+        return _only_version(client, lambda v: True, model_uri[len("runs:/"):].split("/", 1)[0])
+    return None
+
+
+def _only_version(client: MlflowClient, matches, run_id: str | None) -> tuple[str, str] | None:
+    if not run_id:
+        return None
+    versions = [v for v in client.search_model_versions(f"run_id = '{run_id}'") if matches(v)]
+    return (versions[0].name, str(versions[0].version)) if len(versions) == 1 else None
+
+
+def detector_from_uri(model_uri: str):
+    """The :class:`~seizure_mlflow.inference.predictor.Detector` inside a registered pyfunc model."""
+    import mlflow.pyfunc
+
+    from seizure_mlflow.registry.model import SeizureDetectorModel
+
+    try:
+        model = mlflow.pyfunc.load_model(model_uri)
+    except Exception as exc:  # MLflow raises several types for a bad URI
+        raise UserError(f"cannot load model {model_uri!r}: {str(exc).splitlines()[0]}", param="model_uri") from None
+    python_model = model.unwrap_python_model()
+    if not isinstance(python_model, SeizureDetectorModel):
+        raise UserError(f"{model_uri} is not a seizure-mlflow detector (it is {type(python_model).__name__})",
+                        param="model_uri")
+    return python_model.detector
