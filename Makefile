@@ -5,7 +5,7 @@ STAMP := $(VENV)/.setup-done
 export MLFLOW_DISABLE_TELEMETRY ?= true
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup demo test test-fast bench stack-deps stack-up stack-down clean
+.PHONY: setup demo test test-fast bench stack-deps stack-up stack-down mlflow-only-env clean
 
 setup: $(STAMP)
 
@@ -28,6 +28,16 @@ test-fast: setup
 	$(PY) -m pytest -m "not slow"
 
 # A team tracking stack on 127.0.0.1: PostgreSQL + SeaweedFS S3 + mlflow server (state in .stack/).
+# A venv with nothing but MLflow and uv: what a colleague has before `mlflow run . --env-manager uv`
+# (used by the test that builds the project's environment from its own files).
+MLFLOW_ONLY := .venv-mlflow-only
+mlflow-only-env: $(MLFLOW_ONLY)/.done
+
+$(MLFLOW_ONLY)/.done:
+	test -x $(MLFLOW_ONLY)/bin/python || python3 -m venv $(MLFLOW_ONLY)
+	$(MLFLOW_ONLY)/bin/python -m pip install mlflow==3.17.2 uv
+	touch $@
+
 stack-deps:
 	bash scripts/install_stack_deps.sh
 

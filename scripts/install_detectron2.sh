@@ -7,17 +7,24 @@
 #
 # Override: DETECTRON2_SOURCE=<pip requirement> installs that instead, e.g.
 #   DETECTRON2_SOURCE='git+https://github.com/facebookresearch/detectron2.git' make setup
+# --only-in-env (how the MLproject entry points call it): install only into a virtualenv or conda environment
+# (the one `mlflow run` built), never into a system Python; there the entry point explains what is missing.
 set -euo pipefail
 
 PYTHON=${PYTHON:-python}
+ONLY_IN_ENV=${1:-}
 # What the wheel needs but its metadata omits or pins too tightly (numpy<2; tensorboard and black are
 # only used by optional writers and LazyConfig formatting, which this project does not use).
 EXTRA_DEPS=(fvcore==0.1.5.post20221221 iopath==0.1.9 opencv-python-headless==4.11.0.86 "setuptools<82"
   Pillow matplotlib "pycocotools>=2.0.2" "termcolor>=1.1" "yacs>=0.1.8" tabulate cloudpickle "tqdm>4.29.0"
   "omegaconf>=2.1,<2.4" "hydra-core>=1.1" packaging)
 
-if "$PYTHON" -c "import detectron2.model_zoo, detectron2.engine" 2>/dev/null; then
-  echo "detectron2 already installed"
+# Found without importing torch: this runs before every entry point.
+if "$PYTHON" -c "import importlib.util as u, sys; sys.exit(not all(u.find_spec(m) for m in ('detectron2', 'fvcore', 'iopath')))" 2>/dev/null; then
+  exit 0
+fi
+if [ "$ONLY_IN_ENV" = "--only-in-env" ] && \
+   ! "$PYTHON" -c "import os, sys; sys.exit(not (sys.prefix != sys.base_prefix or os.environ.get('CONDA_PREFIX')))"; then
   exit 0
 fi
 

@@ -134,8 +134,8 @@ def _add_prepare(sub) -> None:
 
 
 def cmd_prepare(args) -> int:
-    from seizure_mlflow.data.prepare import (discover_videos, format_report, log_to_mlflow, prepare_dataset,
-                                             split_merged)
+    from seizure_mlflow.data.prepare import discover_videos, format_report, prepare_dataset, split_merged
+    from seizure_mlflow.tracking.datasets import log_prepared
 
     try:
         ratios = tuple(float(r) for r in " ".join(args.ratios).replace(",", " ").split())
@@ -152,7 +152,7 @@ def cmd_prepare(args) -> int:
     print(format_report(result.report))
     print(f"Wrote {result.output}: train.json, val.json, test.json, images/, split.json, report.json")
     if os.environ.get("MLFLOW_RUN_ID") and not args.no_mlflow:
-        log_to_mlflow(result)
+        log_prepared(result)
     return 0
 
 

@@ -24,6 +24,7 @@ DEFAULT_MODEL_NAME = "seizure-patient-detector"
 TRAIN_DATASET = "seizure_train"
 VAL_DATASET = "seizure_val"
 DEVICES = ("auto", "cpu", "cuda")
+LOG_CHECKPOINTS = ("best", "improvements")
 
 
 def _param(default: Any, help: str, **extra: Any) -> Any:
@@ -68,6 +69,12 @@ class TrainParams:
                                  "in the same MLflow run")
     log_images: bool = _param(False, "also upload a few validation frames with the best model's detections drawn "
                                      "(patient data: off unless asked for)")
+    run_name: str = _param("", "the run's name in MLflow (default: what differs between runs, e.g. "
+                               "'r18 lr=0.02 b2 800it')")
+    log_checkpoints: str = _param("best", "best: log only the final best checkpoint as a model; improvements: "
+                                          "also each earlier improvement, as a logged model with its iteration "
+                                          "(one model's size each)", choices=LOG_CHECKPOINTS)
+    system_metrics: bool = _param(True, "log CPU, memory and GPU use as system metrics")
 
     def __post_init__(self) -> None:
         _require(isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0,
@@ -81,6 +88,8 @@ class TrainParams:
                  f"num_workers must be an integer >= 0, got {self.num_workers!r}")
         _require(isinstance(self.seed, int) and self.seed >= 0, f"seed must be an integer >= 0, got {self.seed!r}")
         _require(self.device in DEVICES, f"device must be one of {', '.join(DEVICES)}; got {self.device!r}")
+        _require(self.log_checkpoints in LOG_CHECKPOINTS,
+                 f"log_checkpoints must be one of {', '.join(LOG_CHECKPOINTS)}; got {self.log_checkpoints!r}")
         _require(bool(self.model_name.strip()), "model_name must not be empty")
         _require(len(self.opts) % 2 == 0,
                  f"opts must be KEY VALUE pairs; got an odd number of items: {' '.join(self.opts)!r}")

@@ -31,6 +31,9 @@ from seizure_mlflow.data.staging import check_output_folder
 from seizure_mlflow.engine.trainer import best_checkpoint_path
 from seizure_mlflow.errors import UserError
 from seizure_mlflow.registry.register import CHALLENGER, CHAMPION
+from seizure_mlflow.registry.uris import logged_model_id
+from seizure_mlflow.tracking.datasets import TESTING, TRAINING, VALIDATION, coco_dataset, log_datasets
+from seizure_mlflow.tracking.describe import MODEL_CARD, NOTE_TAG, Outcome, model_card, result_paragraph, run_name
 from seizure_mlflow.tracking.run import active_run, check_tracking_server, log_config, log_losses
 
 logger = logging.getLogger(__name__)
@@ -71,7 +74,7 @@ class TrainResult:
     model_alias: str
 
 
-def build_trainer(cfg, datasets: Datasets, extra_writers=None, validate: bool = True):
+def build_trainer(cfg, datasets: Datasets, extra_writers=None, validate: bool = True, keep_improvements: bool = False):
     """Register the datasets, seed every RNG from ``cfg.SEED`` (plus the rank), and build the trainer."""
     from detectron2.utils import comm
     from detectron2.utils.env import seed_all_rng
@@ -82,7 +85,7 @@ def build_trainer(cfg, datasets: Datasets, extra_writers=None, validate: bool = 
     register_coco(TRAIN_DATASET, datasets.train)
     register_coco(VAL_DATASET, datasets.val)
     seed_all_rng(cfg.SEED + comm.get_rank())
-    return Trainer(cfg, extra_writers=extra_writers, validate=validate)
+    return Trainer(cfg, extra_writers=extra_writers, validate=validate, keep_improvements=keep_improvements)
 
 
 def run_to_resume(output_dir: str) -> str:
@@ -111,7 +114,8 @@ def plan_run(params: TrainParams, sample_dir: str = DEFAULT_SAMPLE_DIR) -> Plan:
     return Plan(params, datasets, test, cfg, categories, resume_run_id)
 
 
-def _train_worker(cfg, run_id: str, tracking_uri: str, datasets: Datasets, resume: bool = False) -> None:
+def _train_worker(cfg, run_id: str, tracking_uri: str, datasets: Datasets, resume: bool = False,
+                  keep_improvements: bool = False) -> None:
     """Runs in every training process (one, or one per GPU under Detectron2's ``launch``)."""
     from detectron2.utils import comm
     from detectron2.utils.logger import setup_logger
@@ -121,7 +125,8 @@ def _train_worker(cfg, run_id: str, tracking_uri: str, datasets: Datasets, resum
     mlflow.set_tracking_uri(tracking_uri)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="detectron2", abbrev_name="d2")
     mlflow_writer = MlflowWriter(run_id, skip_logged=resume) if comm.is_main_process() else None
-    trainer = build_trainer(cfg, datasets, extra_writers=(lambda: [mlflow_writer]) if mlflow_writer else None)
+    trainer = build_trainer(cfg, datasets, extra_writers=(lambda: [mlflow_writer]) if mlflow_writer else None,
+                            keep_improvements=keep_improvements)
     trainer.resume_or_load(resume=resume)
     try:
         trainer.train()
@@ -134,7 +139,8 @@ def train(cfg, plan: Plan, run_id: str) -> None:
     """Train with ``cfg`` (its OUTPUT_DIR set) in ``plan.params.num_processes`` processes, logging to ``run_id``."""
     from detectron2.engine import launch
 
-    worker_args = (cfg, run_id, mlflow.get_tracking_uri(), plan.datasets, plan.params.resume)
+    worker_args = (cfg, run_id, mlflow.get_tracking_uri(), plan.datasets, plan.params.resume,
+                   plan.params.log_checkpoints == "improvements")
     if plan.params.num_processes == 1:
         _train_worker(*worker_args)
     else:
@@ -151,26 +157,70 @@ def read_best_checkpoint(output_dir: str) -> BestCheckpoint | None:
                           weights=state["model"])
 
 
-def record(run_id: str, output_dir: str) -> BestCheckpoint | None:
-    """``losses.csv`` and the loss plot from the run's metrics; the best checkpoint's values as metrics."""
-    best = read_best_checkpoint(output_dir)
+def record(run_id: str, output_dir: str, best: BestCheckpoint | None, model_id: str | None = None,
+           dataset=None) -> None:
+    """``losses.csv`` and the loss plot from the run's metrics; the best checkpoint's values as
+    ``best/val_total_loss`` and ``best/iteration``, linked to its logged model and the validation set when given."""
     log_losses(run_id, best.iteration if best else None)
     if best is not None:
         mlflow.log_metrics({BEST_VAL_METRIC: best.val_total_loss, BEST_ITER_METRIC: best.iteration},
-                           step=best.iteration, run_id=run_id)
-    return best
+                           step=best.iteration, run_id=run_id, model_id=model_id, dataset=dataset)
+
+
+def log_checkpoint(plan: Plan, cfg, weights, iteration: int, name: str = "model") -> str:
+    """A checkpoint as a logged model of the active run at ``iteration``; returns the model's URI.
+
+    MLflow links the run's metrics at that step to the model (its ``val/*`` and ``train/*`` losses).
+    """
+    from seizure_mlflow.registry.register import log_detector
+
+    return log_detector(cfg, weights, plan.categories, step=iteration, name=name).model_uri
+
+
+def log_improvements(plan: Plan, cfg, best: BestCheckpoint) -> int:
+    """With ``log_checkpoints=improvements``: every earlier improvement as a logged model ``checkpoint-N``
+    (the final best is logged by :func:`register`). Returns how many were logged."""
+    from seizure_mlflow.engine.resume import IMPROVEMENT_PREFIX
+
+    logged = 0
+    for path in sorted(Path(cfg.OUTPUT_DIR).glob(f"{IMPROVEMENT_PREFIX}*.pth")):
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        iteration = int(state["iteration"]) + 1
+        if iteration != best.iteration:
+            log_checkpoint(plan, cfg, state["model"], iteration, name=f"checkpoint-{iteration}")
+            logged += 1
+    return logged
 
 
 def register(plan: Plan, cfg, best: BestCheckpoint, run_id: str):
-    """The best checkpoint as a registered model version, tagged and aliased; returns the version."""
-    from seizure_mlflow.registry.register import log_and_register
+    """The best checkpoint as a logged model and a registered version, tagged and aliased; returns the version."""
+    from seizure_mlflow.registry.register import register as register_model
 
-    return log_and_register(cfg, best.weights, plan.categories, plan.params.model_name, {
+    model_uri = log_checkpoint(plan, cfg, best.weights, best.iteration)
+    return register_model(model_uri, plan.params.model_name, {
         "val_total_loss": f"{best.val_total_loss:.6g}",
         "best_iteration": str(best.iteration),
         "run_id": run_id,
         "config": plan.params.config,
     })
+
+
+def describe(plan: Plan, cfg, best: BestCheckpoint, run_id: str, version, alias: str,
+             test_metrics: dict[str, float] | None) -> None:
+    """The result in one paragraph as the run's and the version's description; the model card beside the
+    model and in the run."""
+    from seizure_mlflow.registry.register import add_model_card
+
+    outcome = Outcome(config=plan.params.config, run_name=run_name(cfg, plan.params.run_name), train=plan.datasets.train,
+                      val=plan.datasets.val, best_val_total_loss=best.val_total_loss, best_iteration=best.iteration,
+                      max_iter=cfg.SOLVER.MAX_ITER, model_name=plan.params.model_name, version=str(version.version),
+                      alias=alias, test_metrics=test_metrics)
+    paragraph, card = result_paragraph(outcome), model_card(outcome, cfg)
+    client = MlflowClient()
+    client.set_tag(run_id, NOTE_TAG, paragraph)
+    client.update_model_version(plan.params.model_name, version.version, description=paragraph)
+    add_model_card(logged_model_id(version), card)
+    client.log_text(run_id, card, MODEL_CARD)
 
 
 def run_training(params: TrainParams, sample_dir: str = DEFAULT_SAMPLE_DIR) -> TrainResult:
@@ -187,19 +237,30 @@ def run_training(params: TrainParams, sample_dir: str = DEFAULT_SAMPLE_DIR) -> T
         "seizure.train_digest": file_digest(plan.datasets.train.json_path),
         "seizure.val_digest": file_digest(plan.datasets.val.json_path),
     }
-    with active_run(run_name="train", tags=tags, run_id=plan.resume_run_id) as run:
+    name = run_name(plan.cfg, params.run_name)
+    with active_run(run_name=name, tags=tags, run_id=plan.resume_run_id, log_system_metrics=params.system_metrics,
+                    rename=not plan.resume_run_id) as run:
         run_id = run.info.run_id
         cfg = _with_output_dir(plan.cfg, params.output_dir or os.path.join("output", run_id))
         (Path(cfg.OUTPUT_DIR) / RUN_FILE).write_text(json.dumps({"run_id": run_id}))
         log_config(cfg)
-        logger.info("MLflow run %s; checkpoints in %s", run_id, cfg.OUTPUT_DIR)
+        log_datasets(run_id, {TRAINING: plan.datasets.train, VALIDATION: plan.datasets.val,
+                              **({TESTING: plan.test} if plan.test is not None else {})})
+        logger.info("MLflow run %s (%s); checkpoints in %s", run_id, name, cfg.OUTPUT_DIR)
         try:
             train(cfg, plan, run_id)
-        finally:
-            best = record(run_id, cfg.OUTPUT_DIR)  # even a failed run keeps the curves it got so far
+        except BaseException:
+            record(run_id, cfg.OUTPUT_DIR, read_best_checkpoint(cfg.OUTPUT_DIR))  # a failed run keeps its curves
+            raise
+        best = read_best_checkpoint(cfg.OUTPUT_DIR)
         if best is None:
+            record(run_id, cfg.OUTPUT_DIR, None)
             raise RuntimeError(f"no best checkpoint in {cfg.OUTPUT_DIR}: no finite validation loss was computed")
+        if params.log_checkpoints == "improvements":
+            log_improvements(plan, cfg, best)
         version = register(plan, cfg, best, run_id)
+        record(run_id, cfg.OUTPUT_DIR, best, model_id=logged_model_id(version),
+               dataset=coco_dataset(plan.datasets.val, VALIDATION))
         alias = CHAMPION if CHAMPION in version.aliases else CHALLENGER
         detector = None
         if params.log_images or plan.test is not None:
@@ -208,8 +269,10 @@ def run_training(params: TrainParams, sample_dir: str = DEFAULT_SAMPLE_DIR) -> T
             detector = Detector(cfg, best.weights, plan.categories)
         if params.log_images:
             _log_validation_images(detector, plan.datasets.val, run_id)
+        test_metrics = None
         if plan.test is not None:
-            alias = _evaluate_and_promote(detector, plan.test, run_id, params.model_name, str(version.version))
+            alias, test_metrics = _evaluate_and_promote(detector, plan.test, run_id, params.model_name, version)
+        describe(plan, cfg, best, run_id, version, alias, test_metrics)
     return TrainResult(run_id=run_id, output_dir=cfg.OUTPUT_DIR, best_val_total_loss=best.val_total_loss,
                        best_iteration=best.iteration, model_name=params.model_name,
                        model_version=str(version.version), model_alias=alias)
@@ -224,21 +287,20 @@ def _with_output_dir(cfg, output_dir: str):
     return cfg
 
 
-def _evaluate_and_promote(detector, test: CocoSummary, run_id: str, model_name: str, version: str) -> str:
-    """Test AP of the best checkpoint on the training run and its version; then champion/challenger promotion.
-
-    Returns the alias the new version holds afterwards.
+def _evaluate_and_promote(detector, test: CocoSummary, run_id: str, model_name: str, version) -> tuple[str, dict]:
+    """Test AP of the best checkpoint on the training run, its logged model and its version; then
+    champion/challenger promotion. Returns the alias the new version holds afterwards, and the test metrics.
     """
     from seizure_mlflow.evaluation import summary_line
     from seizure_mlflow.registry.evaluate import evaluate_and_record
     from seizure_mlflow.registry.promote import promote
 
-    result = evaluate_and_record(detector, test, run_id, (model_name, version))
+    result = evaluate_and_record(detector, test, run_id, (model_name, str(version.version)))
     logger.info("Test set: %s", summary_line(result))
     decision = promote(model_name, test)
     logger.info("Promotion: %s", decision.message(model_name))
-    aliases = MlflowClient().get_model_version(model_name, version).aliases
-    return CHAMPION if CHAMPION in aliases else (CHALLENGER if CHALLENGER in aliases else "")
+    aliases = MlflowClient().get_model_version(model_name, version.version).aliases
+    return CHAMPION if CHAMPION in aliases else (CHALLENGER if CHALLENGER in aliases else ""), result.metrics
 
 
 def _log_validation_images(detector, val: CocoSummary, run_id: str, count: int = 4) -> None:

@@ -32,6 +32,8 @@ from seizure_mlflow.data.checks import file_digest as coco_digest
 from seizure_mlflow.registry.promote import promote
 from seizure_mlflow.training import run_training
 
+pytestmark = pytest.mark.slow  # a 30-iteration training run, REST serving, video
+
 NAME = "eval-detector"
 PHOTO = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
 

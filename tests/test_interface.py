@@ -109,3 +109,24 @@ def test_coco_evaluation_imports_no_mlflow():
         path = PACKAGE.joinpath(*module.split(".")[1:]).with_suffix(".py")
         path = path if path.exists() else path.with_suffix("") / "__init__.py"
         assert not any(m == "mlflow" or m.startswith("mlflow.") for m in _imports(path)), f"{module} imports mlflow"
+
+
+def test_an_interpreter_without_the_dependencies_gets_a_clear_message():
+    """What `.venv/bin/mlflow run .` does without an activated venv: the system Python runs the entry point."""
+    import os
+    import subprocess
+    import sys
+
+    base = Path(sys.base_prefix) / "bin" / "python3"
+    probe = subprocess.run([str(base), "-c", "import importlib.util as u; print(all(u.find_spec(m) for m in "
+                            "('torch', 'mlflow', 'cv2', 'detectron2')))"], capture_output=True, text=True)
+    if probe.stdout.strip() != "False":
+        import pytest
+
+        pytest.skip(f"{base} has the project's dependencies; no interpreter without them to try")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    proc = subprocess.run([str(base), "-m", "seizure_mlflow", "train", "--max-iter", "2"], capture_output=True, text=True,
+                          cwd=REPO, env=env, timeout=60)
+    assert proc.returncode == 2
+    assert "it is not the project's environment" in proc.stderr and "source .venv/bin/activate" in proc.stderr
+    assert "Traceback" not in proc.stderr

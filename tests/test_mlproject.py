@@ -10,6 +10,8 @@ from mlflow import MlflowClient
 from conftest import REPO, TINY_OPTS, TINY_SPEC, venv_env
 from seizure_mlflow.data.sample import write_sample_exports
 
+pytestmark = pytest.mark.slow  # `mlflow run` subprocesses
+
 
 def _mlflow_run(tracking, cwd, *params: str, timeout: int = 600, entry_point: str = "main") -> subprocess.CompletedProcess:
     cmd = ["mlflow", "run", str(REPO), "-e", entry_point, "--env-manager", "local", "--experiment-name", "mlproject-test"]

@@ -14,6 +14,8 @@ from mlflow import MlflowClient
 
 from conftest import TINY_OPTS, venv_env
 
+pytestmark = pytest.mark.slow  # killed and resumed training subprocesses
+
 MAX_ITER, EVAL_PERIOD = 24, 4
 
 

@@ -25,6 +25,8 @@ from mlflow import MlflowClient
 from conftest import TINY_OPTS, venv_env
 from seizure_mlflow.stack import local as stack
 
+pytestmark = pytest.mark.slow  # real PostgreSQL, S3 and mlflow servers
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -58,19 +60,26 @@ def team_stack(tmp_path_factory):
     ports = {"postgres": _free_port(), "s3": _free_port(), "mlflow": _free_port()}
     argv = ["--dir", str(root), "--pg-port", str(ports["postgres"]), "--s3-port", str(ports["s3"]),
             "--mlflow-port", str(ports["mlflow"])]
-    up = subprocess.run([sys.executable, "-m", "seizure_mlflow.stack.local", "up", *argv], capture_output=True, text=True,
-                        timeout=400, env=venv_env())
-    assert up.returncode == 0, up.stdout + up.stderr
-    before = _pids(root)
-    again = subprocess.run([sys.executable, "-m", "seizure_mlflow.stack.local", "up", *argv], capture_output=True,
-                           text=True, timeout=60, env=venv_env())
-    assert again.returncode == 0, again.stdout + again.stderr
-    assert _pids(root) == before  # a second `up` restarts nothing
+    def down() -> None:
+        subprocess.run([sys.executable, "-m", "seizure_mlflow.stack.local", "down", *argv], timeout=120, env=venv_env())
+
+    try:
+        up = subprocess.run([sys.executable, "-m", "seizure_mlflow.stack.local", "up", *argv], capture_output=True,
+                            text=True, timeout=400, env=venv_env())
+        assert up.returncode == 0, up.stdout + up.stderr
+        before = _pids(root)
+        again = subprocess.run([sys.executable, "-m", "seizure_mlflow.stack.local", "up", *argv], capture_output=True,
+                               text=True, timeout=60, env=venv_env())
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert _pids(root) == before  # a second `up` restarts nothing
+    except BaseException:
+        down()  # a failed set-up leaves no server running
+        raise
     env = _read_env(root / "env")
     secrets = {name: (root / "secrets" / name).read_text() for name in ("pg_password", "s3_access_key", "s3_secret_key")}
     pg_home = Path((root / stack.PG_HOME_FILE).read_text().strip())
     yield {"root": root, "env": env, "ports": ports, "argv": argv, "secrets": secrets}
-    subprocess.run([sys.executable, "-m", "seizure_mlflow.stack.local", "down", *argv], timeout=120, env=venv_env())
+    down()
     for name in ("mlflow.pid", "s3.pid"):
         assert not (root / name).exists()
     assert not (pg_home / "postgres" / "postmaster.pid").exists()

@@ -18,6 +18,7 @@ import mlflow
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
+from mlflow.models import Model
 from PIL import Image
 
 from conftest import REPO, private_tracking_store, tiny_params, venv_env
@@ -45,6 +46,7 @@ def trained_once(tiny_data, tmp_path_factory) -> Trained:
     with private_tracking_store(root) as uri, pytest.MonkeyPatch.context() as mp:
         for variable in ("LOGNAME", "USER", "LNAME", "USERNAME"):  # what getpass.getuser() reads first
             mp.setenv(variable, MACHINE_USER)
+        mp.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")  # the tiny run lasts seconds
         return Trained(run_training(tiny_params(tiny_data, root, max_iter=6, eval_period=2)), root, uri)
 
 
@@ -104,6 +106,7 @@ def test_registered_version_tags_and_aliases(trained, tiny_data, tmp_path):
     assert str(client.get_model_version_by_alias("test-detector", "challenger").version) == "2"
 
 
+@pytest.mark.slow
 def test_champion_loads_in_a_fresh_process_and_predicts_on_a_photo(trained, tmp_path):
     script = textwrap.dedent(f"""
         import json, sys
@@ -129,6 +132,7 @@ def test_champion_loads_in_a_fresh_process_and_predicts_on_a_photo(trained, tmp_
         assert 0 <= x <= width and 0 <= y <= height and w >= 0 and h >= 0
 
 
+@pytest.mark.slow
 def test_predict_command_writes_coco_results(trained, tmp_path, tiny_data):
     folder = tmp_path / "frames"
     folder.mkdir()
@@ -146,6 +150,7 @@ def test_predict_command_writes_coco_results(trained, tmp_path, tiny_data):
     assert all(r["segmentation"]["size"] == [60, 80] for r in small)
 
 
+@pytest.mark.slow
 def test_predict_rejects_bad_input_before_loading(tracking, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "seizure_mlflow", "predict", "--model-uri", "models:/nope@champion",
                            "--input", str(tmp_path / "missing"), "--output", str(tmp_path / "r.json")],
@@ -171,6 +176,7 @@ def test_non_finite_loss_stops_training_and_fails_the_run(tiny_data, tmp_path, t
     assert not MlflowClient().search_registered_models("name='diverges'")
 
 
+@pytest.mark.slow
 def test_test_set_given_to_training_is_evaluated_and_promoted(tiny_data, tmp_path, tracking):
     test_json, test_images = tiny_data["test"]
     first = run_training(tiny_params(tiny_data, tmp_path, test_json=test_json, test_images=test_images,
@@ -201,6 +207,7 @@ def test_log_images_is_opt_in(tiny_data, tmp_path, tracking):
     assert Image.open(client.download_artifacts(result.run_id, names[0])).size == (96, 72)
 
 
+@pytest.mark.slow
 def test_two_cpu_processes_train_log_once_and_register(tiny_data, tmp_path, tracking):
     """Detectron2's launch with 2 processes on the CPU (gloo, DDP without device ids): one writer, one model."""
     result = run_training(tiny_params(tiny_data, tmp_path, max_iter=4, eval_period=2, model_name="two-procs",
@@ -245,6 +252,9 @@ def _everything_the_server_holds(run_id: str, dst: Path) -> dict[str, str]:
         texts.update({f"logged model tag {t}": v for t, v in model.tags.items()})
         folders.append(Path(mlflow.artifacts.download_artifacts(artifact_uri=model.artifact_location,
                                                                 dst_path=str(dst / f"model{k}"))))
+    for k, dataset_input in enumerate(run.inputs.dataset_inputs):
+        texts[f"dataset input {k}"] = json.dumps({"dataset": dataset_input.dataset.to_dictionary(),
+                                                  "tags": {t.key: t.value for t in dataset_input.tags}})
     for folder in folders:
         for path in folder.rglob("*"):
             if path.is_file() and path.suffix not in (".pt", ".pth", ".png"):
@@ -264,3 +274,69 @@ def test_no_path_user_or_host_of_this_machine_reaches_the_server(trained, tiny_d
             assert path not in text, f"{where} holds the local path {path}: {text[:300]!r}"
         assert MACHINE_USER not in text, f"{where} holds the user name: {text[:300]!r}"
         assert not re.search(rf"(?<![\w.-]){re.escape(host)}(?![\w.-])", text), f"{where} holds the host name {host}"
+
+
+def test_the_ui_sees_a_named_described_run_with_datasets_system_metrics_and_a_model_card(trained):
+    client = MlflowClient()
+    run = client.get_run(trained.run_id)
+    assert run.info.run_name == "r18 lr=0.01 b2 6it"
+    description = run.data.tags["mlflow.note.content"]
+    assert f"Best val/total_loss {trained.best_val_total_loss:.4f} at iteration {trained.best_iteration}" in description
+    assert "registered as test-detector version 1 (@champion)" in description
+    version = client.get_model_version("test-detector", "1")
+    assert version.description == description
+    card = Path(client.download_artifacts(trained.run_id, "model_card.md")).read_text()
+    assert description in card and 'mlflow.pyfunc.load_model("models:/test-detector/1")' in card
+    assert "seizure-mlflow predict" in card and "mlflow models serve" in card
+    assert any(k.startswith("system/cpu_utilization") for k in run.data.metrics), sorted(run.data.metrics)
+
+    inputs = {i.dataset.name: (i.dataset, {t.key: t.value for t in i.tags}) for i in run.inputs.dataset_inputs}
+    assert set(inputs) == {"seizure-training", "seizure-validation"}
+    (train, train_tags), (val, val_tags) = inputs["seizure-training"], inputs["seizure-validation"]
+    assert train.digest == run.data.tags["seizure.train_digest"] and val.digest == run.data.tags["seizure.val_digest"]
+    assert train_tags["mlflow.data.context"] == "training" and val_tags["mlflow.data.context"] == "validation"
+    assert (train_tags["images"], train_tags["videos"], val_tags["videos"]) == ("6", "3", "1")
+    assert json.loads(train.source) == {"tags": {"producer": "seizure-mlflow", "format": "COCO instances"}}
+
+    [model] = mlflow.search_logged_models(filter_string=f"source_run_id = '{trained.run_id}'", output_format="list")
+    [metric] = [m for m in model.metrics if m.key == "val/total_loss"]
+    assert (metric.value, metric.step) == (pytest.approx(trained.best_val_total_loss), trained.best_iteration)
+    [best] = [m for m in model.metrics if m.key == "best/val_total_loss"]
+    assert best.value == pytest.approx(trained.best_val_total_loss) and best.step == trained.best_iteration
+    assert best.dataset_name == "seizure-validation" and best.dataset_digest == val.digest
+    assert [m.step for m in client.get_metric_history(trained.run_id, "val/total_loss")] == [2, 4, 6]  # not doubled
+    signature = json.loads(Model.load(f"models:/{model.model_id}").signature.to_dict()["outputs"])
+    assert signature[0]["name"] == "detections" and signature[0]["items"]["properties"]["bbox"]["type"] == "array"
+
+
+def test_logged_models_rank_checkpoints_of_several_runs_by_validation_loss(trained, tiny_data, tmp_path):
+    for k, lr in enumerate((0.002, 0.03)):
+        run_training(tiny_params(tiny_data, tmp_path, lr=lr, max_iter=2, eval_period=2, model_name="ranked",
+                                 output_dir=str(tmp_path / f"r{k}"), system_metrics=False))
+    ranked = mlflow.search_logged_models(order_by=[{"field_name": "metrics.val/total_loss", "ascending": True}],
+                                         output_format="list")
+    losses = [next(m.value for m in model.metrics if m.key == "val/total_loss") for model in ranked]
+    assert len(ranked) >= 3 and losses == sorted(losses)
+    client = MlflowClient()
+    for model in ranked:
+        assert losses[ranked.index(model)] == pytest.approx(
+            client.get_run(model.source_run_id).data.metrics["best/val_total_loss"])
+
+
+def test_log_checkpoints_improvements_logs_each_new_best_with_its_iteration(tiny_data, tmp_path, tracking):
+    result = run_training(tiny_params(tiny_data, tmp_path, max_iter=6, eval_period=2, model_name="each-best",
+                                      log_checkpoints="improvements", system_metrics=False, lr=0.005))
+    client = MlflowClient()
+    history = {m.step: m.value for m in client.get_metric_history(result.run_id, "val/total_loss")}
+    improvements = [step for step in sorted(history) if history[step] == min(v for s, v in history.items() if s <= step)]
+    assert len(improvements) >= 2, history  # the setting must improve more than once to show anything
+    models = mlflow.search_logged_models(filter_string=f"source_run_id = '{result.run_id}'", output_format="list")
+    steps = {}
+    for model in models:
+        [metric] = [m for m in model.metrics if m.key == "val/total_loss"]
+        assert metric.value == pytest.approx(history[metric.step])
+        steps[model.name] = metric.step
+    assert steps["model"] == result.best_iteration
+    assert sorted(steps.values()) == improvements
+    assert {n for n in steps if n != "model"} == {f"checkpoint-{s}" for s in improvements if s != result.best_iteration}
+    assert [str(v.version) for v in client.search_model_versions("name = 'each-best'")] == ["1"]  # only the best

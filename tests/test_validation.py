@@ -122,6 +122,7 @@ def _distributed_loss(cfg, datasets, weights_path, out_path):
             json.dump({"losses": losses, "shards": gathered}, fh)
 
 
+@pytest.mark.slow
 def test_loss_is_averaged_over_all_processes(tiny_data, tmp_path):
     """Two CPU processes (gloo), each with half the validation set, report the whole set's mean."""
     cfg, datasets = _cfg(tiny_data, tmp_path)

@@ -26,7 +26,7 @@ import numpy as np
 from pycocotools import mask as mask_util
 from tqdm import tqdm
 
-from seizure_mlflow.data.checks import category_key, check_coco_data, file_digest, is_inside, load_coco_json
+from seizure_mlflow.data.checks import category_key, check_coco_data, is_inside, load_coco_json
 from seizure_mlflow.data.staging import check_output_folder, staged_folder
 from seizure_mlflow.data.video import VIDEO_SUFFIXES, extract_frames, frame_count, write_png
 from seizure_mlflow.errors import DatasetError, UserError
@@ -396,19 +396,3 @@ def format_report(report: dict[str, Any]) -> str:
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
     fmt = "  ".join(f"{{:>{w}}}" for w in widths)
     return "\n".join([fmt.format(*header)] + [fmt.format(*r) for r in rows])
-
-
-def log_to_mlflow(result: PrepareResult) -> None:
-    """Counts, the report and dataset digests in the active MLflow run; never frames, names or paths."""
-    import mlflow
-    from mlflow.data.code_dataset_source import CodeDatasetSource
-    from mlflow.data.meta_dataset import MetaDataset
-
-    with mlflow.start_run():
-        metrics = {f"{split}/{k}": float(v) for split, r in result.report.items() for k, v in r.items() if k != "instances_per_category"}
-        mlflow.log_metrics(metrics)
-        mlflow.log_dict(result.report, "report.json")
-        for split in SPLITS:
-            digest = file_digest(result.output / f"{split}.json")
-            dataset = MetaDataset(CodeDatasetSource({"producer": "seizure-mlflow prepare"}), name=f"seizure-{split}", digest=digest)
-            mlflow.log_input(dataset, context=split)

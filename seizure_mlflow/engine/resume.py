@@ -20,6 +20,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import os
 import random
 import signal
 
@@ -28,6 +29,8 @@ import torch
 from detectron2.engine import HookBase, hooks
 
 logger = logging.getLogger(__name__)
+
+IMPROVEMENT_PREFIX = "model_improvement_"
 
 
 class SkipSampler(torch.utils.data.Sampler):
@@ -79,7 +82,15 @@ class ResumableBestCheckpointer(hooks.BestCheckpointer):
     The best checkpoint itself holds ``iteration`` (the iteration its metric was computed at) and
     ``best_metric`` (that value), so what was best is read from the file, not from the tracking server.
     It reads the metric from the trainer's storage: register it after the hook that puts it there.
+
+    With ``keep_improvements``, each improvement's model weights are also kept as
+    ``model_improvement_NNNNNNN.pth`` (iterations completed; model weights, iteration and value only), so that
+    every step of progress can be logged as a model of its own after training.
     """
+
+    def __init__(self, *args, keep_improvements: bool = False, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._keep_improvements = keep_improvements
 
     def _best_checking(self) -> None:
         latest = self.trainer.storage.latest().get(self._val_metric)
@@ -93,6 +104,10 @@ class ResumableBestCheckpointer(hooks.BestCheckpointer):
             # Updated before saving, so the checkpoint's copy of this hook's state includes this value.
             self.best_metric, self.best_iter = value, iteration
             self._checkpointer.save(self._file_prefix, iteration=iteration, best_metric=value)
+            if self._keep_improvements and self._checkpointer.save_to_disk:
+                path = os.path.join(self._checkpointer.save_dir, f"{IMPROVEMENT_PREFIX}{iteration + 1:07d}.pth")
+                torch.save({"model": self._checkpointer.model.state_dict(), "iteration": iteration,
+                            "best_metric": value}, path)
             logger.info("Saved best checkpoint: %s %.5f at iteration %d", self._val_metric, value, iteration + 1)
 
     def state_dict(self) -> dict:

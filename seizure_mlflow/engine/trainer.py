@@ -49,13 +49,15 @@ class Trainer(DefaultTrainer):
         extra_writers: called on the main process to make writers added after the built-in ones.
         validate: ``False`` drops the validation and best-checkpoint hooks (used to show that validation
             does not change training).
+        keep_improvements: keep each improvement's weights too (see ``ResumableBestCheckpointer``).
     """
 
     def __init__(self, cfg, extra_writers: Callable[[], Sequence[EventWriter]] | None = None,
-                 validate: bool = True) -> None:
+                 validate: bool = True, keep_improvements: bool = False) -> None:
         # DefaultTrainer.__init__ calls build_hooks(), which reads these.
         self._extra_writers = extra_writers
         self._validate = validate
+        self._keep_improvements = keep_improvements
         if comm.is_main_process():
             os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
         # DefaultTrainer.__init__, with build_ddp_model as a seam; the construction order is Detectron2's.
@@ -112,7 +114,8 @@ class Trainer(DefaultTrainer):
         if self._validate:
             ret.append(ValidationLoss(cfg.TEST.EVAL_PERIOD, self.build_validation_loader(cfg), seed=cfg.SEED))
             ret.append(ResumableBestCheckpointer(cfg.TEST.EVAL_PERIOD, self.checkpointer, VAL_PREFIX + TOTAL_LOSS,
-                                                 mode="min", file_prefix=BEST_CHECKPOINT))
+                                                 mode="min", file_prefix=BEST_CHECKPOINT,
+                                                 keep_improvements=self._keep_improvements))
         if comm.is_main_process():
             ret.append(CheckpointAlignedWriter(self.build_writers(), WRITE_PERIOD, cfg.SOLVER.CHECKPOINT_PERIOD))
             ret.append(hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD,

@@ -1,4 +1,4 @@
-"""Log the best checkpoint as an MLflow pyfunc model, register it, tag it and give it an alias.
+"""Log checkpoints as MLflow pyfunc models, register the best one, tag it and give it an alias.
 
 Aliases: the first version of a name becomes ``champion``; every later version becomes ``challenger``
 until it is promoted (the alias moves to the newest challenger).
@@ -23,8 +23,10 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.models import Model, ModelSignature
 from mlflow.models.model import MLMODEL_FILE_NAME
 from mlflow.types import ColSpec, Schema
+from mlflow.types.schema import Array, Object, Property
 
 from seizure_mlflow.registry.model import (ARTIFACT_CATEGORIES, ARTIFACT_CONFIG, ARTIFACT_WEIGHTS, IMAGE_COLUMN)
+from seizure_mlflow.tracking.describe import MODEL_CARD
 from seizure_mlflow.tracking.run import remove_machine_context_from_model
 
 logger = logging.getLogger(__name__)
@@ -35,7 +37,13 @@ TEST_DIGEST_TAG, EVALUATION_RUN_TAG = "test_digest", "evaluation_run_id"
 ENTRY_POINT = str(Path(__file__).with_name("pyfunc_entry.py"))
 # Optional at the schema level so that a wrong column reaches the model, which answers with a short message;
 # MLflow's own schema errors quote the whole input (megabytes of base64 for images).
-SIGNATURE = ModelSignature(inputs=Schema([ColSpec("binary", IMAGE_COLUMN, required=False)]))
+# The output: per image, a list of COCO-style detections.
+DETECTION = Object([Property("category_id", "long"), Property("category_name", "string"),
+                    Property("bbox", Array("double")), Property("score", "double"),
+                    Property("segmentation", Object([Property("size", Array("long")), Property("counts", "string")]),
+                             required=False)])
+SIGNATURE = ModelSignature(inputs=Schema([ColSpec("binary", IMAGE_COLUMN, required=False)]),
+                           outputs=Schema([ColSpec(Array(DETECTION), "detections")]))
 _REQUIREMENTS = ("mlflow", "torch", "torchvision", "numpy", "pandas", "pycocotools", "opencv-python-headless", "PyYAML")
 
 
@@ -61,10 +69,10 @@ def synthetic_input_example() -> pd.DataFrame:
     return pd.DataFrame({IMAGE_COLUMN: [png.tobytes()]})
 
 
-def log_and_register(cfg, state_dict: dict[str, torch.Tensor], categories: list[dict], model_name: str,
-                     version_tags: dict[str, str]) -> ModelVersion:
-    """Log ``MODEL_ARTIFACT`` in the active run with the model ``state_dict`` (no optimizer or trainer state),
-    register it, tag and alias it."""
+def log_detector(cfg, state_dict: dict[str, torch.Tensor], categories: list[dict], step: int,
+                 name: str = MODEL_ARTIFACT):
+    """Log the model ``state_dict`` (no optimizer or trainer state) as a pyfunc logged model of the active run,
+    at ``step`` (the iteration its weights are from); returns MLflow's ``ModelInfo``."""
     with tempfile.TemporaryDirectory() as tmp:
         weights = os.path.join(tmp, "model_weights.pt")
         torch.save(state_dict, weights)
@@ -77,21 +85,34 @@ def log_and_register(cfg, state_dict: dict[str, torch.Tensor], categories: list[
         cats = os.path.join(tmp, "categories.json")
         Path(cats).write_text(json.dumps(categories))
         info = mlflow.pyfunc.log_model(
-            name=MODEL_ARTIFACT,
+            name=name,
             python_model=ENTRY_POINT,
             artifacts={ARTIFACT_CONFIG: config, ARTIFACT_WEIGHTS: weights, ARTIFACT_CATEGORIES: cats},
             signature=SIGNATURE,
             input_example=synthetic_input_example(),
             pip_requirements=pip_requirements(),
+            step=step,
         )
     remove_local_paths(info.model_id)
+    return info
+
+
+def register(model_uri: str, model_name: str, version_tags: dict[str, str]) -> ModelVersion:
+    """Register a logged model, tag the version and give it its alias; returns the version."""
     client = MlflowClient()
-    version = mlflow.register_model(info.model_uri, model_name)
+    version = mlflow.register_model(model_uri, model_name)
     for key, value in version_tags.items():
         client.set_model_version_tag(model_name, version.version, key, value)
     alias = assign_alias(client, model_name, version.version)
     logger.info("Registered %s version %s as @%s", model_name, version.version, alias)
     return client.get_model_version(model_name, version.version)
+
+
+def add_model_card(model_id: str, text: str) -> None:
+    """``model_card.md`` beside the model's ``MLmodel``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp, MODEL_CARD).write_text(text)
+        MlflowClient().log_model_artifacts(model_id, tmp)
 
 
 def remove_local_paths(model_id: str) -> None:

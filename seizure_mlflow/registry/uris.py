@@ -55,3 +55,13 @@ def detector_from_uri(model_uri: str):
         raise UserError(f"{model_uri} is not a seizure-mlflow detector (it is {type(python_model).__name__})",
                         param="model_uri")
     return python_model.detector
+
+
+def logged_model_id(version) -> str:
+    """The id of the logged model a registered version was made from (its source is ``models:/m-ID``)."""
+    if getattr(version, "model_id", None):
+        return version.model_id
+    source = str(version.source)
+    if not source.startswith("models:/m-"):
+        raise ValueError(f"version {version.version} of {version.name} was not registered from a logged model: {source}")
+    return source.removeprefix("models:/")

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import os
 import tempfile
-import time
 
+import mlflow
 from mlflow import MlflowClient
-from mlflow.entities import Metric
 
 from seizure_mlflow.evaluation import EvaluationResult
 
@@ -15,13 +14,17 @@ PER_CATEGORY = "per_category_ap.csv"
 PR_PLOT = "plots/precision_recall.png"
 
 
-def log_evaluation(result: EvaluationResult, run_id: str, client: MlflowClient | None = None) -> None:
-    """Metrics, ``predictions.json``, ``per_category_ap.csv`` and ``plots/precision_recall.png`` in a run."""
+def log_evaluation(result: EvaluationResult, run_id: str, model_id: str | None = None, dataset=None,
+                   client: MlflowClient | None = None) -> None:
+    """Metrics, ``predictions.json``, ``per_category_ap.csv`` and ``plots/precision_recall.png`` in a run.
+
+    With ``model_id`` (and ``dataset``, the test set's dataset entity) the metrics are linked to that logged
+    model and data set too, so the MLflow UI shows them on the model and can rank models by them.
+    """
     from seizure_mlflow.tracking.plots import plot_precision_recall
 
     client = client or MlflowClient()
-    now = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in result.metrics.items()])
+    mlflow.log_metrics(result.metrics, step=0, run_id=run_id, model_id=model_id, dataset=dataset)
     client.log_artifact(run_id, result.predictions_path)
     with tempfile.TemporaryDirectory() as tmp:
         csv_path = os.path.join(tmp, PER_CATEGORY)

@@ -65,14 +65,21 @@ def remove_machine_context_from_model(model_id: str, client: MlflowClient | None
 
 
 @contextlib.contextmanager
-def active_run(run_name: str | None = None, tags: dict[str, str] | None = None,
-               run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
+def active_run(run_name: str | None = None, tags: dict[str, str] | None = None, run_id: str | None = None,
+               log_system_metrics: bool | None = None, rename: bool = False) -> Iterator[mlflow.ActiveRun]:
     """Attach to ``run_id`` or ``MLFLOW_RUN_ID``, or start a run; end it FINISHED, FAILED, or KILLED
-    (Ctrl-C / SIGTERM). The machine's user name and paths are taken out of the run's tags first."""
+    (Ctrl-C / SIGTERM). The machine's user name and paths are taken out of the run's tags first.
+
+    ``run_name`` names a new run; with ``rename`` it also renames an attached one (``mlflow run`` names its
+    runs at random). ``log_system_metrics`` samples CPU, memory (and GPU) use while the run is active.
+    """
     attached = bool(run_id or os.environ.get("MLFLOW_RUN_ID"))
-    run = mlflow.start_run(run_id=run_id, run_name=None if attached else run_name, tags=tags)
+    run = mlflow.start_run(run_id=run_id, run_name=None if attached else run_name, tags=tags,
+                           log_system_metrics=log_system_metrics)
     try:
         remove_machine_context(run.info.run_id)
+        if attached and rename and run_name:
+            MlflowClient().set_tag(run.info.run_id, "mlflow.runName", run_name)
         yield run
     except KeyboardInterrupt:
         mlflow.end_run("KILLED")

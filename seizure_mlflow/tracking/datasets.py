@@ -1,0 +1,60 @@
+"""The data sets of a run as MLflow dataset inputs: a name, a digest and counts, never a row of data.
+
+Each checked COCO file becomes an MLflow ``MetaDataset`` (no rows) named ``seizure-<context>`` with the
+same digest as the run's ``seizure.*_digest`` tags, logged with ``mlflow.log_input`` under its context
+(``training``, ``validation``, ``validation_sample``, ``testing``). Counts of images, instances and videos
+are the input's tags. No path, file name or image id is part of it: the source is a constant that names
+the producer only.
+"""
+
+from __future__ import annotations
+
+from mlflow.data.code_dataset_source import CodeDatasetSource
+from mlflow.data.meta_dataset import MetaDataset
+from mlflow.entities import DatasetInput, InputTag
+from mlflow.tracking import MlflowClient
+
+from seizure_mlflow.data.checks import CocoSummary, check_coco, file_digest
+
+TRAINING, VALIDATION, VALIDATION_SAMPLE, TESTING = "training", "validation", "validation_sample", "testing"
+_SOURCE = CodeDatasetSource({"producer": "seizure-mlflow", "format": "COCO instances"})
+
+
+def coco_dataset(summary: CocoSummary, context: str) -> MetaDataset:
+    """The dataset entity of a checked COCO file: name ``seizure-<context>``, the file's digest."""
+    return MetaDataset(_SOURCE, name=f"seizure-{context}", digest=file_digest(summary.json_path))
+
+
+def dataset_counts(summary: CocoSummary) -> dict[str, str]:
+    return {"images": str(summary.num_images), "instances": str(summary.num_annotations),
+            "videos": str(summary.num_videos), "categories": ",".join(summary.category_names)}
+
+
+def log_datasets(run_id: str, datasets: dict[str, CocoSummary], client: MlflowClient | None = None) -> None:
+    """Each ``{context: summary}`` as a dataset input of the run, its counts as input tags."""
+    client = client or MlflowClient()
+    inputs = []
+    for context, summary in datasets.items():
+        entity = coco_dataset(summary, context)._to_mlflow_entity()
+        tags = [InputTag("mlflow.data.context", context)] + [InputTag(k, v) for k, v in dataset_counts(summary).items()]
+        inputs.append(DatasetInput(dataset=entity, tags=tags))
+    client.log_inputs(run_id, datasets=inputs)
+
+
+SPLIT_CONTEXTS = {"train": TRAINING, "val": VALIDATION, "test": TESTING}
+
+
+def log_prepared(result) -> None:
+    """A ``prepare`` result in the active (or a new) MLflow run: counts per split as metrics, ``report.json``
+    (counts only) and each split as a dataset input; never frames, video names or paths."""
+    import mlflow
+
+    from seizure_mlflow.tracking.run import active_run
+
+    with active_run(run_name="prepare") as run:
+        mlflow.log_metrics({f"{split}/{key}": float(value) for split, counts in result.report.items()
+                            for key, value in counts.items() if key != "instances_per_category"})
+        mlflow.log_dict(result.report, "report.json")
+        log_datasets(run.info.run_id, {context: check_coco(result.output / f"{split}.json", result.output / "images",
+                                                           check_files=False)
+                                       for split, context in SPLIT_CONTEXTS.items()})
