@@ -5,7 +5,7 @@ STAMP := $(VENV)/.setup-done
 export MLFLOW_DISABLE_TELEMETRY ?= true
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup demo test test-fast bench stack-deps stack-up stack-down mlflow-only-env clean
+.PHONY: setup demo test test-fast bench stack-deps stack-up stack-down mlflow-only-env ui-deps ui-screenshots clean
 
 setup: $(STAMP)
 
@@ -37,6 +37,14 @@ $(MLFLOW_ONLY)/.done:
 	test -x $(MLFLOW_ONLY)/bin/python || python3 -m venv $(MLFLOW_ONLY)
 	$(MLFLOW_ONLY)/bin/python -m pip install mlflow==3.17.2 uv
 	touch $@
+
+# A real browser for the UI test and the screenshots in docs/images (Debian's chromium; Playwright is a test extra).
+ui-deps:
+	command -v chromium >/dev/null 2>&1 || (test "$$(id -u)" -eq 0 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
+	  || echo "install Chromium (Debian: apt-get install chromium) for the UI test and screenshots"
+
+ui-screenshots: setup ui-deps
+	$(PY) scripts/ui_screenshots.py --out docs/images
 
 stack-deps:
 	bash scripts/install_stack_deps.sh

@@ -19,8 +19,40 @@ EXTRA_DEPS=(fvcore==0.1.5.post20221221 iopath==0.1.9 opencv-python-headless==4.1
   Pillow matplotlib "pycocotools>=2.0.2" "termcolor>=1.1" "yacs>=0.1.8" tabulate cloudpickle "tqdm>4.29.0"
   "omegaconf>=2.1,<2.4" "hydra-core>=1.1" packaging)
 
+# The checked wheel, re-tagged py3 with its metadata corrected (scripts/repack_detectron2_wheel.py), is kept in
+# the environment (PREFIX/share/seizure-mlflow/wheels), so that each registered model carries the exact wheel
+# its environment needs (see seizure_mlflow/registry/environment.py).
+WHEEL_NAME=sal_detectron2-0.7.2-py3-none-any.whl
+WHEEL_SHA256=491af0c7f79bdb2d178e46f6cb16a97c4ac968d45c41ea3f6b6435d59bbee561
+KEEP_DIR="$("$PYTHON" -c 'import sys; print(sys.prefix)')/share/seizure-mlflow/wheels"
+
+fetch_wheel() {
+  [ -f "$KEEP_DIR/$WHEEL_NAME" ] && return 0
+  local wheeldir
+  wheeldir=$(mktemp -d)
+  "$PYTHON" -m pip download --no-deps --only-binary=:all: --python-version 3.10 \
+    sal-detectron2==0.7.2 -d "$wheeldir"
+  local src="$wheeldir/sal_detectron2-0.7.2-cp310-none-any.whl"
+  if [ ! -f "$src" ]; then
+    echo "error: expected $src after download; found: $(ls "$wheeldir")" >&2
+    exit 1
+  fi
+  local got
+  got=$(sha256sum "$src" | cut -d' ' -f1)
+  if [ "$got" != "$WHEEL_SHA256" ]; then
+    echo "error: sha256 mismatch for sal-detectron2 wheel: expected $WHEEL_SHA256, got $got" >&2
+    exit 1
+  fi
+  mkdir -p "$KEEP_DIR"
+  "$PYTHON" "$(dirname "$0")/repack_detectron2_wheel.py" "$src" "$KEEP_DIR/$WHEEL_NAME"
+  rm -rf "$wheeldir"
+}
+
 # Found without importing torch: this runs before every entry point.
 if "$PYTHON" -c "import importlib.util as u, sys; sys.exit(not all(u.find_spec(m) for m in ('detectron2', 'fvcore', 'iopath')))" 2>/dev/null; then
+  if [ -z "${DETECTRON2_SOURCE:-}" ] && [ "$ONLY_IN_ENV" != "--only-in-env" ]; then
+    fetch_wheel  # an environment set up before wheels were kept
+  fi
   exit 0
 fi
 if [ "$ONLY_IN_ENV" = "--only-in-env" ] && \
@@ -34,24 +66,7 @@ if [ -n "${DETECTRON2_SOURCE:-}" ]; then
   exit 0
 fi
 
-WHEEL_SHA256=491af0c7f79bdb2d178e46f6cb16a97c4ac968d45c41ea3f6b6435d59bbee561
-WHEELDIR=$(mktemp -d)
-trap 'rm -rf "$WHEELDIR"' EXIT
-
-"$PYTHON" -m pip download --no-deps --only-binary=:all: --python-version 3.10 \
-  sal-detectron2==0.7.2 -d "$WHEELDIR"
-SRC="$WHEELDIR/sal_detectron2-0.7.2-cp310-none-any.whl"
-if [ ! -f "$SRC" ]; then
-  echo "error: expected $SRC after download; found: $(ls "$WHEELDIR")" >&2
-  exit 1
-fi
-GOT=$(sha256sum "$SRC" | cut -d' ' -f1)
-if [ "$GOT" != "$WHEEL_SHA256" ]; then
-  echo "error: sha256 mismatch for sal-detectron2 wheel: expected $WHEEL_SHA256, got $GOT" >&2
-  exit 1
-fi
-DST="$WHEELDIR/sal_detectron2-0.7.2-py3-none-any.whl"
-mv "$SRC" "$DST"
-"$PYTHON" -m pip install --no-deps "$DST"
+fetch_wheel
+"$PYTHON" -m pip install --no-deps "$KEEP_DIR/$WHEEL_NAME"
 "$PYTHON" -m pip install "${EXTRA_DEPS[@]}"
 "$PYTHON" -c "import detectron2, detectron2.model_zoo; print('detectron2', detectron2.__version__)"

@@ -262,6 +262,28 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def _add_bundle(sub) -> None:
+    p = sub.add_parser("bundle", help="a registered model and every wheel it needs, in one folder, for offline servers",
+                       description="Write one folder with the model, the wheels of its whole environment (for this "
+                                   "machine's Python and platform) and install.sh, which installs them with "
+                                   "pip --no-index and serves the model.")
+    p.add_argument("--model-uri", required=True)
+    p.add_argument("--output", required=True, help="new folder to write")
+    p.add_argument("--torch", choices=("pypi", "cpu"), default="pypi",
+                   help="pypi: PyPI's torch builds (CUDA; they run on a CPU too); cpu: PyTorch's CPU-only builds "
+                        "(a much smaller bundle; needs download.pytorch.org while bundling)")
+    p.set_defaults(func=cmd_bundle)
+
+
+def cmd_bundle(args) -> int:
+    from seizure_mlflow.registry.bundle import write_bundle
+
+    out = write_bundle(args.model_uri, args.output, torch=args.torch)
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    print(f"Bundle in {out} ({size / 2**30:.1f} GiB): install and serve offline with `bash {out}/install.sh --serve`")
+    return 0
+
+
 def write_json_atomically(path: str, data) -> None:
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -284,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(sub)
     _add_promote(sub)
     _add_predict(sub)
+    _add_bundle(sub)
     return parser
 
 
@@ -298,7 +321,7 @@ def missing_dependencies() -> list[str]:
 def needs_tracking_server(args) -> bool:
     """Whether a command will talk to MLflow, so that a dead server stops it before any work (``train`` checks
     for itself, in :func:`~seizure_mlflow.training.plan_run`)."""
-    if args.command in ("evaluate", "promote"):
+    if args.command in ("evaluate", "promote", "bundle"):
         return True
     if args.command == "predict":
         return args.model_uri.startswith(("models:/", "runs:/"))

@@ -102,4 +102,4 @@ def test_mlflow_run_with_uv_builds_the_environment_then_reuses_it(tiny_data, tmp
     assert [r.info.status for r in runs] == ["FINISHED", "FINISHED"]
     assert all(r.data.tags["mlflow.project.env"] == "uv" for r in runs)
     assert all([m.step for m in client.get_metric_history(r.info.run_id, "val/total_loss")] == [2, 4] for r in runs)
-    assert sorted(v.version for v in client.search_model_versions("name = 'uv-model'")) == ["1", "2"]
+    assert sorted(str(v.version) for v in client.search_model_versions("name = 'uv-model'")) == ["1", "2"]

@@ -257,7 +257,7 @@ def _everything_the_server_holds(run_id: str, dst: Path) -> dict[str, str]:
                                                   "tags": {t.key: t.value for t in dataset_input.tags}})
     for folder in folders:
         for path in folder.rglob("*"):
-            if path.is_file() and path.suffix not in (".pt", ".pth", ".png"):
+            if path.is_file() and path.suffix not in (".pt", ".pth", ".png", ".whl"):  # binary files
                 texts[f"artifact {path.relative_to(folder)}"] = path.read_text(errors="replace")
     return texts
 

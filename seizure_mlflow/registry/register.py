@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import tempfile
-from importlib import metadata
 from pathlib import Path
 
 import cv2
@@ -25,6 +24,8 @@ from mlflow.models.model import MLMODEL_FILE_NAME
 from mlflow.types import ColSpec, Schema
 from mlflow.types.schema import Array, Object, Property
 
+from seizure_mlflow.registry.environment import (WHEEL_ARTIFACT, detectron2_wheel, model_requirements, pinned,
+                                                 stage_model_code)
 from seizure_mlflow.registry.model import (ARTIFACT_CATEGORIES, ARTIFACT_CONFIG, ARTIFACT_WEIGHTS, IMAGE_COLUMN)
 from seizure_mlflow.tracking.describe import MODEL_CARD
 from seizure_mlflow.tracking.run import remove_machine_context_from_model
@@ -44,22 +45,11 @@ DETECTION = Object([Property("category_id", "long"), Property("category_name", "
                              required=False)])
 SIGNATURE = ModelSignature(inputs=Schema([ColSpec("binary", IMAGE_COLUMN, required=False)]),
                            outputs=Schema([ColSpec(Array(DETECTION), "detections")]))
-_REQUIREMENTS = ("mlflow", "torch", "torchvision", "numpy", "pandas", "pycocotools", "opencv-python-headless", "PyYAML")
 
 
 def pip_requirements() -> list[str]:
-    """Pinned versions of what the model needs at load time, as installed here.
-
-    Detectron2 and this package are not on PyPI under these names: a serving environment installs them
-    with ``make setup`` (see docs/model-format.md).
-    """
-    pins = []
-    for name in _REQUIREMENTS:
-        try:
-            pins.append(f"{name}=={metadata.version(name)}")
-        except metadata.PackageNotFoundError:
-            pins.append(name)
-    return pins
+    """Pinned versions of what the model needs at load time, as installed here (see ``environment.py``)."""
+    return pinned()
 
 
 def synthetic_input_example() -> pd.DataFrame:
@@ -84,13 +74,21 @@ def log_detector(cfg, state_dict: dict[str, torch.Tensor], categories: list[dict
         Path(config).write_text(serving_cfg.dump())
         cats = os.path.join(tmp, "categories.json")
         Path(cats).write_text(json.dumps(categories))
+        artifacts = {ARTIFACT_CONFIG: config, ARTIFACT_WEIGHTS: weights, ARTIFACT_CATEGORIES: cats}
+        wheel = detectron2_wheel()
+        if wheel is not None:
+            artifacts[WHEEL_ARTIFACT] = str(wheel)
+        else:
+            logger.warning("Detectron2's wheel is not kept in this environment (installed another way?): the model "
+                           "needs Detectron2 installed wherever it is loaded")
         info = mlflow.pyfunc.log_model(
             name=name,
             python_model=ENTRY_POINT,
-            artifacts={ARTIFACT_CONFIG: config, ARTIFACT_WEIGHTS: weights, ARTIFACT_CATEGORIES: cats},
+            artifacts=artifacts,
+            code_paths=[str(stage_model_code(Path(tmp) / "code"))],
             signature=SIGNATURE,
             input_example=synthetic_input_example(),
-            pip_requirements=pip_requirements(),
+            pip_requirements=model_requirements(wheel_in_model=wheel is not None),
             step=step,
         )
     remove_local_paths(info.model_id)
