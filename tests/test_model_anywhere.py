@@ -79,7 +79,10 @@ def _serve_and_ask(cmd: list[str], env: dict, cwd: Path, port: int, images: list
         with urllib.request.urlopen(request, timeout=300) as response:
             return json.loads(response.read())["predictions"]
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            os.killpg(server.pid, signal.SIGTERM)  # the server and the workers it started
+        except ProcessLookupError:
+            pass
         server.wait(timeout=60)
 
 

@@ -3,7 +3,7 @@
 ``write_bundle(model_uri, output, torch="pypi")`` writes one folder:
 
 * ``model/``: the MLflow model (its code, weights, config, Detectron2's wheel, ``requirements.txt``);
-* ``wheels/``: every wheel its requirements need, transitively (``pip download``), for this machine's Python
+* ``wheels/``: every wheel its requirements need, transitively (``pip wheel``), for this machine's Python
   and platform; ``torch="cpu"`` takes torch and torchvision from PyTorch's CPU index (a much smaller
   bundle; needs that index reachable while bundling), ``pypi`` the PyPI builds (CUDA, which also run on a
   CPU);
@@ -38,6 +38,7 @@ if [ ! -x env/bin/mlflow ]; then
   (cd model && ../env/bin/python -m pip install --isolated --no-index --find-links ../wheels -r requirements.txt)
 fi
 if [ "${1:-}" = "--serve" ]; then
+  export PATH="$PWD/env/bin:$PATH"   # the server starts uvicorn from the environment
   exec env/bin/mlflow models serve -m model --env-manager local --host "${HOST:-127.0.0.1}" -p "${PORT:-5001}"
 fi
 echo "installed: env/ (serve with: bash install.sh --serve)"
@@ -59,9 +60,11 @@ def write_bundle(model_uri: str, output: str | os.PathLike, torch: str = "pypi")
         if model != tmp / "model":
             model.rename(tmp / "model")
         index = ["--extra-index-url", CPU_INDEX] if torch == "cpu" else []
-        # From the model folder, so that the Detectron2 wheel's path in requirements.txt resolves.
-        subprocess.run([sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "-r", "requirements.txt",
-                        "-d", str(tmp / "wheels"), *index], cwd=tmp / "model", check=True)
+        # `pip wheel`, not `pip download`: what PyPI has only as source (fvcore, iopath) is built into a wheel
+        # here, so the server needs no build tools. From the model folder, so that the Detectron2 wheel's path
+        # in requirements.txt resolves.
+        subprocess.run([sys.executable, "-m", "pip", "wheel", "--disable-pip-version-check", "-r", "requirements.txt",
+                        "-w", str(tmp / "wheels"), *index], cwd=tmp / "model", check=True)
         (tmp / "install.sh").write_text(INSTALL_SH)
         (tmp / "install.sh").chmod(0o755)
     return out
