@@ -340,3 +340,18 @@ def test_log_checkpoints_improvements_logs_each_new_best_with_its_iteration(tiny
     assert sorted(steps.values()) == improvements
     assert {n for n in steps if n != "model"} == {f"checkpoint-{s}" for s in improvements if s != result.best_iteration}
     assert [str(v.version) for v in client.search_model_versions("name = 'each-best'")] == ["1"]  # only the best
+
+
+def test_a_loaded_model_leaves_child_processes_importing_the_installed_package(trained):
+    """MLflow puts the model's code copy on sys.path; processes started afterwards (Detectron2's launch) must
+    still import the whole installed package, not that inference-only copy."""
+    import multiprocessing
+
+    import seizure_mlflow
+
+    mlflow.pyfunc.load_model("models:/test-detector@champion")
+    installed = Path(seizure_mlflow.__file__).resolve().parents[1]
+    copies = [p for p in sys.path if Path(p or ".", "seizure_mlflow").is_dir() and Path(p or ".").resolve() != installed]
+    assert not copies, copies
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        pool.apply(exec, ("import seizure_mlflow.training",))  # raises here if the child cannot import it

@@ -260,7 +260,8 @@ def _unify_categories(videos: list[Video], merge_spellings: bool = False) -> lis
                            for name, files in found.items())
         if not merge_spellings:
             raise DatasetError(f"one category is spelled in {len(found)} ways: {listed}. Use one spelling in the "
-                               "exports, or make them one class with merge_category_spellings")
+                               "exports, or make them one class (--merge-category-spellings; in Python "
+                               "merge_category_spellings=True)")
         logger.warning("Category spellings %s are made one class %r", listed, next(iter(found)))
     return [{"id": i + 1, "name": next(iter(found))} for i, found in enumerate(spellings.values())]
 

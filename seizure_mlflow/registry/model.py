@@ -17,6 +17,7 @@ import base64
 import binascii
 import json
 import os
+import sys
 
 import mlflow.pyfunc
 import pandas as pd
@@ -63,8 +64,25 @@ def _image_bytes(value, row: int) -> bytes:
     raise ValueError(f"{where}: expected encoded image bytes, got {type(value).__name__}")
 
 
+def drop_shadowing_copies() -> None:
+    """Take off ``sys.path`` every other folder that holds a ``seizure_mlflow`` package than the one in use.
+
+    MLflow puts a model's code folder (a small copy of this package, for machines without it) first on
+    ``sys.path`` when the model loads, and leaves it there. Where the project is installed, that copy is not
+    the package in use, and processes started later (``multiprocessing`` passes ``sys.path`` on, as
+    Detectron2's ``launch`` does) would import the copy, which lacks everything but inference code.
+    """
+    import seizure_mlflow
+
+    in_use = os.path.realpath(os.path.dirname(os.path.dirname(seizure_mlflow.__file__)))
+    sys.path[:] = [entry for entry in sys.path
+                   if not (os.path.isdir(os.path.join(entry or ".", "seizure_mlflow"))
+                           and os.path.realpath(entry or ".") != in_use)]
+
+
 class SeizureDetectorModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
+        drop_shadowing_copies()
         self.detector = load_detector(context.artifacts[ARTIFACT_CONFIG], context.artifacts[ARTIFACT_WEIGHTS],
                                       context.artifacts[ARTIFACT_CATEGORIES])
 
