@@ -355,3 +355,18 @@ def test_a_loaded_model_leaves_child_processes_importing_the_installed_package(t
     assert not copies, copies
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         pool.apply(exec, ("import seizure_mlflow.training",))  # raises here if the child cannot import it
+
+
+def test_dropping_model_code_copies_keeps_site_packages_and_the_project(tmp_path, monkeypatch):
+    """Where the project is also installed as a copy in site-packages (MLflow's uv environments install it),
+    only MLflow model code folders go: site-packages, with every other library, stays on sys.path."""
+    from seizure_mlflow.registry.model import drop_shadowing_copies
+
+    model = tmp_path / "model"
+    (model / "code" / "seizure_mlflow").mkdir(parents=True)
+    (model / "MLmodel").write_text("flavors: {}\n")
+    site = tmp_path / "site-packages"
+    (site / "seizure_mlflow").mkdir(parents=True)
+    monkeypatch.setattr(sys, "path", [str(model / "code"), str(site), *sys.path])
+    drop_shadowing_copies()
+    assert str(model / "code") not in sys.path and str(site) in sys.path

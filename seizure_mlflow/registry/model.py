@@ -65,19 +65,25 @@ def _image_bytes(value, row: int) -> bytes:
 
 
 def drop_shadowing_copies() -> None:
-    """Take off ``sys.path`` every other folder that holds a ``seizure_mlflow`` package than the one in use.
+    """Take off ``sys.path`` the code folders of MLflow models that hold another ``seizure_mlflow`` than the one
+    in use.
 
-    MLflow puts a model's code folder (a small copy of this package, for machines without it) first on
-    ``sys.path`` when the model loads, and leaves it there. Where the project is installed, that copy is not
-    the package in use, and processes started later (``multiprocessing`` passes ``sys.path`` on, as
-    Detectron2's ``launch`` does) would import the copy, which lacks everything but inference code.
+    MLflow puts a model's code folder (``MODEL/code``, a small copy of this package for machines without it)
+    first on ``sys.path`` when the model loads, and leaves it there. Where the project is installed, that copy
+    is not the package in use, and processes started later (``multiprocessing`` passes ``sys.path`` on, as
+    Detectron2's ``launch`` does) would import the copy, which lacks everything but inference code. Only
+    folders beside an ``MLmodel`` file are touched: never site-packages or the project itself.
     """
     import seizure_mlflow
 
     in_use = os.path.realpath(os.path.dirname(os.path.dirname(seizure_mlflow.__file__)))
-    sys.path[:] = [entry for entry in sys.path
-                   if not (os.path.isdir(os.path.join(entry or ".", "seizure_mlflow"))
-                           and os.path.realpath(entry or ".") != in_use)]
+
+    def shadowing(entry: str) -> bool:
+        folder = os.path.realpath(entry or ".")
+        return (folder != in_use and os.path.isdir(os.path.join(folder, "seizure_mlflow"))
+                and os.path.isfile(os.path.join(os.path.dirname(folder), "MLmodel")))
+
+    sys.path[:] = [entry for entry in sys.path if not shadowing(entry)]
 
 
 class SeizureDetectorModel(mlflow.pyfunc.PythonModel):
