@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import statistics
 import tempfile
 import time
@@ -20,6 +19,7 @@ import av
 import cv2
 import numpy as np
 
+from results import write_results  # benchmarks/results.py
 from seizure_mlflow.data.video import extract_frames, write_video
 
 
@@ -89,9 +89,7 @@ def main() -> None:
     for r in rows:
         print(f"{r['clip']:32} {r['annotated_span']:>10} {r['annotated']:4d} {r['method']:34} {r['seconds']:7.3f} "
               f"{r['annotated_frames_per_s']:8.1f} {r['x_prepare']:9.2f}")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"repeats": args.repeats, "rows": rows}, indent=2))
-    print(f"wrote {args.out}")
+    write_results(args.out, {"repeats": args.repeats, "rows": rows})
 
 
 if __name__ == "__main__":

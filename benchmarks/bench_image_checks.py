@@ -20,6 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from results import write_results  # benchmarks/results.py
 from seizure_mlflow.data import checks
 
 
@@ -89,10 +90,7 @@ def main() -> None:
     print(f"{'pass (records + frame headers)':36} {'seconds':>8} {'frames/s':>10}")
     for r in rows:
         print(f"{r['pass']:36} {r['seconds']:8.2f} {r['frames_per_second']:10d}")
-    out = Path(args.out) if Path(args.out).is_absolute() else Path(__file__).resolve().parents[1] / args.out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"frames": args.frames, "frame_size": "192x144 PNG", "rows": rows}, indent=2))
-    print(f"wrote {out}")
+    write_results(args.out, {"frames": args.frames, "frame_size": "192x144 PNG", "rows": rows})
 
 
 if __name__ == "__main__":

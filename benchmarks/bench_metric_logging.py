@@ -11,16 +11,15 @@ Prints a table and writes benchmarks/results/metric_logging.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time
-from pathlib import Path
 
 import mlflow
 from detectron2.utils.events import EventStorage
 from mlflow import MlflowClient
 
+from results import write_results  # benchmarks/results.py
 from seizure_mlflow.tracking.writer import MlflowWriter
 
 TRAIN = ["total_loss", "loss_cls", "loss_box_reg", "loss_mask", "loss_rpn_cls", "loss_rpn_loc", "lr"]
@@ -91,10 +90,7 @@ def main() -> None:
     for r in rows:
         r["ratio_to_writer"] = round(r["seconds"] / base, 1)
         print(f"{r['method']:40} {r['values']:7d} {r['stored']:7d} {r['seconds']:8.2f} {r['ratio_to_writer']:9.1f}")
-    out = Path(args.out) if Path(args.out).is_absolute() else Path(__file__).resolve().parents[1] / args.out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"steps": args.steps, "store": "sqlite", "rows": rows}, indent=2))
-    print(f"wrote {out}")
+    write_results(args.out, {"steps": args.steps, "store": "sqlite", "rows": rows})
 
 
 if __name__ == "__main__":

@@ -89,7 +89,7 @@ def take_screenshots(base: str, store: dict, out: Path, chromium: str) -> dict[s
     """Visit each page in "Model training" mode with the assistant panel closed; screenshot it and keep its text."""
     from playwright.sync_api import sync_playwright
 
-    exp, (run_a, run_b) = store["experiment_id"], store["runs"]
+    exp, run_b = store["experiment_id"], store["runs"][1]
     mode = "workflowType=machine_learning"
     pages = {
         "runs_table": (f"{base}/#/experiments/{exp}/runs?{mode}", None),

@@ -11,7 +11,6 @@ import importlib.util
 import json
 import logging
 import os
-import shlex
 import sys
 import tempfile
 from pathlib import Path
@@ -168,7 +167,6 @@ def _add_evaluate(sub) -> None:
 
 
 def cmd_evaluate(args) -> int:
-    from seizure_mlflow.data.checks import file_digest
     from seizure_mlflow.data.datasets import check_test_set
     from seizure_mlflow.evaluation import summary_line
     from seizure_mlflow.registry.evaluate import evaluate_and_record
@@ -179,7 +177,7 @@ def cmd_evaluate(args) -> int:
     test = check_test_set(args.test_json, args.test_images)
     detector = detector_from_uri(args.model_uri)
     version = registered_version(args.model_uri)
-    tags = {"seizure.evaluation": "true", "seizure.model_uri": args.model_uri, "seizure.test_digest": file_digest(test.json_path)}
+    tags = {"seizure.evaluation": "true", "seizure.model_uri": args.model_uri, "seizure.test_digest": test.digest}
     if version:
         tags.update({"seizure.model_name": version[0], "seizure.model_version": version[1]})
     with active_run(run_name="evaluate", tags=tags) as run:

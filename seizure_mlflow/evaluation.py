@@ -23,7 +23,7 @@ from detectron2.evaluation import COCOEvaluator
 from tqdm import tqdm
 
 from seizure_mlflow.data.catalog import register_coco
-from seizure_mlflow.data.checks import CocoSummary, file_digest
+from seizure_mlflow.data.checks import CocoSummary
 from seizure_mlflow.errors import DatasetError
 
 logger = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ def evaluate_detector(detector, test: CocoSummary, output_dir: str | os.PathLike
         for name in test.category_names:
             rows[name][f"{task}_AP"] = _finite(task_results.get(f"AP-{name}"))
     return EvaluationResult(metrics=metrics, per_category=pd.DataFrame(list(rows.values())),
-                            predictions_path=str(predictions), test_digest=file_digest(test.json_path),
+                            predictions_path=str(predictions), test_digest=test.digest,
                             num_images=len(records), precision=evaluator.precision,
                             category_names=test.category_names)
 

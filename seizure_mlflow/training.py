@@ -22,9 +22,10 @@ from pathlib import Path
 import mlflow
 import torch
 from mlflow import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 
 from seizure_mlflow.config import TRAIN_DATASET, VAL_DATASET, TrainParams, build_config
-from seizure_mlflow.data.checks import CocoSummary, check_coco, check_same_categories, file_digest
+from seizure_mlflow.data.checks import CocoSummary, check_coco, check_same_categories
 from seizure_mlflow.data.datasets import Datasets, check_datasets
 from seizure_mlflow.data.sample import DEFAULT_SAMPLE_DIR
 from seizure_mlflow.data.staging import check_output_folder
@@ -33,7 +34,7 @@ from seizure_mlflow.errors import UserError
 from seizure_mlflow.registry.register import CHALLENGER, CHAMPION
 from seizure_mlflow.registry.uris import logged_model_id
 from seizure_mlflow.tracking.datasets import TESTING, TRAINING, VALIDATION, coco_dataset, log_datasets
-from seizure_mlflow.tracking.describe import MODEL_CARD, NOTE_TAG, Outcome, model_card, result_paragraph, run_name
+from seizure_mlflow.tracking.describe import MODEL_CARD, Outcome, model_card, result_paragraph, run_name
 from seizure_mlflow.tracking.run import active_run, check_tracking_server, log_config, log_losses
 
 logger = logging.getLogger(__name__)
@@ -205,19 +206,19 @@ def register(plan: Plan, cfg, best: BestCheckpoint, run_id: str):
     })
 
 
-def describe(plan: Plan, cfg, best: BestCheckpoint, run_id: str, version, alias: str,
+def describe(plan: Plan, cfg, best: BestCheckpoint, run_id: str, name: str, version, alias: str,
              test_metrics: dict[str, float] | None) -> None:
     """The result in one paragraph as the run's and the version's description; the model card beside the
     model and in the run."""
     from seizure_mlflow.registry.register import add_model_card
 
-    outcome = Outcome(config=plan.params.config, run_name=run_name(cfg, plan.params.run_name), train=plan.datasets.train,
+    outcome = Outcome(config=plan.params.config, run_name=name, train=plan.datasets.train,
                       val=plan.datasets.val, best_val_total_loss=best.val_total_loss, best_iteration=best.iteration,
                       max_iter=cfg.SOLVER.MAX_ITER, model_name=plan.params.model_name, version=str(version.version),
                       alias=alias, test_metrics=test_metrics)
     paragraph, card = result_paragraph(outcome), model_card(outcome, cfg)
     client = MlflowClient()
-    client.set_tag(run_id, NOTE_TAG, paragraph)
+    client.set_tag(run_id, MLFLOW_RUN_NOTE, paragraph)
     client.update_model_version(plan.params.model_name, version.version, description=paragraph)
     add_model_card(logged_model_id(version), card)
     client.log_text(run_id, card, MODEL_CARD)
@@ -234,8 +235,8 @@ def run_training(params: TrainParams, sample_dir: str = DEFAULT_SAMPLE_DIR) -> T
     tags = {
         "seizure.config": params.config,
         "seizure.dataset": "sample" if plan.datasets.is_sample else "custom",
-        "seizure.train_digest": file_digest(plan.datasets.train.json_path),
-        "seizure.val_digest": file_digest(plan.datasets.val.json_path),
+        "seizure.train_digest": plan.datasets.train.digest,
+        "seizure.val_digest": plan.datasets.val.digest,
     }
     name = run_name(plan.cfg, params.run_name)
     with active_run(run_name=name, tags=tags, run_id=plan.resume_run_id, log_system_metrics=params.system_metrics,
@@ -272,7 +273,7 @@ def run_training(params: TrainParams, sample_dir: str = DEFAULT_SAMPLE_DIR) -> T
         test_metrics = None
         if plan.test is not None:
             alias, test_metrics = _evaluate_and_promote(detector, plan.test, run_id, params.model_name, version)
-        describe(plan, cfg, best, run_id, version, alias, test_metrics)
+        describe(plan, cfg, best, run_id, name, version, alias, test_metrics)
     return TrainResult(run_id=run_id, output_dir=cfg.OUTPUT_DIR, best_val_total_loss=best.val_total_loss,
                        best_iteration=best.iteration, model_name=params.model_name,
                        model_version=str(version.version), model_alias=alias)

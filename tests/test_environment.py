@@ -8,14 +8,13 @@ import os
 import re
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 import yaml
 from packaging.requirements import Requirement
 
 from conftest import REPO, TINY_OPTS
-from seizure_mlflow.registry.register import pip_requirements
+from seizure_mlflow.registry.environment import DETECTRON2_WHEEL, model_requirements
 
 MLFLOW_ONLY = REPO / ".venv-mlflow-only"
 
@@ -58,7 +57,9 @@ def test_pins_agree_across_conda_yaml_pyproject_makefile_install_script_and_the_
         if name in pyproject:
             version = spec.removeprefix("==")
             assert spec.startswith("==") and version in pyproject[name], f"{name}{spec} vs pyproject {pyproject[name]}"
-    model = {Requirement(r).name.lower(): str(Requirement(r).specifier) for r in pip_requirements()}
+    logged = model_requirements(wheel_in_model=True)  # what log_detector writes into requirements.txt
+    assert f"artifacts/{DETECTRON2_WHEEL}" in logged
+    model = {Requirement(r).name.lower(): str(Requirement(r).specifier) for r in logged if not r.endswith(".whl")}
     for name in ("torch", "torchvision", "mlflow", "opencv-python-headless"):
         assert model[name] == conda[name], f"{name}: the registered model requires {model[name]}, conda.yaml {conda[name]}"
 

@@ -256,6 +256,23 @@ def test_the_library_names_the_parameter_and_the_cli_names_the_option(exports, t
         code, err = _cli_prepare("--input", args[0], "--output", args[1], *args[2:], capsys=capsys)
         assert code == 2 and any(line.startswith(expected) for line in err.splitlines()), err
 
+
+def test_mlflow_logs_counts_and_digests_but_no_names_or_paths(exports, tmp_path, tracking):
+    result = _prepare(exports, tmp_path / "out")
+    log_prepared(result)
+    run = MlflowClient().search_runs([mlflow.get_experiment_by_name("Default").experiment_id])[0]
+    assert run.data.metrics["train/videos"] == 3 and run.data.metrics["val/frames"] == 3
+    assert sorted(i.dataset.name for i in run.inputs.dataset_inputs) == ["seizure-testing", "seizure-training",
+                                                                         "seizure-validation"]
+    counts = {i.dataset.name: {t.key: t.value for t in i.tags} for i in run.inputs.dataset_inputs}
+    assert counts["seizure-training"]["videos"] == "3" and counts["seizure-validation"]["images"] == "3"
+    everything = json.dumps([run.data.params, run.data.tags, [i.dataset.source for i in run.inputs.dataset_inputs],
+                             counts])
+    report = Path(MlflowClient().download_artifacts(run.info.run_id, "report.json")).read_text()
+    for secret in (str(exports), "video_0", str(tmp_path)):
+        assert secret not in everything and secret not in report
+
+
 def _snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 

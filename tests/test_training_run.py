@@ -191,6 +191,9 @@ def test_test_set_given_to_training_is_evaluated_and_promoted(tiny_data, tmp_pat
         assert "predictions.json" in {a.path for a in client.list_artifacts(result.run_id)}
         tags = client.get_model_version("with-test", result.model_version).tags
         assert float(tags["test_segm_AP"]) == pytest.approx(run.data.metrics["test/segm/AP"], abs=1e-4)
+        [model] = mlflow.search_logged_models(filter_string=f"source_run_id = '{result.run_id}'", output_format="list")
+        [ap] = [m for m in model.metrics if m.key == "test/segm/AP"]  # on the model, linked to the test set
+        assert ap.dataset_name == "seizure-testing" and ap.value == pytest.approx(run.data.metrics["test/segm/AP"])
     assert first.model_alias == "champion"
     decision = client.get_model_version("with-test", second.model_version).tags["promotion_decision"]
     assert decision in ("promoted", "kept-worse", "kept-tie")

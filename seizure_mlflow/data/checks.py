@@ -16,6 +16,7 @@ import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,11 @@ class CocoSummary:
     num_annotations: int
     unannotated_images: int
     num_videos: int = 0  # distinct ``video_id`` values (or first folders of ``file_name``); 0 when unknown
+
+    @cached_property
+    def digest(self) -> str:
+        """The COCO file's :func:`file_digest`, read once per checked file."""
+        return file_digest(self.json_path)
 
     @property
     def category_names(self) -> list[str]:

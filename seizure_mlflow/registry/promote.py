@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import mlflow
 from mlflow import MlflowClient
 
-from seizure_mlflow.data.checks import CocoSummary, file_digest
+from seizure_mlflow.data.checks import CocoSummary
 from seizure_mlflow.errors import UserError
 from seizure_mlflow.evaluation import METRICS, metric_name
 from seizure_mlflow.registry.evaluate import evaluate_and_record
@@ -53,7 +53,7 @@ class Decision:
 def evaluate_version(client: MlflowClient, model_name: str, version: str, test: CocoSummary) -> dict[str, float]:
     """The version's test metrics on ``test``: from its tags when they are for this file, else evaluated now."""
     tags = client.get_model_version(model_name, version).tags
-    digest = file_digest(test.json_path)
+    digest = test.digest
     if tags.get(TEST_DIGEST_TAG) == digest and all(version_tag(m) in tags for m in METRICS):
         return {m: float(tags[version_tag(m)]) for m in METRICS}
     detector = detector_from_uri(f"models:/{model_name}/{version}")
@@ -101,7 +101,7 @@ def promote(model_name: str, test: CocoSummary | None = None, metric: str = DEFA
     if test is not None:
         champion_value = evaluate_version(client, model_name, champion, test)[metric]
         challenger_value = evaluate_version(client, model_name, challenger, test)[metric]
-        digest = file_digest(test.json_path)
+        digest = test.digest
     else:
         champion_value, champion_digest = recorded_value(client, model_name, champion, metric)
         challenger_value, digest = recorded_value(client, model_name, challenger, metric)

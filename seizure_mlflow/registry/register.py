@@ -24,7 +24,7 @@ from mlflow.models.model import MLMODEL_FILE_NAME
 from mlflow.types import ColSpec, Schema
 from mlflow.types.schema import Array, Object, Property
 
-from seizure_mlflow.registry.environment import (WHEEL_ARTIFACT, detectron2_wheel, model_requirements, pinned,
+from seizure_mlflow.registry.environment import (WHEEL_ARTIFACT, detectron2_wheel, model_requirements,
                                                  stage_model_code)
 from seizure_mlflow.registry.model import (ARTIFACT_CATEGORIES, ARTIFACT_CONFIG, ARTIFACT_WEIGHTS, IMAGE_COLUMN)
 from seizure_mlflow.tracking.describe import MODEL_CARD
@@ -45,11 +45,6 @@ DETECTION = Object([Property("category_id", "long"), Property("category_name", "
                              required=False)])
 SIGNATURE = ModelSignature(inputs=Schema([ColSpec("binary", IMAGE_COLUMN, required=False)]),
                            outputs=Schema([ColSpec(Array(DETECTION), "detections")]))
-
-
-def pip_requirements() -> list[str]:
-    """Pinned versions of what the model needs at load time, as installed here (see ``environment.py``)."""
-    return pinned()
 
 
 def synthetic_input_example() -> pd.DataFrame:

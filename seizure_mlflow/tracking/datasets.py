@@ -14,7 +14,7 @@ from mlflow.data.meta_dataset import MetaDataset
 from mlflow.entities import DatasetInput, InputTag
 from mlflow.tracking import MlflowClient
 
-from seizure_mlflow.data.checks import CocoSummary, check_coco, file_digest
+from seizure_mlflow.data.checks import CocoSummary, check_coco
 
 TRAINING, VALIDATION, VALIDATION_SAMPLE, TESTING = "training", "validation", "validation_sample", "testing"
 _SOURCE = CodeDatasetSource({"producer": "seizure-mlflow", "format": "COCO instances"})
@@ -22,7 +22,7 @@ _SOURCE = CodeDatasetSource({"producer": "seizure-mlflow", "format": "COCO insta
 
 def coco_dataset(summary: CocoSummary, context: str) -> MetaDataset:
     """The dataset entity of a checked COCO file: name ``seizure-<context>``, the file's digest."""
-    return MetaDataset(_SOURCE, name=f"seizure-{context}", digest=file_digest(summary.json_path))
+    return MetaDataset(_SOURCE, name=f"seizure-{context}", digest=summary.digest)
 
 
 def dataset_counts(summary: CocoSummary) -> dict[str, str]:

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from seizure_mlflow.data.checks import CocoSummary, file_digest
+from seizure_mlflow.data.checks import CocoSummary
 
-NOTE_TAG = "mlflow.note.content"
-RUN_NAME_TAG = "mlflow.runName"
 MODEL_CARD = "model_card.md"
 
 
@@ -44,7 +42,7 @@ class Outcome:
 
 
 def _data_line(role: str, summary: CocoSummary) -> str:
-    return (f"{role} {file_digest(summary.json_path)} ({summary.num_images} frames, {summary.num_annotations} "
+    return (f"{role} {summary.digest} ({summary.num_images} frames, {summary.num_annotations} "
             f"instances, {summary.num_videos} videos)")
 
 
@@ -79,8 +77,8 @@ is this model.
 ## Data (digests of the COCO files, no file names)
 | split | digest | frames | instances | videos |
 | --- | --- | --- | --- | --- |
-| training | {file_digest(o.train.json_path)} | {o.train.num_images} | {o.train.num_annotations} | {o.train.num_videos} |
-| validation | {file_digest(o.val.json_path)} | {o.val.num_images} | {o.val.num_annotations} | {o.val.num_videos} |
+| training | {o.train.digest} | {o.train.num_images} | {o.train.num_annotations} | {o.train.num_videos} |
+| validation | {o.val.digest} | {o.val.num_images} | {o.val.num_annotations} | {o.val.num_videos} |
 
 Frames of one video are all in one split. Validation loss at iteration {o.best_iteration}: {o.best_val_total_loss:.4f}.
 {f'''

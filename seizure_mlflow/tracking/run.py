@@ -17,6 +17,7 @@ from typing import Iterator
 import mlflow
 import pandas as pd
 from mlflow import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_GIT_REPO_URL, MLFLOW_RUN_NAME, MLFLOW_SOURCE_NAME, MLFLOW_USER
 
 from seizure_mlflow.config import flatten_config
 
@@ -28,8 +29,8 @@ CONFIG_YAML = "config.yaml"
 
 
 # Tags that MLflow fills from the machine: the user name, the script's path, a local git remote's path.
-USER_TAG = "mlflow.user"
-PATH_TAGS = ("mlflow.source.name", "mlflow.source.git.repoURL", "mlflow.gitRepoURL")
+USER_TAG = MLFLOW_USER
+PATH_TAGS = (MLFLOW_SOURCE_NAME, MLFLOW_GIT_REPO_URL)
 USER_ENV = "SEIZURE_MLFLOW_USER"
 
 
@@ -79,7 +80,7 @@ def active_run(run_name: str | None = None, tags: dict[str, str] | None = None, 
     try:
         remove_machine_context(run.info.run_id)
         if attached and rename and run_name:
-            MlflowClient().set_tag(run.info.run_id, "mlflow.runName", run_name)
+            MlflowClient().set_tag(run.info.run_id, MLFLOW_RUN_NAME, run_name)
         yield run
     except KeyboardInterrupt:
         mlflow.end_run("KILLED")
