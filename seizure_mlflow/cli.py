@@ -70,6 +70,15 @@ def cmd_train(args) -> int:
     return 0
 
 
+def optional(kind):
+    """An argparse type that reads an empty value (an MLproject parameter left at "") as None."""
+    def parse(text: str):
+        return None if text.strip() == "" else kind(text)
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
 def _add_sample_data(sub) -> None:
     from seizure_mlflow.data.sample import DEFAULT_SAMPLE_DIR, SampleSpec
 
@@ -78,29 +87,39 @@ def _add_sample_data(sub) -> None:
                        description="Write a deterministic synthetic seizure-monitoring dataset: frames of "
                                    "videos of a patient on a bed, COCO polygons, train/val/test split by video.")
     p.add_argument("--output", default=DEFAULT_SAMPLE_DIR, help=f"folder to write (default {DEFAULT_SAMPLE_DIR})")
-    p.add_argument("--num-videos", type=int, default=d.num_videos)
+    p.add_argument("--num-videos", type=optional(int), default=None, help=f"default {d.num_videos} (trace: 4)")
     p.add_argument("--frames-per-video", type=int, default=d.frames_per_video)
-    p.add_argument("--width", type=int, default=d.width)
-    p.add_argument("--height", type=int, default=d.height)
+    p.add_argument("--width", type=int, default=None, help=f"default {d.width} (trace: 160)")
+    p.add_argument("--height", type=int, default=None, help=f"default {d.height} (trace: 120)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--force", action="store_true", help="rewrite even if the folder holds the same dataset")
-    p.add_argument("--format", choices=("coco", "per-video"), default="coco",
+    p.add_argument("--format", choices=("coco", "per-video", "trace"), default="coco",
                    help="coco: frames + train/val/test COCO files (default); per-video: NAME.mp4 + NAME.json "
-                        "per video, the input of `prepare`")
+                        "per video, the input of `prepare`; trace: 40 s videos at 25 frames/s with clonic "
+                        "episodes and caregiver visits, every frame's true masks and truth.json, the input of "
+                        "`trace` (sizes from --num-videos/--width/--height/--seconds when given)")
+    p.add_argument("--seconds", type=float, default=None, help="with --format trace: length of each video")
     p.set_defaults(func=cmd_sample_data)
 
 
 def cmd_sample_data(args) -> int:
-    from seizure_mlflow.data.sample import SampleSpec, write_sample_dataset
-
+    from seizure_mlflow.data.sample import (SampleSpec, TraceSpec, write_sample_dataset, write_sample_exports,
+                                            write_trace_sample)
     from seizure_mlflow.data.staging import check_output_folder
 
-    spec = SampleSpec(num_videos=args.num_videos, frames_per_video=args.frames_per_video,
-                      width=args.width, height=args.height, seed=args.seed)
+    given = {k: v for k, v in {"num_videos": args.num_videos, "width": args.width, "height": args.height,
+                               "seed": args.seed}.items() if v is not None}
     check_output_folder(args.output, "output")
+    if args.format == "trace":
+        trace_spec = TraceSpec(**given, **({"seconds": args.seconds} if args.seconds is not None else {}))
+        root = write_trace_sample(args.output, trace_spec)
+        print(f"{trace_spec.num_videos} trace videos in {root}/videos, their true masks in {root}/masks and the "
+              f"seizure intervals in {root}/truth.json")
+        return 0
+    if args.seconds is not None:
+        raise UserError("is for --format trace only", param="seconds")
+    spec = SampleSpec(frames_per_video=args.frames_per_video, **given)
     if args.format == "per-video":
-        from seizure_mlflow.data.sample import write_sample_exports
-
         root = write_sample_exports(args.output, spec)
         print(f"Sample videos in per-video export form in {root}: NAME.mp4 + NAME.json for {spec.num_videos} videos")
         return 0
@@ -260,6 +279,71 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def _add_trace(sub) -> None:
+    from seizure_mlflow.motion.rhythm import RhythmSettings
+
+    r = RhythmSettings()
+    p = sub.add_parser("trace", help="a video and a model -> the patient's motion trace, rhythm index and "
+                                     "candidate seizure intervals",
+                       description="Run a registered detector on a video (or a folder of videos), follow the "
+                                   "patient, measure motion on the patient only (optical flow), and find intervals "
+                                   "of rhythmic 2-6 Hz movement. Writes trace.csv, events.json and trace.png and "
+                                   "records them in an MLflow run (never a frame or a file name).")
+    p.add_argument("--model-uri", default="models:/seizure-patient-detector@champion")
+    p.add_argument("--input", required=True, help="a video (any format PyAV decodes) or a folder of videos")
+    p.add_argument("--output", required=True, help="new (or empty) folder to write")
+    p.add_argument("--masks", default="", help="true masks instead of the model: a COCO file with frame_id per image "
+                                             "(one video) or a folder of NAME.json (the signal chain without the detector)")
+    p.add_argument("--truth", default="", help="JSON {video name: [{\"start\": s, \"end\": s}, ...]}: score the "
+                                             "intervals (sensitivity, false alarms per hour, latency)")
+    p.add_argument("--fps", type=optional(float), default=None, help="analyse at this frame rate (default: the video's; >= 25 "
+                                                          "keeps the whole 0.5-12.5 Hz band)")
+    p.add_argument("--method", choices=("flow", "diff"), default="flow",
+                   help="flow: Farnebäck optical flow (default); diff: frame difference, cheaper")
+    p.add_argument("--region", choices=("patient", "frame"), default="patient",
+                   help="measure rhythm on the patient (default) or over the whole frame (the baseline of "
+                        "whole-frame detectors)")
+    p.add_argument("--threshold", type=float, default=r.threshold, help=f"rhythm index threshold (default {r.threshold})")
+    p.add_argument("--min-duration", type=float, default=r.min_duration_s,
+                   help=f"seconds the index must stay above the threshold (default {r.min_duration_s:g})")
+    p.add_argument("--window", type=float, default=r.window_s, help=f"analysis window, s (default {r.window_s:g})")
+    p.add_argument("--step", type=float, default=r.step_s, help=f"window step, s (default {r.step_s:g})")
+    p.add_argument("--min-score", type=float, default=0.5, help="detections below this score are ignored")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--overlay", action="store_true", help="also write overlay.mp4 (the video with the patient's mask "
+                                                         "and the running index; kept local, never logged)")
+    p.add_argument("--no-mlflow", action="store_true", help="do not record an MLflow run")
+    p.set_defaults(func=cmd_trace)
+
+
+def cmd_trace(args) -> int:
+    from dataclasses import replace
+
+    from seizure_mlflow.motion.pipeline import TraceOptions
+    from seizure_mlflow.motion.rhythm import RhythmSettings
+    from seizure_mlflow.tracing import TraceRequest, plan_trace, run_trace
+
+    if args.batch_size < 1:
+        raise UserError(f"must be >= 1, got {args.batch_size}", param="batch_size")
+    rhythm = replace(RhythmSettings(), threshold=args.threshold, min_duration_s=args.min_duration,
+                     window_s=args.window, step_s=args.step)
+    options = TraceOptions(fps=args.fps, method=args.method, region=args.region, rhythm=rhythm,
+                           min_score=args.min_score, batch_size=args.batch_size)
+    request = TraceRequest(input=args.input, output=args.output, model_uri=args.model_uri, masks=args.masks,
+                           truth=args.truth, options=options, overlay=args.overlay, log_to_mlflow=not args.no_mlflow)
+    summary = run_trace(plan_trace(request))
+    events = sum(v["events"] for v in summary["videos"])
+    print(f"{len(summary['videos'])} video(s), {sum(v['seconds'] for v in summary['videos']):.0f} s: {events} "
+          f"candidate interval(s) -> {args.output}")
+    if summary["scores"]:
+        s = summary["scores"]
+        sensitivity = "n/a" if s["sensitivity"] is None else f"{s['sensitivity']:.0%}"
+        latency = "n/a" if s["mean_latency_s"] is None else f"{s['mean_latency_s']:.1f} s"
+        print(f"sensitivity {sensitivity} ({s['detected']}/{s['events']}), {s['false_alarms']} false alarm(s) "
+              f"({s['false_alarms_per_hour']:.1f}/h), mean latency {latency}")
+    return 0
+
+
 def _add_bundle(sub) -> None:
     p = sub.add_parser("bundle", help="a registered model and every wheel it needs, in one folder, for offline servers",
                        description="Write one folder with the model, the wheels of its whole environment (for this "
@@ -304,6 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(sub)
     _add_promote(sub)
     _add_predict(sub)
+    _add_trace(sub)
     _add_bundle(sub)
     return parser
 
@@ -323,6 +408,8 @@ def needs_tracking_server(args) -> bool:
         return True
     if args.command == "predict":
         return args.model_uri.startswith(("models:/", "runs:/"))
+    if args.command == "trace":
+        return not args.no_mlflow or (not args.masks and args.model_uri.startswith(("models:/", "runs:/")))
     if args.command == "prepare":
         return bool(os.environ.get("MLFLOW_RUN_ID")) and not args.no_mlflow
     return False

@@ -8,6 +8,7 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
+import pytest
 import yaml
 
 from conftest import REPO
@@ -97,9 +98,11 @@ def test_cycle_finder_finds_a_cycle():
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
 
 
-def test_coco_evaluation_imports_no_mlflow():
+@pytest.mark.parametrize("root", ["seizure_mlflow.evaluation", "seizure_mlflow.motion.pipeline",
+                                  "seizure_mlflow.motion.outputs"])
+def test_coco_evaluation_and_the_motion_trace_import_no_mlflow(root):
     graph = _module_graph()
-    reached, todo = set(), ["seizure_mlflow.evaluation"]
+    reached, todo = set(), [root]
     while todo:
         module = todo.pop()
         if module not in reached:

@@ -8,6 +8,10 @@ of each person, as COCO polygons, for the categories ``patient`` and ``caregiver
 60/20/20 **by video** into ``train.json``, ``val.json`` and ``test.json``.
 
 The same seed always produces the same bytes, so runs on the sample data are comparable.
+
+The same scene also makes *trace* videos (:func:`write_trace_sample`), long enough to measure rhythm: calm
+stretches, clonic episodes of known frequency and duration, and a caregiver who walks past, pats the blanket
+or adjusts it at other times, with the truth intervals and every frame's true masks.
 """
 
 from __future__ import annotations
@@ -91,6 +95,72 @@ class _Video:
     caregiver_frames: frozenset[int]
     caregiver_side: int  # -1 from the left, +1 from the right
     caregiver_colour: np.ndarray
+    # Trace videos only (a frame rate and a timetable in seconds instead of the per-frame settings above):
+    fps: float = 0.0
+    episodes: tuple["Episode", ...] = ()
+    visits: tuple["Visit", ...] = ()
+    moves: tuple["Move", ...] = ()
+
+
+@dataclass(frozen=True)
+class Episode:
+    """Clonic jerking of the patient's limbs from ``start`` to ``end`` seconds at ``frequency_hz``."""
+
+    start: float
+    end: float
+    frequency_hz: float
+
+
+@dataclass(frozen=True)
+class Visit:
+    """A caregiver in the picture from ``start`` to ``end`` seconds: ``walk`` past the bed, ``pat`` the
+    blanket rhythmically at ``frequency_hz``, or ``blanket`` (adjust it: its edge moves slowly)."""
+
+    kind: str
+    start: float
+    end: float
+    frequency_hz: float = 0.0
+
+
+@dataclass(frozen=True)
+class Move:
+    """The patient shifts on the bed by ``(dx, dy)`` pixels, smoothly, from ``start`` to ``end`` seconds."""
+
+    start: float
+    end: float
+    dx: float
+    dy: float
+
+
+def _smoothstep(x: float) -> float:
+    x = min(1.0, max(0.0, x))
+    return x * x * (3 - 2 * x)
+
+
+def _jerk(video: _Video, t: int) -> float:
+    """Limb displacement (in units of ``seizure_amp``) at frame t."""
+    if video.fps:
+        seconds = t / video.fps
+        for episode in video.episodes:
+            if episode.start <= seconds < episode.end:
+                return video.seizure_amp * math.sin(2 * math.pi * episode.frequency_hz * (seconds - episode.start))
+        return 0.0
+    return video.seizure_amp * math.sin(2 * math.pi * video.seizure_freq * t) if video.seizure_freq else 0.0
+
+
+def _body_offset(video: _Video, t: int) -> tuple[float, float]:
+    dx, dy = video.drift[0] * t, video.drift[1] * t
+    for move in video.moves:
+        done = _smoothstep((t / video.fps - move.start) / (move.end - move.start))
+        dx, dy = dx + done * move.dx, dy + done * move.dy
+    return dx, dy
+
+
+def _visit_at(video: _Video, t: int) -> Visit | None:
+    if not video.fps:
+        return None
+    seconds = t / video.fps
+    return next((v for v in video.visits if v.start <= seconds < v.end), None)
 
 
 def _make_video(rng: np.random.Generator, w: int, h: int, frames: int, index: int) -> _Video:
@@ -119,11 +189,11 @@ def _limb(canvas: np.ndarray, a: tuple[float, float], b: tuple[float, float], th
 def _draw_patient(video: _Video, t: int, w: int, h: int) -> tuple[np.ndarray, np.ndarray]:
     """(mask, colour layer) of the whole patient at frame t, before occlusion."""
     x0, y0, x1, y1 = video.bed
-    cx = (x0 + x1) / 2 + video.drift[0] * t
-    cy = (y0 + y1) / 2 + video.drift[1] * t
+    dx, dy = _body_offset(video, t)
+    cx, cy = (x0 + x1) / 2 + dx, (y0 + y1) / 2 + dy
     length, width = (x1 - x0) * 0.8, (y1 - y0) * 0.45
     d = 1.0 if video.head_left else -1.0  # +1: head towards x0
-    jerk = video.seizure_amp * math.sin(2 * math.pi * video.seizure_freq * t) if video.seizure_freq else 0.0
+    jerk = _jerk(video, t)
     torso_c = (cx - d * length * 0.1, cy)
     head_c = (cx - d * length * 0.42, cy + jerk * width * 0.08)
     hip = (cx + d * length * 0.12, cy)
@@ -157,6 +227,46 @@ def _draw_caregiver(video: _Video, t: int, w: int, h: int) -> np.ndarray:
     return mask.astype(bool)
 
 
+def _blanket_span(video: _Video, t: int) -> tuple[int, int]:
+    """Columns the blanket covers; while a caregiver adjusts it, its edge moves up the bed and back."""
+    x0, _, x1, _ = video.bed
+    visit = _visit_at(video, t)
+    shift = 0.0
+    if visit is not None and visit.kind == "blanket":
+        shift = 0.15 * math.sin(math.pi * (t / video.fps - visit.start) / (visit.end - visit.start))
+    if video.head_left:
+        return int(x0 + (x1 - x0) * (0.55 - shift)), x1
+    return x0, int(x0 + (x1 - x0) * (0.45 + shift))
+
+
+def _draw_visitor(video: _Video, visit: Visit, t: int, w: int, h: int) -> np.ndarray:
+    """The caregiver of a trace video's visit at frame t: body, head and one arm."""
+    x0, y0, x1, y1 = video.bed
+    seconds = t / video.fps
+    progress = (seconds - visit.start) / (visit.end - visit.start)
+    legs_x = (x1 - (x1 - x0) * 0.2) if video.head_left else (x0 + (x1 - x0) * 0.2)
+    body_r = (max(4, int(w * 0.06)), max(6, int(h * 0.14)))
+    if visit.kind == "walk":  # along the near side of the bed, bobbing with each step
+        side = video.caregiver_side
+        cx = w / 2 - side * (w * 0.6) * (progress - 0.5)
+        cy = y1 + body_r[1] * 0.6 + 1.5 * abs(math.sin(math.pi * 1.8 * (seconds - visit.start)))
+        hand = (cx + w * 0.05, cy + h * 0.02)
+    else:  # standing at the near side, by the patient's legs, one hand on the blanket
+        cx, cy = legs_x, y1 + body_r[1] * 0.6
+        if visit.kind == "pat":
+            lift = math.sin(2 * math.pi * visit.frequency_hz * (seconds - visit.start))
+            hand = (legs_x, y1 - (y1 - y0) * (0.35 + 0.2 * lift))
+        else:
+            bx0, bx1 = _blanket_span(video, t)
+            hand = (bx0 if video.head_left else bx1, y1 - (y1 - y0) * 0.3)
+    mask = np.zeros((h, w), np.uint8)
+    cv2.ellipse(mask, (int(cx), int(cy)), body_r, 0, 0, 360, 1, -1)
+    cv2.circle(mask, (int(cx), int(cy + body_r[1] * 0.9)), max(3, int(h * 0.05)), 1, -1)
+    _limb(mask, (cx, cy - body_r[1] * 0.5), hand, max(2, int(w * 0.02)), 1)
+    cv2.circle(mask, (int(hand[0]), int(hand[1])), max(2, int(w * 0.018)), 1, -1)
+    return mask.astype(bool)
+
+
 def render_frame(video: _Video, t: int, w: int, h: int, rng: np.random.Generator) -> tuple[np.ndarray, dict[int, np.ndarray]]:
     """An RGB frame and the visible mask of each category present."""
     img = np.empty((h, w, 3), np.float32)
@@ -174,13 +284,14 @@ def render_frame(video: _Video, t: int, w: int, h: int, rng: np.random.Generator
     visible_patient = patient.copy()
     if video.blanket:
         blanket = np.zeros((h, w), bool)
-        bx = (x0 + (x1 - x0) * 0.55, x1) if video.head_left else (x0, x0 + (x1 - x0) * 0.45)
-        blanket[y0:y1, int(bx[0]):int(bx[1])] = True
+        bx = _blanket_span(video, t)
+        blanket[y0:y1, bx[0]:bx[1]] = True
         img[blanket] = video.sheet[::-1] * 0.8
         visible_patient &= ~blanket
     masks = {1: visible_patient}
-    if t in video.caregiver_frames:
-        caregiver = _draw_caregiver(video, t, w, h)
+    visit = _visit_at(video, t)
+    if t in video.caregiver_frames or visit is not None:
+        caregiver = _draw_caregiver(video, t, w, h) if visit is None else _draw_visitor(video, visit, t, w, h)
         img[caregiver] = video.caregiver_colour
         masks[1] = visible_patient & ~caregiver
         masks[2] = caregiver
@@ -302,4 +413,116 @@ def write_sample_exports(root: str | os.PathLike, spec: SampleSpec | None = None
             write_video(tmp / f"{name}.mp4", [rgb for _, rgb, _ in frames], fps=fps)
             (tmp / f"{name}.json").write_text(json.dumps({"images": images, "annotations": annotations,
                                                           "categories": CATEGORIES}))
+    return root
+
+
+# ---------------------------------------------------------------------------------------------- trace videos
+
+TRACE_TRUTH = "truth.json"
+TRACE_VIDEOS = "videos"
+TRACE_MASKS = "masks"
+
+
+@dataclass(frozen=True)
+class TraceSpec:
+    """Trace videos: long enough for rhythm (the 4 s windows of ``trace``), at a clinical frame rate."""
+
+    num_videos: int = 4
+    seconds: float = 40.0
+    fps: float = 25.0
+    width: int = 160
+    height: int = 120
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.num_videos <= 100:
+            raise UserError(f"num_videos must be between 1 and 100; got {self.num_videos}")
+        if self.seconds < 30:
+            raise UserError(f"trace videos need at least 30 s to hold their episodes and visits; got {self.seconds}")
+        if not 12.5 <= self.fps <= 60:
+            raise UserError(f"fps must be between 12.5 and 60; got {self.fps}")
+        if not (96 <= self.width <= 1024 and 72 <= self.height <= 1024):
+            raise UserError(f"trace frames must be between 96x72 and 1024x1024 px; got {self.width}x{self.height}")
+
+
+# Per video, in fractions of its length: clonic episodes and caregiver visits never overlap, so that motion
+# seen while only the caregiver moves is a false alarm by construction. The third video has no seizure.
+_TRACE_TIMETABLES = (
+    {"episodes": [(0.30, 0.50)], "visits": [("walk", 0.08, 0.18), ("pat", 0.70, 0.85)], "moves": [(0.60, 0.64)]},
+    {"episodes": [(0.62, 0.82)], "visits": [("walk", 0.12, 0.22), ("blanket", 0.35, 0.45)], "moves": [(0.26, 0.30)]},
+    {"episodes": [], "visits": [("pat", 0.15, 0.35), ("walk", 0.45, 0.55), ("blanket", 0.65, 0.75), ("pat", 0.82, 0.95)],
+     "moves": [(0.58, 0.62)]},
+    {"episodes": [(0.15, 0.28), (0.60, 0.75)], "visits": [("pat", 0.38, 0.52)], "moves": [(0.85, 0.89)]},
+)
+
+
+def make_trace_video(spec: TraceSpec, index: int, rng: np.random.Generator) -> _Video:
+    """A scene of the sample generator with a timetable of episodes, visits and moves, in seconds."""
+    base = _make_video(rng, spec.width, spec.height, 2, index)
+    table = _TRACE_TIMETABLES[index % len(_TRACE_TIMETABLES)]
+    length = spec.seconds
+
+    def jitter(a: float, b: float) -> tuple[float, float]:
+        shift = float(rng.uniform(-0.02, 0.02)) * length
+        return round(a * length + shift, 2), round(b * length + shift, 2)
+
+    episodes = tuple(Episode(*jitter(a, b), frequency_hz=round(float(rng.uniform(2.5, 5.5)), 2))
+                     for a, b in table["episodes"])
+    visits = tuple(Visit(kind, *jitter(a, b), frequency_hz=round(float(rng.uniform(2.0, 4.0)), 2) if kind == "pat" else 0.0)
+                   for kind, a, b in table["visits"])
+    moves = tuple(Move(*jitter(a, b), dx=float(rng.uniform(-3, 3)), dy=float(rng.uniform(-2, 2)))
+                  for a, b in table["moves"])
+    # a dark gown on the light sheet and a saturated caregiver, so that both stay visible in a small frame
+    gown = rng.uniform(20, 90, 3)
+    caregiver = np.roll(np.array([230.0, float(rng.uniform(20, 80)), float(rng.uniform(20, 80))]), int(rng.integers(0, 3)))
+    return _Video(**{**base.__dict__, "gown": gown, "caregiver_colour": caregiver,
+                     "drift": np.zeros(2), "blanket": True, "caregiver_frames": frozenset(),
+                     "seizure_amp": float(rng.uniform(0.3, 0.45)), "seizure_freq": 0.0,
+                     "fps": spec.fps, "episodes": episodes, "visits": visits, "moves": moves})
+
+
+def write_trace_sample(root: str | os.PathLike, spec: TraceSpec | None = None) -> Path:
+    """Write trace sample videos under ``root``: ``videos/NAME.mp4``, ``masks/NAME.json`` (every frame's
+    true masks as COCO, images with ``frame_id``) and ``truth.json`` (``{NAME: [{"start", "end",
+    "frequency_hz"}]}``, seconds), plus ``visits.json`` (when the caregiver is in the picture, and doing what).
+
+    The input of ``seizure-mlflow trace`` (``--masks`` and ``--truth`` take the masks and truth).
+    Written to a temporary folder and moved into place.
+    """
+    from tqdm import tqdm
+
+    from seizure_mlflow.data.video import VideoWriter
+
+    spec = spec or TraceSpec()
+    root = Path(root)
+    if root.exists() and any(root.iterdir()):
+        raise UserError(f"{root} exists and is not empty; choose a new --output folder")
+    frames = int(round(spec.seconds * spec.fps))
+    truth, visits = {}, {}
+    with staged_folder(root) as tmp, tqdm(total=frames * spec.num_videos, desc="trace videos", unit="frame") as bar:
+        (tmp / TRACE_VIDEOS).mkdir()
+        (tmp / TRACE_MASKS).mkdir()
+        for v in range(spec.num_videos):
+            name = f"trace_{v:02d}"
+            rng = np.random.default_rng([spec.seed, 1000 + v])
+            video = make_trace_video(spec, v, rng)
+            images, annotations = [], []
+            with VideoWriter(tmp / TRACE_VIDEOS / f"{name}.mp4", fps=spec.fps) as writer:
+                for t in range(frames):
+                    rgb, masks = render_frame(video, t, spec.width, spec.height, rng)
+                    writer.write(rgb)
+                    images.append({"id": t + 1, "file_name": f"frame_{t:06d}.png", "frame_id": t,
+                                   "width": spec.width, "height": spec.height})
+                    for cid, mask in sorted(masks.items()):
+                        if (ann := mask_to_annotation(mask, cid)) is not None:
+                            annotations.append({"id": len(annotations) + 1, "image_id": t + 1, **ann})
+                    bar.update(1)
+            (tmp / TRACE_MASKS / f"{name}.json").write_text(
+                json.dumps({"images": images, "annotations": annotations, "categories": CATEGORIES}))
+            truth[name] = [asdict(e) for e in video.episodes]
+            visits[name] = [asdict(e) for e in video.visits]
+        (tmp / TRACE_TRUTH).write_text(json.dumps(truth, indent=2))
+        (tmp / "visits.json").write_text(json.dumps(visits, indent=2))
+        (tmp / MANIFEST).write_text(json.dumps({"generator": "seizure_mlflow.data.sample.write_trace_sample",
+                                                "spec": asdict(spec)}, indent=2))
     return root

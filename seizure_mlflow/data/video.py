@@ -41,6 +41,13 @@ def frame_count(path: str | os.PathLike) -> int | None:
         return container.streams.video[0].frames or None
 
 
+def frame_rate(path: str | os.PathLike) -> float:
+    """Frames per second the container declares (10 when it does not say)."""
+    with _open(path) as container:
+        rate = container.streams.video[0].average_rate
+        return float(rate) if rate else 10.0
+
+
 def extract_frames(path: str | os.PathLike, wanted: Iterable[int], write: Callable[[int, np.ndarray], None],
                    every: int = 0, bar: tqdm | None = None) -> int:
     """Decode ``path`` once, in order, stopping after the last frame needed.
@@ -139,8 +146,7 @@ def iter_frames(path: str | os.PathLike):
             except av.error.FFmpegError as exc:
                 raise DatasetError(f"{path}: decoding failed ({exc})") from None
 
-    fps = float(stream.average_rate) if stream.average_rate else 10.0
-    return frames(), (stream.frames or None), fps
+    return frames(), (stream.frames or None), frame_rate(path)
 
 
 def write_png(path: str | os.PathLike, bgr: np.ndarray) -> None:

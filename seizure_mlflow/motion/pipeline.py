@@ -1,0 +1,163 @@
+"""A video and a source of masks -> the patient's motion trace, rhythm index and candidate intervals.
+
+:func:`trace_video` decodes the video once as a stream (at its own frame rate or a lower ``fps``), asks
+the source for each batch of frames' people, follows the patient (:class:`~.track.PatientTrack`),
+measures motion (:class:`~.signals.MotionMeter`) and then the rhythm (:mod:`.rhythm`). Nothing here
+talks to MLflow or writes files; :mod:`.outputs` writes the results.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+from pycocotools import mask as mask_util
+from tqdm import tqdm
+
+from seizure_mlflow.data.video import frame_count, frame_rate, iter_frames
+from seizure_mlflow.errors import UserError
+from seizure_mlflow.motion.rhythm import (Interval, RhythmSettings, Scores, Windows, band_envelope, candidate_intervals,
+                                          rhythm_windows, score_intervals)
+from seizure_mlflow.motion.signals import REGIONS, MotionMeter
+from seizure_mlflow.motion.track import PatientTrack
+
+logger = logging.getLogger(__name__)
+
+MIN_FOUND_FRACTION = 0.5  # below this share of frames with the patient, a video has no usable trace
+
+
+@dataclass(frozen=True)
+class TraceOptions:
+    fps: float | None = None  # None: the video's own rate
+    method: str = "flow"
+    region: str = "patient"  # what the rhythm is measured on: the patient, or the whole frame (the baseline)
+    rhythm: RhythmSettings = field(default_factory=RhythmSettings)
+    cells: int = 8
+    max_width: int = 320
+    min_score: float = 0.5
+    batch_size: int = 8
+
+
+@dataclass
+class TraceResult:
+    table: pd.DataFrame  # one row per analysed frame: frame, time, patient_found and every signal
+    components: dict[str, np.ndarray]  # region -> frames x components
+    fps: float
+    settings: RhythmSettings  # as applied (the total band narrowed for slow videos)
+    region: str
+    windows: Windows
+    intervals: list[Interval]
+    processing_seconds: float
+    patient_rles: list | None = None  # per frame, for the overlay video
+    warning: str | None = None
+
+    @property
+    def seconds(self) -> float:
+        return len(self.table) / self.fps
+
+    @property
+    def frames_per_second(self) -> float:
+        return len(self.table) / self.processing_seconds if self.processing_seconds else 0.0
+
+    def reanalysed(self, region: str | None = None, settings: RhythmSettings | None = None) -> "TraceResult":
+        """The same measurements with the rhythm taken over another region or with other settings."""
+        region, settings = region or self.region, settings or self.settings
+        windows = rhythm_windows(self.components[region], _found(self.table, region), self.fps, settings)
+        table = self.table.copy()
+        table["rhythm_index"], table["dominant_hz"] = _per_frame(windows, table["time"].to_numpy())
+        envelope = band_envelope(self.components[region], self.fps, settings)
+        table["band_power"] = envelope
+        return TraceResult(table, self.components, self.fps, settings, region, windows,
+                           candidate_intervals(windows, settings, envelope, self.fps), self.processing_seconds,
+                           self.patient_rles, self.warning)
+
+    def score(self, truth: list[tuple[float, float]]) -> Scores:
+        return score_intervals(self.intervals, truth, self.seconds)
+
+
+def _found(table: pd.DataFrame, region: str) -> np.ndarray:
+    return table["patient_found"].to_numpy(bool) if region == "patient" else np.ones(len(table), bool)
+
+
+def check_traceable(path: str | Path, options: TraceOptions) -> tuple[RhythmSettings, str | None]:
+    """Before any work: the frame rate allows the rhythm band, ``--fps`` is not above the video's rate, and
+    the video (as declared) lasts at least one window."""
+    source_fps, declared = frame_rate(path), frame_count(path)
+    fps = options.fps or source_fps
+    if options.fps and options.fps > source_fps + 1e-6:
+        raise UserError(f"{options.fps:g} is above the frame rate of {path} ({source_fps:g} frames/s)", param="fps")
+    settings, warning = options.rhythm.for_frame_rate(fps)
+    if declared is not None and declared / source_fps < settings.window_s:
+        raise UserError(f"{path} lasts {declared / source_fps:.1f} s, shorter than one {settings.window_s:g} s window "
+                        "of the rhythm analysis; give a longer video (or a shorter --window)", param="input")
+    return settings, warning
+
+
+def trace_video(path: str | Path, source: Callable, options: TraceOptions, keep_masks: bool = False) -> TraceResult:
+    """Measure one video. ``source(batch)`` gives each frame's people (see :mod:`.sources`)."""
+    settings, warning = check_traceable(path, options)
+    if warning:
+        logger.warning("%s: %s", Path(path).name, warning)
+    started = time.perf_counter()
+    frames, declared, source_fps = iter_frames(path)
+    fps = options.fps or source_fps
+    track = PatientTrack(min_score=options.min_score)
+    meter = MotionMeter(options.method, options.cells, options.max_width)
+    rows, components, rles = [], {r: [] for r in REGIONS}, [] if keep_masks else None
+    expected = int(declared * fps / source_fps) if declared else None
+
+    def analyse(batch):
+        for (index, bgr), people in zip(batch, source(batch)):
+            tracked = track.update(people, bgr.shape[:2])
+            measure = meter.measure(bgr, tracked)
+            rows.append({"frame": index, "time": round(len(rows) / fps, 4),
+                         "patient_found": int(tracked.patient is not None), **measure.values})
+            for region in REGIONS:
+                components[region].append(measure.components[region])
+            if rles is not None:
+                rles.append(None if tracked.patient is None else
+                            mask_util.encode(np.asfortranarray(tracked.patient.astype(np.uint8))))
+
+    batch, next_time = [], 0.0
+    with tqdm(total=expected, desc=f"trace {Path(path).name}", unit="frame") as bar:
+        for index, _, bgr in frames:
+            if index / source_fps + 0.5 / source_fps < next_time:
+                continue  # resampling to a lower frame rate: the frame nearest each 1/fps tick
+            next_time += 1 / fps
+            batch.append((index, bgr))
+            if len(batch) == options.batch_size:
+                analyse(batch)
+                bar.update(len(batch))
+                batch = []
+        if batch:
+            analyse(batch)
+            bar.update(len(batch))
+    table = pd.DataFrame(rows)
+    if len(table) / fps < settings.window_s:
+        raise UserError(f"{path} lasts {len(table) / fps:.1f} s, shorter than one {settings.window_s:g} s window "
+                        "of the rhythm analysis; give a longer video (or a shorter --window)", param="input")
+    found = table["patient_found"].mean()
+    if found < MIN_FOUND_FRACTION:
+        raise UserError(f"{path}: the patient was found in {int(table['patient_found'].sum())} of {len(table)} "
+                        f"frames (needs {MIN_FOUND_FRACTION:.0%}); is this the right model for this camera, or the "
+                        "right --min-score?", param="input")
+    areas = table["area"]
+    table["area_rel"] = areas / np.nanmedian(areas)
+    result = TraceResult(table, {r: np.array(v) for r, v in components.items()}, fps, settings, options.region,
+                         windows=None, intervals=[], processing_seconds=time.perf_counter() - started,
+                         patient_rles=rles, warning=warning)
+    return result.reanalysed()
+
+
+def _per_frame(windows: Windows, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each frame's rhythm index and dominant frequency: those of the window centred nearest to it."""
+    centres = windows.centres
+    nearest = np.clip(np.searchsorted(centres, times), 0, len(centres) - 1)
+    before = np.clip(nearest - 1, 0, len(centres) - 1)
+    nearest = np.where(np.abs(centres[before] - times) < np.abs(centres[nearest] - times), before, nearest)
+    return windows.index[nearest], windows.dominant_hz[nearest]

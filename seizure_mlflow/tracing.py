@@ -1,0 +1,183 @@
+"""A trace command, in two named steps: plan (every check, before any work), then run.
+
+* :func:`plan_trace` lists the videos, checks each (decodable, frame rate, at least one window long),
+  the output folder (new or empty), the true masks and truth files when given, and loads the model, so
+  that bad input fails before a frame is analysed and leaves no MLflow run behind;
+* :func:`run_trace` traces every video into a staged folder (moved into place only when every video
+  succeeded: nothing half-written) and records the run in MLflow: parameters, counts and scores, and
+  ``trace.csv``, ``events.json``, ``trace.png``, never a frame, a file name or a path.
+
+Outputs: one video -> ``OUTPUT/trace.csv``, ``events.json``, ``trace.png`` (``overlay.mp4``); a folder of
+videos -> the same under ``OUTPUT/<video name>/``, plus ``OUTPUT/summary.json``. In MLflow the files of
+several videos go under ``video_01/``, ``video_02/``..., numbered in sorted file-name order.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from seizure_mlflow.data.staging import check_output_folder, staged_folder
+from seizure_mlflow.data.video import VIDEO_SUFFIXES, check_video_readable
+from seizure_mlflow.errors import UserError
+from seizure_mlflow.motion.pipeline import TraceOptions, check_traceable, trace_video
+from seizure_mlflow.motion.sources import ModelSource, TrueMaskSource
+
+logger = logging.getLogger(__name__)
+
+SUMMARY_JSON = "summary.json"
+TRUE_MASKS = "true masks"
+
+
+@dataclass(frozen=True)
+class TraceRequest:
+    input: str
+    output: str
+    model_uri: str = "models:/seizure-patient-detector@champion"
+    masks: str = ""  # true masks instead of the model: a COCO file (one video) or a folder of NAME.json
+    truth: str = ""  # {video name: [{"start", "end"} | [start, end], ...]} in seconds
+    options: TraceOptions = TraceOptions()
+    overlay: bool = False
+    log_to_mlflow: bool = True
+
+
+@dataclass
+class TracePlan:
+    request: TraceRequest
+    videos: list[Path]
+    sources: list  # one callable per video
+    truth: dict[str, list[tuple[float, float]]] | None
+    model_version: tuple[str, str] | None
+
+
+def list_videos(path: str) -> list[Path]:
+    p = Path(path)
+    if p.is_file():
+        if p.suffix.lower() not in VIDEO_SUFFIXES:
+            raise UserError(f"{p}: not a video file ({'/'.join(VIDEO_SUFFIXES)})", param="input")
+        return [p]
+    if p.is_dir():
+        videos = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in VIDEO_SUFFIXES)
+        if not videos:
+            raise UserError(f"{p}: no {'/'.join(VIDEO_SUFFIXES)} videos in this folder", param="input")
+        return videos
+    raise UserError(f"{p}: no such file or folder", param="input")
+
+
+def read_truth(path: str, videos: list[Path]) -> dict[str, list[tuple[float, float]]]:
+    """The truth file, checked: every video named (by file name without suffix), every interval start < end."""
+    try:
+        document = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path}: cannot read it as JSON ({exc})", param="truth") from None
+    if not isinstance(document, dict):
+        raise UserError(f"{path}: expected an object {{video name: [intervals]}}, got {type(document).__name__}",
+                        param="truth")
+    missing = [v.stem for v in videos if v.stem not in document]
+    if missing:
+        raise UserError(f"{path} has no entry for {missing[:5]} (an empty list means: no seizure in that video)",
+                        param="truth")
+    truth = {}
+    for video in videos:
+        intervals = []
+        for k, item in enumerate(document[video.stem]):
+            start, end = (item.get("start"), item.get("end")) if isinstance(item, dict) else (tuple(item) + (None, None))[:2]
+            if not all(isinstance(x, (int, float)) for x in (start, end)) or not 0 <= start < end:
+                raise UserError(f"{path}: {video.stem}[{k}] = {item!r} is not an interval of seconds with 0 <= start < end",
+                                param="truth")
+            intervals.append((float(start), float(end)))
+        truth[video.stem] = intervals
+    return truth
+
+
+def _mask_files(masks: str, videos: list[Path]) -> list[Path]:
+    p = Path(masks)
+    if p.is_file() and len(videos) == 1:
+        return [p]
+    if p.is_dir():
+        files = [p / f"{v.stem}.json" for v in videos]
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise UserError(f"{p} lacks {missing[:5]}: give one NAME.json of true masks per video NAME", param="masks")
+        return files
+    raise UserError(f"{p}: no such {'file or ' if len(videos) == 1 else ''}folder (with several videos, give a "
+                    "folder holding NAME.json per video)", param="masks")
+
+
+def plan_trace(request: TraceRequest) -> TracePlan:
+    request.options.rhythm.check()
+    if request.options.method not in ("flow", "diff"):
+        raise UserError(f"must be flow or diff, got {request.options.method!r}", param="method")
+    if request.options.region not in ("patient", "frame"):
+        raise UserError(f"must be patient or frame, got {request.options.region!r}", param="region")
+    if request.options.fps is not None and request.options.fps <= 0:
+        raise UserError(f"must be > 0, got {request.options.fps}", param="fps")
+    videos = list_videos(request.input)
+    out = Path(request.output)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"{out} exists and is not an empty folder; give a new folder (trace never overwrites)",
+                        param="output")
+    check_output_folder(out, "output")
+    for video in videos:
+        check_video_readable(video)
+        check_traceable(video, request.options)
+    truth = read_truth(request.truth, videos) if request.truth else None
+    if request.masks:
+        sources = [TrueMaskSource(f) for f in _mask_files(request.masks, videos)]
+        return TracePlan(request, videos, sources, truth, None)
+    from seizure_mlflow.registry.uris import detector_from_uri, registered_version
+
+    version = registered_version(request.model_uri)
+    detector = detector_from_uri(request.model_uri)
+    detector.batch_size = request.options.batch_size
+    return TracePlan(request, videos, [ModelSource(detector)] * len(videos), truth, version)
+
+
+def run_trace(plan: TracePlan) -> dict:
+    """Trace every video of the plan; returns the summary (also written as ``summary.json`` for a folder)."""
+    request = plan.request
+    if not request.log_to_mlflow:
+        return _trace_all(plan)
+    from seizure_mlflow.tracking.run import active_run
+    from seizure_mlflow.tracking.trace import log_trace, trace_params
+
+    with active_run(run_name="trace", rename=True):
+        import mlflow
+
+        mlflow.log_params(trace_params(plan))
+        summary = _trace_all(plan)
+        log_trace(summary, Path(request.output))
+    return summary
+
+
+def _trace_all(plan: TracePlan) -> dict:
+    request, single = plan.request, len(plan.videos) == 1
+    videos, total = [], None
+    with staged_folder(request.output) as tmp:
+        for number, (video, source) in enumerate(zip(plan.videos, plan.sources), start=1):
+            from seizure_mlflow.motion.outputs import OVERLAY, write_overlay, write_trace
+
+            result = trace_video(video, source, request.options, keep_masks=request.overlay)
+            folder = tmp if single else tmp / video.stem
+            truth = plan.truth[video.stem] if plan.truth is not None else None
+            document = write_trace(result, folder, request.options.method, truth)
+            if request.overlay:
+                write_overlay(video, result, folder / OVERLAY)
+            if truth is not None:
+                scores = result.score(truth)
+                total = scores if total is None else total + scores
+            videos.append({"number": number, "folder": "." if single else video.stem,
+                           "seconds": document["seconds"], "frames": document["frames"],
+                           "processing_seconds": round(result.processing_seconds, 3),
+                           "events": len(document["events"]), "max_index": document["max_index"],
+                           "patient_found_fraction": document["patient_found_fraction"]})
+            logger.info("%s: %d candidate interval(s), max rhythm index %s", video.name, len(document["events"]),
+                        document["max_index"])
+        summary = {"videos": videos, "scores": total.as_dict() if total is not None else None,
+                   "source": TRUE_MASKS if request.masks else request.model_uri,
+                   "model_version": list(plan.model_version) if plan.model_version else None}
+        if not single:
+            (tmp / SUMMARY_JSON).write_text(json.dumps(summary, indent=2))
+    return summary

@@ -1,0 +1,287 @@
+"""`trace`: from a video and masks (true ones, or a registered model's) to the patient's motion trace,
+rhythm index, candidate seizure intervals and their scores."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from conftest import REPO, TINY_OPTS, private_tracking_store, tiny_params, venv_env
+from seizure_mlflow.cli import main
+from seizure_mlflow.data.sample import TraceSpec, write_trace_sample
+from seizure_mlflow.data.video import write_video
+from seizure_mlflow.motion.rhythm import RhythmSettings, candidate_intervals, rhythm_windows, score_intervals, Interval
+from seizure_mlflow.motion.track import Instance, PatientTrack
+
+FPS = 25.0
+
+
+# --------------------------------------------------------------------------------------------- rhythm
+
+
+def _oscillation(seconds: float, episode: tuple[float, float], frequency: float, seed: int = 0) -> np.ndarray:
+    """Signed components (frames x 6): noise, plus a limb oscillating at ``frequency`` during ``episode``."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * FPS)) / FPS
+    components = rng.normal(0, 0.05, (len(t), 6))
+    inside = (t >= episode[0]) & (t < episode[1])
+    components[inside, 2] += np.cos(2 * np.pi * frequency * t[inside])  # velocity of a sinusoidal movement
+    components[inside, 4] -= 0.7 * np.cos(2 * np.pi * frequency * t[inside])
+    return components
+
+
+@pytest.mark.parametrize("frequency", [2.5, 4.0, 5.5])
+def test_rhythm_index_finds_an_episode_its_frequency_and_its_bounds(frequency):
+    settings = RhythmSettings()
+    components = _oscillation(40, (12.0, 22.0), frequency)
+    windows = rhythm_windows(components, np.ones(len(components), bool), FPS, settings)
+    from seizure_mlflow.motion.rhythm import band_envelope
+
+    intervals = candidate_intervals(windows, settings, band_envelope(components, FPS, settings), FPS)
+    assert len(intervals) == 1
+    (found,) = intervals
+    assert abs(found.dominant_hz - frequency) <= 0.5
+    assert abs(found.start - 12.0) <= 1.0 and abs(found.end - 22.0) <= 1.0
+    assert found.peak_index > 0.8
+    calm = windows.index[(windows.centres < 9) | (windows.centres > 25)]
+    assert calm.max() < settings.threshold  # noise spreads over the whole band
+
+
+def test_rhythm_outside_the_band_and_short_bursts_raise_nothing():
+    settings = RhythmSettings()
+    slow = _oscillation(40, (10.0, 30.0), 1.0)  # slow, non-clonic movement
+    fast = _oscillation(40, (10.0, 30.0), 9.0)
+    burst = _oscillation(40, (20.0, 21.0), 4.0)  # shorter than the 2 s minimum
+    for components in (slow, fast, burst):
+        windows = rhythm_windows(components, np.ones(len(components), bool), FPS, settings)
+        from seizure_mlflow.motion.rhythm import band_envelope
+
+        assert candidate_intervals(windows, settings, band_envelope(components, FPS, settings), FPS) == []
+
+
+def test_windows_where_the_patient_is_missing_have_no_index():
+    settings = RhythmSettings()
+    components = _oscillation(40, (12.0, 22.0), 4.0)
+    found = np.ones(len(components), bool)
+    found[int(14 * FPS):int(20 * FPS)] = False
+    windows = rhythm_windows(components, found, FPS, settings)
+    half = settings.window_s / 2
+    missing = np.clip(np.minimum(windows.centres + half, 20) - np.maximum(windows.centres - half, 14), 0, None)
+    mostly_missing = missing / settings.window_s > settings.max_gap_fraction + 0.01
+    assert np.isnan(windows.index[mostly_missing]).all()
+    assert not np.isnan(windows.index[missing / settings.window_s < settings.max_gap_fraction - 0.01]).any()
+
+
+def test_slow_videos_narrow_the_band_and_too_slow_ones_are_refused():
+    settings, warning = RhythmSettings().for_frame_rate(15)
+    assert settings.total[1] < 7.5 and "narrowed" in warning
+    assert RhythmSettings().for_frame_rate(25) == (RhythmSettings(), None)
+    from seizure_mlflow.errors import UserError
+
+    with pytest.raises(UserError, match="cannot show rhythm up to 6 Hz"):
+        RhythmSettings().for_frame_rate(10)
+
+
+def test_scores_count_detections_false_alarms_and_latency():
+    def found(start, end):
+        return Interval(start, end, 0.9, 4.0, alarm_at=start + 4)
+
+    scores = score_intervals([found(10, 20), found(50, 55)], truth=[(11, 19), (30, 35)], seconds=1800)
+    assert (scores.events, scores.detected, scores.false_alarms) == (2, 1, 1)
+    assert scores.sensitivity == 0.5 and scores.false_alarms_per_hour == 2.0
+    assert scores.latencies == (3.0, None)
+
+
+# --------------------------------------------------------------------------------------------- tracking
+
+
+def _disc(shape, centre, radius):
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    return (yy - centre[1]) ** 2 + (xx - centre[0]) ** 2 <= radius ** 2
+
+
+def test_track_follows_the_patient_by_overlap_not_by_score_and_marks_gaps():
+    shape = (60, 80)
+    track = PatientTrack(min_score=0.5)
+    bed = _disc(shape, (30, 30), 10)
+    first = track.update([Instance("patient", 0.9, bed)], shape)
+    assert first.patient is not None and first.patient.sum() == bed.sum()
+    visitor = _disc(shape, (65, 30), 8)  # a second "patient"-class instance, scoring higher, elsewhere
+    nurse = _disc(shape, (38, 30), 5)
+    second = track.update([Instance("patient", 0.99, visitor), Instance("patient", 0.7, _disc(shape, (31, 30), 10)),
+                           Instance("caregiver", 0.95, nurse)], shape)
+    assert second.patient[30, 25] and not second.patient[30, 65]
+    assert not (second.patient & nurse).any()  # other people are excluded from the patient
+    assert second.others[30, 65] and second.others[30, 38]
+    assert track.update([Instance("caregiver", 0.95, nurse)], shape).patient is None  # a gap, not a guess
+
+
+# --------------------------------------------------------------------------------------------- bad input
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> Path:
+    """A 6 s, 25 frames/s clip of the trace scene, with its true masks (trace_00's first seconds)."""
+    root = tmp_path_factory.mktemp("clip")
+    sample = write_trace_sample(root / "sample", TraceSpec(num_videos=1, seconds=30, width=96, height=72))
+    import av
+
+    with av.open(str(sample / "videos" / "trace_00.mp4")) as container:
+        frames = [f.to_ndarray(format="rgb24") for _, f in zip(range(150), container.decode(video=0))]
+    write_video(root / "clip.mp4", frames, fps=FPS)
+    masks = json.loads((sample / "masks" / "trace_00.json").read_text())
+    keep = {im["id"] for im in masks["images"] if im["frame_id"] < 150}
+    masks["images"] = [im for im in masks["images"] if im["id"] in keep]
+    masks["annotations"] = [a for a in masks["annotations"] if a["image_id"] in keep]
+    (root / "clip.json").write_text(json.dumps(masks))
+    no_patient = {**masks, "annotations": [a for a in masks["annotations"] if a["category_id"] != 1]}
+    (root / "no_patient.json").write_text(json.dumps(no_patient))
+    write_video(root / "short.mp4", frames[:50], fps=FPS)
+    (root / "broken.mp4").write_bytes(b"this is not a video")
+    return root
+
+
+def _trace(*args: str) -> int:
+    return main(["trace", "--no-mlflow", *args])
+
+
+def test_trace_of_a_clip_with_true_masks_writes_its_files(clip, tmp_path):
+    out = tmp_path / "out"
+    assert _trace("--input", str(clip / "clip.mp4"), "--masks", str(clip / "clip.json"), "--output", str(out)) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["events.json", "trace.csv", "trace.png"]
+    table = pd.read_csv(out / "trace.csv")
+    assert len(table) == 150 and table["patient_found"].all()
+    assert {"motion_inside", "motion_outside", "area_rel", "displacement", "mask_change", "rhythm_index"} <= set(table)
+
+
+@pytest.mark.parametrize("case, message", [
+    (["--input", "{clip}/broken.mp4", "--masks", "{clip}/clip.json"], "broken.mp4: cannot read this video"),
+    (["--input", "{clip}/short.mp4", "--masks", "{clip}/clip.json"], "shorter than one 4 s window"),
+    (["--input", "{clip}/clip.mp4", "--masks", "{clip}/no_patient.json"], "the patient was found in 0 of 150 frames"),
+    (["--input", "{clip}/clip.mp4", "--masks", "{clip}/clip.json", "--truth", "{clip}/clip.json"], "has no entry for ['clip']"),
+    (["--input", "{clip}/clip.mp4", "--masks", "{clip}/clip.json", "--threshold", "1.5"], "--threshold: must be between 0 and 1"),
+    (["--input", "{clip}/clip.mp4", "--masks", "{clip}/clip.json", "--fps", "30"], "above the frame rate"),
+    (["--input", "{clip}/clip.mp4", "--masks", "{clip}/missing.json"], "--masks:"),
+])
+def test_bad_input_is_a_clear_error_and_writes_nothing(clip, tmp_path, capsys, case, message):
+    out = tmp_path / "out"
+    assert _trace(*[a.format(clip=clip) for a in case], "--output", str(out)) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists() and list(tmp_path.iterdir()) == []  # nothing half-written beside it either
+
+
+def test_a_model_uri_that_does_not_exist_is_a_clear_error(clip, tracking, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["trace", "--model-uri", "models:/no-such-model@champion", "--input", str(clip / "clip.mp4"),
+                 "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--model-uri" in err and "no-such-model" in err
+    assert not out.exists()
+    assert MlflowClient().search_runs([e.experiment_id for e in MlflowClient().search_experiments()]) == []
+
+
+def test_an_output_folder_with_files_is_never_overwritten(clip, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert _trace("--input", str(clip / "clip.mp4"), "--masks", str(clip / "clip.json"), "--output", str(out)) == 2
+    assert "not an empty folder" in capsys.readouterr().err and (out / "keep.txt").read_text() == "mine"
+
+
+# --------------------------------------------------------------------------------------------- the sample set
+
+
+@pytest.fixture(scope="module")
+def trace_sample(tmp_path_factory) -> Path:
+    return write_trace_sample(tmp_path_factory.mktemp("trace") / "sample", TraceSpec())
+
+
+@pytest.mark.slow
+def test_true_masks_find_every_episode_and_no_caregiver_only_alarm(trace_sample, tmp_path):
+    """The signal chain without the detector: every clonic episode found, at its frequency and time; the
+    caregiver patting, walking and adjusting the blanket raise nothing on the patient, but do over the
+    whole frame (the baseline)."""
+    truth = json.loads((trace_sample / "truth.json").read_text())
+    visits = json.loads((trace_sample / "visits.json").read_text())
+    found = {}
+    for region in ("patient", "frame"):
+        out = tmp_path / region
+        assert _trace("--input", str(trace_sample / "videos"), "--masks", str(trace_sample / "masks"),
+                      "--truth", str(trace_sample / "truth.json"), "--region", region, "--output", str(out)) == 0
+        found[region] = {v: json.loads((out / v / "events.json").read_text())["events"] for v in truth}
+    for video, episodes in truth.items():
+        events = found["patient"][video]
+        assert len(events) == len(episodes), (video, events)
+        for episode, event in zip(episodes, events):
+            assert abs(event["dominant_hz"] - episode["frequency_hz"]) <= 0.5, (video, event, episode)
+            assert abs(event["start"] - episode["start"]) <= 1.0 and abs(event["end"] - episode["end"]) <= 1.0
+    pats = [(v, p) for v, vs in visits.items() for p in vs if p["kind"] == "pat"]
+    assert pats
+    false_on_frame = [e for v in truth for e in found["frame"][v]
+                      if not any(e["start"] < t["end"] and e["end"] > t["start"] for t in truth[v])]
+    assert false_on_frame, "the whole-frame baseline should be fooled by the caregiver"
+    summary = json.loads((tmp_path / "patient" / "summary.json").read_text())
+    assert summary["scores"]["sensitivity"] == 1.0 and summary["scores"]["false_alarms"] == 0
+
+
+@pytest.mark.slow
+def test_trace_run_in_mlflow_holds_files_and_scores_but_no_names(trace_sample, tracking, tmp_path):
+    out = tmp_path / "out"
+    assert main(["trace", "--input", str(trace_sample / "videos"), "--masks", str(trace_sample / "masks"),
+                 "--truth", str(trace_sample / "truth.json"), "--output", str(out)]) == 0
+    client = MlflowClient()
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["sensitivity"] == 1.0 and run.data.metrics["false_alarms"] == 0
+    assert run.data.metrics["videos"] == 4 and run.data.metrics["video_seconds"] == 160
+    assert run.data.params["trace.source"] == "true_masks" and run.data.params["trace.method"] == "flow"
+    artifacts = {f.path for d in client.list_artifacts(run.info.run_id) for f in client.list_artifacts(run.info.run_id, d.path)}
+    assert artifacts == {f"video_{n:02d}/{name}" for n in range(1, 5) for name in ("trace.csv", "events.json", "trace.png")}
+    local = Path(client.download_artifacts(run.info.run_id, "", str(tmp_path / "downloaded")))
+    recorded = " ".join([json.dumps(run.data.params), json.dumps(run.data.tags)] +
+                        [p.read_text() for p in local.rglob("*") if p.suffix in (".csv", ".json")])
+    for private in ("trace_0", str(trace_sample), str(tmp_path)):
+        assert private not in recorded
+
+
+# --------------------------------------------------------------------------------------------- with a model
+
+
+@pytest.mark.slow
+def test_mlflow_run_trace_with_a_model_trained_through_main(tiny_data, trace_sample, tmp_path):
+    """End to end: a detector trained on the sample data through the training path of `main`, registered,
+    then `mlflow run . -e trace` on a sample video by its alias."""
+    from seizure_mlflow.config import TrainParams
+    from seizure_mlflow.data.sample import SampleSpec, sample_paths, write_sample_dataset
+    from seizure_mlflow.training import run_training
+
+    data = sample_paths(write_sample_dataset(tmp_path / "data", SampleSpec(num_videos=10, frames_per_video=6)))
+    with private_tracking_store(tmp_path) as uri:
+        params = TrainParams(train_json=data["train"][0], train_images=data["train"][1], val_json=data["val"][0],
+                             val_images=data["val"][1], max_iter=200, eval_period=100, device="cpu", seed=1,
+                             model_name="trace-detector", output_dir=str(tmp_path / "output"), system_metrics=False)
+        run_training(params)
+    out = tmp_path / "trace"
+    video = trace_sample / "videos" / "trace_00.mp4"
+    done = subprocess.run(
+        ["mlflow", "run", str(REPO), "-e", "trace", "--env-manager", "local", "--experiment-name", "trace-test",
+         "-P", "model_uri=models:/trace-detector@champion", "-P", f"input={video}", "-P", f"output={out}",
+         "-P", "min_score=0.3"],
+        capture_output=True, text=True, timeout=900, cwd=tmp_path, env=venv_env(MLFLOW_TRACKING_URI=uri))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == ["events.json", "trace.csv", "trace.png"]
+    table = pd.read_csv(out / "trace.csv")
+    assert len(table) == 1000 and table["patient_found"].mean() >= 0.5
+    with private_tracking_store(tmp_path):
+        client = MlflowClient()
+        (run,) = client.search_runs([client.get_experiment_by_name("trace-test").experiment_id])
+        assert run.info.status == "FINISHED"
+        assert run.data.params["trace.model_name"] == "trace-detector" and run.data.params["trace.model_version"] == "1"
+        assert {f.path for f in client.list_artifacts(run.info.run_id)} == {"trace.csv", "events.json", "trace.png"}
+        assert run.data.metrics["processing_fps"] > 0
