@@ -75,6 +75,10 @@ class TrainParams:
                                           "also each earlier improvement, as a logged model with its iteration "
                                           "(one model's size each)", choices=LOG_CHECKPOINTS)
     system_metrics: bool = _param(True, "log CPU, memory and GPU use as system metrics")
+    patience: int = _param(0, "stop after this many validation periods without an improvement of val/total_loss "
+                              "by at least min_delta (0: off, the default)")
+    min_delta: float = _param(0.0, "the smallest decrease of val/total_loss that counts as an improvement "
+                                   "(default %(default)s)")
 
     def __post_init__(self) -> None:
         _require(isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0,
@@ -88,6 +92,10 @@ class TrainParams:
                  f"num_workers must be an integer >= 0, got {self.num_workers!r}")
         _require(isinstance(self.seed, int) and self.seed >= 0, f"seed must be an integer >= 0, got {self.seed!r}")
         _require(self.device in DEVICES, f"device must be one of {', '.join(DEVICES)}; got {self.device!r}")
+        _require(isinstance(self.patience, int) and self.patience >= 0,
+                 f"patience must be an integer >= 0 (0: no early stopping), got {self.patience!r}")
+        _require(isinstance(self.min_delta, (int, float)) and math.isfinite(self.min_delta) and self.min_delta >= 0,
+                 f"min_delta must be a number >= 0, got {self.min_delta!r}")
         _require(self.log_checkpoints in LOG_CHECKPOINTS,
                  f"log_checkpoints must be one of {', '.join(LOG_CHECKPOINTS)}; got {self.log_checkpoints!r}")
         _require(bool(self.model_name.strip()), "model_name must not be empty")
@@ -293,6 +301,7 @@ def build_config(params: TrainParams, num_classes: int, output_dir: str):
     cfg.DATALOADER.NUM_WORKERS = params.num_workers
     cfg.SEED = params.seed
     cfg.OUTPUT_DIR = output_dir
+    cfg.EARLY_STOPPING = type(cfg)({"PATIENCE": params.patience, "MIN_DELTA": float(params.min_delta)})
     if params.opts:
         try:
             cfg.merge_from_list(list(params.opts))

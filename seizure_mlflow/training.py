@@ -29,6 +29,7 @@ from seizure_mlflow.data.checks import CocoSummary, check_coco, check_same_categ
 from seizure_mlflow.data.datasets import Datasets, check_datasets
 from seizure_mlflow.data.sample import DEFAULT_SAMPLE_DIR
 from seizure_mlflow.data.staging import check_output_folder
+from seizure_mlflow.engine.stopping import DIVERGED, SIGNAL
 from seizure_mlflow.engine.trainer import best_checkpoint_path
 from seizure_mlflow.errors import UserError
 from seizure_mlflow.registry.register import CHALLENGER, CHAMPION
@@ -40,6 +41,9 @@ from seizure_mlflow.tracking.run import active_run, check_tracking_server, log_c
 logger = logging.getLogger(__name__)
 
 RUN_FILE = "mlflow_run.json"  # in OUTPUT_DIR: which MLflow run these checkpoints belong to
+STOP_FILE = "stop.json"  # in OUTPUT_DIR: why and when the training processes stopped
+STOP_REASON_TAG = "seizure.stop_reason"
+STOPPED_AT_METRIC = "stopped_at"
 BEST_VAL_METRIC = "best/val_total_loss"
 BEST_ITER_METRIC = "best/iteration"
 
@@ -134,6 +138,9 @@ def _train_worker(cfg, run_id: str, tracking_uri: str, datasets: Datasets, resum
     finally:
         if mlflow_writer is not None:
             mlflow_writer.drain()
+    if comm.is_main_process():
+        (Path(cfg.OUTPUT_DIR) / STOP_FILE).write_text(
+            json.dumps({"reason": trainer.stop_reason, "stopped_at": trainer.stopped_at}))
 
 
 def train(cfg, plan: Plan, run_id: str) -> None:
@@ -250,9 +257,14 @@ def run_training(params: TrainParams, sample_dir: str = DEFAULT_SAMPLE_DIR) -> T
         logger.info("MLflow run %s (%s); checkpoints in %s", run_id, name, cfg.OUTPUT_DIR)
         try:
             train(cfg, plan, run_id)
-        except BaseException:
+        except BaseException as exc:
+            if isinstance(exc, (KeyboardInterrupt, FloatingPointError)):
+                mlflow.set_tag(STOP_REASON_TAG, SIGNAL if isinstance(exc, KeyboardInterrupt) else DIVERGED)
             record(run_id, cfg.OUTPUT_DIR, read_best_checkpoint(cfg.OUTPUT_DIR))  # a failed run keeps its curves
             raise
+        stop = json.loads((Path(cfg.OUTPUT_DIR) / STOP_FILE).read_text())
+        mlflow.set_tag(STOP_REASON_TAG, stop["reason"])
+        mlflow.log_metric(STOPPED_AT_METRIC, stop["stopped_at"], step=stop["stopped_at"])
         best = read_best_checkpoint(cfg.OUTPUT_DIR)
         if best is None:
             record(run_id, cfg.OUTPUT_DIR, None)

@@ -373,3 +373,34 @@ def test_dropping_model_code_copies_keeps_site_packages_and_the_project(tmp_path
     monkeypatch.setattr(sys, "path", [str(model / "code"), str(site), *sys.path])
     drop_shadowing_copies()
     assert str(model / "code") not in sys.path and str(site) in sys.path
+
+
+def test_a_run_that_reaches_max_iter_says_so(trained):
+    run = MlflowClient().get_run(trained.run_id)
+    assert run.data.tags["seizure.stop_reason"] == "max_iter"
+    assert run.data.metrics["stopped_at"] == 6
+
+
+def test_early_stopping_ends_the_run_after_its_patience_and_registers_the_best(tiny_data, tmp_path, tracking):
+    """A ``min_delta`` no loss decrease can reach: the first validation (iteration 2) is the best, the next
+    two are not improvements, so with patience 2 training stops at iteration 6 of 12."""
+    result = run_training(tiny_params(tiny_data, tmp_path, max_iter=12, eval_period=2, patience=2, min_delta=1e6))
+    client = MlflowClient()
+    run = client.get_run(result.run_id)
+    assert run.data.tags["seizure.stop_reason"] == "early_stopping"
+    assert run.data.metrics["stopped_at"] == 6
+    assert [m.step for m in client.get_metric_history(result.run_id, "val/total_loss")] == [2, 4, 6]
+    assert max(m.step for m in client.get_metric_history(result.run_id, "train/total_loss")) == 6
+    assert result.best_iteration == 2 and run.data.metrics["best/iteration"] == 2
+    assert client.get_model_version("test-detector", result.model_version).run_id == result.run_id
+    assert run.data.params["EARLY_STOPPING.PATIENCE"] == "2"
+
+
+def test_the_patience_count_is_part_of_the_checkpoint():
+    from seizure_mlflow.engine.stopping import EarlyStopping
+
+    hook = EarlyStopping("val/total_loss", patience=3, min_delta=0.1)
+    hook.best, hook.periods_without_improvement = 1.25, 2
+    resumed = EarlyStopping("val/total_loss", patience=3, min_delta=0.1)
+    resumed.load_state_dict(hook.state_dict())
+    assert (resumed.best, resumed.periods_without_improvement) == (1.25, 2)

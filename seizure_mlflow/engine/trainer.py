@@ -6,7 +6,7 @@
   processes (gloo) can train too (``DefaultTrainer`` always passes a GPU index);
 
 * ``build_hooks``: timer, LR schedule, RNG state, validation loss, best checkpoint, writers, periodic
-  checkpoints, stop-on-signal, in that order (each hook's docstring says what it needs before it);
+  checkpoints, early stopping (with ``EARLY_STOPPING.PATIENCE`` > 0), stop-on-signal, in that order (each hook's docstring says what it needs before it);
 * ``build_train_loader`` / ``resume_or_load``: a seeded sampler that a resume fast-forwards (see ``resume.py``);
 * ``build_writers``: console (with ETA), JSON lines in ``OUTPUT_DIR/metrics.json``, and any extra writers
   given by the caller (the MLflow writer).
@@ -32,6 +32,7 @@ from detectron2.utils.events import CommonMetricPrinter, EventWriter, JSONWriter
 
 from seizure_mlflow.config import VAL_DATASET
 from seizure_mlflow.engine.resume import RandomState, ResumableBestCheckpointer, SkipSampler, StopOnSignal
+from seizure_mlflow.engine.stopping import MAX_ITER, EarlyStopping, StopTraining
 from seizure_mlflow.engine.validation import TOTAL_LOSS, VAL_PREFIX, ValidationLoss, build_validation_loader
 
 logger = logging.getLogger(__name__)
@@ -120,8 +121,20 @@ class Trainer(DefaultTrainer):
             ret.append(CheckpointAlignedWriter(self.build_writers(), WRITE_PERIOD, cfg.SOLVER.CHECKPOINT_PERIOD))
             ret.append(hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD,
                                                   max_to_keep=KEEP_PERIODIC_CHECKPOINTS))
+        if self._validate and cfg.EARLY_STOPPING.PATIENCE > 0:
+            ret.append(EarlyStopping(VAL_PREFIX + TOTAL_LOSS, cfg.EARLY_STOPPING.PATIENCE, cfg.EARLY_STOPPING.MIN_DELTA))
         ret.append(StopOnSignal(self.checkpointer))
         return ret
+
+    def train(self):
+        """Train to ``SOLVER.MAX_ITER`` or until a hook raises :class:`StopTraining`; then ``stop_reason``
+        says which and ``stopped_at`` how many iterations were completed."""
+        self.stop_reason, self.stopped_at = MAX_ITER, self.max_iter
+        try:
+            return super().train()
+        except StopTraining as stop:
+            logger.info("Training stopped early: %s", stop)
+            self.stop_reason, self.stopped_at = stop.reason, self.iter + 1
 
     def build_writers(self) -> list[EventWriter]:
         writers: list[EventWriter] = [

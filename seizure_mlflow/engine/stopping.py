@@ -1,0 +1,64 @@
+"""Early stopping on the validation loss.
+
+:class:`EarlyStopping` counts validation periods without an improvement of ``val/total_loss`` by at least
+``min_delta``; when the count reaches ``patience`` it ends training after that iteration, by raising
+:class:`StopTraining`, which :class:`~seizure_mlflow.engine.trainer.Trainer` catches. The count and the
+best value are part of the trainer's checkpoint, so they survive a resume. With several processes every
+process computes the same (all-gathered) validation loss, so all of them stop at the same iteration.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+from detectron2.engine import HookBase
+
+logger = logging.getLogger(__name__)
+
+MAX_ITER, EARLY_STOPPING, PRUNED, DIVERGED, SIGNAL = "max_iter", "early_stopping", "pruned", "diverged", "signal"
+STOP_REASONS = (MAX_ITER, EARLY_STOPPING, PRUNED, DIVERGED, SIGNAL)
+
+
+class StopTraining(BaseException):
+    """Ends the training loop after the current iteration (a ``BaseException``, so that Detectron2's loop
+    does not log it as an error); ``reason`` is one of :data:`STOP_REASONS`."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class EarlyStopping(HookBase):
+    """Stop after ``patience`` validation periods without an improvement of at least ``min_delta``.
+
+    Register it after the hook that puts ``metric`` into the trainer's storage and after the best-checkpoint
+    hook (the best checkpoint of the last validation is then saved before training stops), and before
+    :class:`~seizure_mlflow.engine.resume.StopOnSignal`.
+    """
+
+    def __init__(self, metric: str, patience: int, min_delta: float = 0.0) -> None:
+        self._metric, self.patience, self.min_delta = metric, patience, min_delta
+        self.best: float | None = None
+        self.periods_without_improvement = 0
+
+    def after_step(self) -> None:
+        latest = self.trainer.storage.latest().get(self._metric)
+        if latest is None or latest[1] != self.trainer.iter:
+            return  # no validation at this iteration
+        value = latest[0]
+        if math.isfinite(value) and (self.best is None or value < self.best - self.min_delta):
+            self.best, self.periods_without_improvement = value, 0
+            return
+        self.periods_without_improvement += 1
+        if self.periods_without_improvement >= self.patience:
+            raise StopTraining(EARLY_STOPPING, f"{self._metric} has not improved by {self.min_delta:g} for "
+                                               f"{self.periods_without_improvement} validation period(s) (best "
+                                               f"{self.best}); stopping at iteration {self.trainer.iter + 1}")
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "periods_without_improvement": self.periods_without_improvement}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best = state.get("best")
+        self.periods_without_improvement = state.get("periods_without_improvement", 0)
