@@ -21,19 +21,24 @@ from seizure_mlflow.errors import UserError
 logger = logging.getLogger("seizure_mlflow")
 
 def _add_train(sub) -> None:
-    from seizure_mlflow.config import default_text, param_fields, param_kind
-
     p = sub.add_parser("train", help="train the hooked Mask R-CNN, log to MLflow, register the best checkpoint",
                        description="Train on COCO files (default: the synthetic sample data), log params, losses and "
                                    "plots to MLflow, and register the checkpoint with the lowest validation loss.")
-    for f in param_fields():  # one option per TrainParams field: the MLproject's `main` parameters
+    _add_train_options(p)
+    p.set_defaults(func=cmd_train)
+
+
+def _add_train_options(p) -> None:
+    """One option per TrainParams field: the MLproject's `main` parameters."""
+    from seizure_mlflow.config import default_text, param_fields, param_kind
+
+    for f in param_fields():
         flag = cli_flag(f.name)
         if param_kind(f) == "bool":
             p.add_argument(flag, dest=f.name, nargs="?", const="true", default=default_text(f), help=f.metadata["help"])
         else:
             p.add_argument(flag, dest=f.name, default=default_text(f), help=f.metadata["help"],
                            choices=f.metadata.get("choices"))
-    p.set_defaults(func=cmd_train)
 
 
 def cli_flag(param: str) -> str:
@@ -77,6 +82,88 @@ def optional(kind):
 
     parse.__name__ = kind.__name__
     return parse
+
+
+def _add_tune(sub) -> None:
+    from seizure_mlflow.sweeps.space import BUNDLED_SPACE
+    from seizure_mlflow.sweeps.tune import PRUNERS, SAMPLERS
+
+    p = sub.add_parser("tune", help="a sweep: trials of `train` as child runs of one parent run (Optuna), pruned "
+                                    "early, the best one registered",
+                       description="Search the space in --space with Optuna; each trial trains like `train` (the "
+                                   "options below are every trial's starting point) as a child run of one parent "
+                                   "run, reports val/total_loss to the pruner at every validation, and only the best "
+                                   "trial is registered. Workers on other machines join with the same --study and "
+                                   "storage ($SEIZURE_OPTUNA_STORAGE, or --storage).")
+    p.add_argument("--space", default=str(BUNDLED_SPACE), help="YAML search space (default: the bundled lr and "
+                                                             "ims_per_batch example)")
+    p.add_argument("--trials", type=int, default=6, help="trials in the whole study, all workers together (default 6)")
+    p.add_argument("--study", default="", help="study name; workers with the same name and storage share the sweep "
+                                             "(default: a new one, sweep-DATE-TIME)")
+    p.add_argument("--storage", default="", help="Optuna storage URL (default: $SEIZURE_OPTUNA_STORAGE, else "
+                                               "sqlite:///optuna.db); never logged")
+    p.add_argument("--sampler", choices=SAMPLERS, default="tpe", help="default tpe")
+    p.add_argument("--pruner", default="median", help=f"one of {', '.join(PRUNERS)} (default median)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes started here (one per GPU where there "
+                                                        "are GPUs); default 1")
+    p.add_argument("--sampler-seed", type=int, default=0)
+    p.add_argument("--heartbeat", type=int, default=None, help=argparse.SUPPRESS)  # seconds; tests shorten it
+    _add_train_options(p)
+    p.set_defaults(func=cmd_tune)
+
+
+def cmd_tune(args) -> int:
+    from seizure_mlflow.config import param_fields, params_from_text
+    from seizure_mlflow.sweeps.space import BUNDLED_SPACE
+    from seizure_mlflow.sweeps.tune import SweepRequest, load_study, parent_run, plan_sweep, work
+
+    base = params_from_text({f.name: getattr(args, f.name) for f in param_fields()})
+    beat = {"heartbeat_s": args.heartbeat, "grace_s": 3 * args.heartbeat} if args.heartbeat else {}
+    args.space = args.space or str(BUNDLED_SPACE)  # an MLproject parameter left at ""
+    request = SweepRequest(base=base, space=args.space, trials=args.trials, study=args.study, storage=args.storage,
+                           sampler=args.sampler, pruner=args.pruner, workers=args.workers, seed=args.sampler_seed,
+                           **beat)
+    plan = plan_sweep(request)
+    print(f"Study {plan.study_name}: {request.trials} trials; other workers join with "
+          f"`seizure-mlflow tune --study {plan.study_name}` and the same storage", flush=True)
+    if request.workers == 1:
+        parent = work(plan)
+    else:
+        parent = parent_run(load_study(plan), plan)
+        codes = _start_workers(args, plan)
+        if any(codes):
+            logger.error("%d of %d workers failed", sum(1 for c in codes if c), len(codes))
+            return 1
+    print(f"Sweep {plan.study_name} done: parent run {parent}")
+    return 0
+
+
+def _start_workers(args, plan) -> list[int]:
+    """``--workers N``: N worker processes of the same study, one GPU each where there are GPUs. The
+    storage URL travels in the environment, not on a command line."""
+    import subprocess
+
+    import torch
+
+    from seizure_mlflow.config import param_fields
+    from seizure_mlflow.sweeps.storage import STORAGE_ENV
+
+    argv = [sys.executable, "-m", "seizure_mlflow", "tune", "--study", plan.study_name, "--workers", "1",
+            "--space", args.space, "--trials", str(args.trials), "--sampler", args.sampler, "--pruner", args.pruner,
+            "--sampler-seed", str(args.sampler_seed)]
+    if args.heartbeat:
+        argv += ["--heartbeat", str(args.heartbeat)]
+    for f in param_fields():
+        argv += [cli_flag(f.name), str(getattr(args, f.name))]
+    gpus = torch.cuda.device_count()
+    processes = []
+    for k in range(args.workers):
+        env = {**os.environ, STORAGE_ENV: plan.storage_url}
+        env.pop("MLFLOW_RUN_ID", None)
+        if gpus:
+            env["CUDA_VISIBLE_DEVICES"] = str(k % gpus)
+        processes.append(subprocess.Popen(argv, env=env))
+    return [p.wait() for p in processes]
 
 
 def _add_sample_data(sub) -> None:
@@ -383,6 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="seizure-mlflow", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
     _add_train(sub)
+    _add_tune(sub)
     _add_sample_data(sub)
     _add_prepare(sub)
     _add_evaluate(sub)
@@ -404,7 +492,7 @@ def missing_dependencies() -> list[str]:
 def needs_tracking_server(args) -> bool:
     """Whether a command will talk to MLflow, so that a dead server stops it before any work (``train`` checks
     for itself, in :func:`~seizure_mlflow.training.plan_run`)."""
-    if args.command in ("evaluate", "promote", "bundle"):
+    if args.command in ("evaluate", "promote", "bundle", "tune"):
         return True
     if args.command == "predict":
         return args.model_uri.startswith(("models:/", "runs:/"))

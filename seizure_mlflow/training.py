@@ -18,6 +18,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import mlflow
 import torch
@@ -29,7 +30,7 @@ from seizure_mlflow.data.checks import CocoSummary, check_coco, check_same_categ
 from seizure_mlflow.data.datasets import Datasets, check_datasets
 from seizure_mlflow.data.sample import DEFAULT_SAMPLE_DIR
 from seizure_mlflow.data.staging import check_output_folder
-from seizure_mlflow.engine.stopping import DIVERGED, SIGNAL
+from seizure_mlflow.engine.stopping import DIVERGED, MAX_ITER, PRUNED, SIGNAL
 from seizure_mlflow.engine.trainer import best_checkpoint_path
 from seizure_mlflow.errors import UserError
 from seizure_mlflow.registry.register import CHALLENGER, CHAMPION
@@ -75,11 +76,26 @@ class TrainResult:
     best_val_total_loss: float
     best_iteration: int
     model_name: str
-    model_version: str
+    model_version: str  # "" for a sweep's trial (only the sweep's best is registered)
     model_alias: str
+    stop_reason: str = MAX_ITER
+    stopped_at: int = 0
+    model_uri: str = ""  # the logged model of the best checkpoint ("" for a pruned trial)
 
 
-def build_trainer(cfg, datasets: Datasets, extra_writers=None, validate: bool = True, keep_improvements: bool = False):
+@dataclass(frozen=True)
+class SweepTrial:
+    """What a sweep changes in a run: it is a child of ``parent_run_id``, ``hooks`` makes extra trainer hooks
+    (the pruner's), and its best checkpoint is logged as a model but not registered."""
+
+    parent_run_id: str
+    hooks: Callable[[], list]
+    tags: dict[str, str]
+    started: Callable[[str], None] = lambda run_id: None  # told the child run's id as soon as it exists
+
+
+def build_trainer(cfg, datasets: Datasets, extra_writers=None, validate: bool = True, keep_improvements: bool = False,
+                  extra_hooks=None):
     """Register the datasets, seed every RNG from ``cfg.SEED`` (plus the rank), and build the trainer."""
     from detectron2.utils import comm
     from detectron2.utils.env import seed_all_rng
@@ -90,7 +106,8 @@ def build_trainer(cfg, datasets: Datasets, extra_writers=None, validate: bool = 
     register_coco(TRAIN_DATASET, datasets.train)
     register_coco(VAL_DATASET, datasets.val)
     seed_all_rng(cfg.SEED + comm.get_rank())
-    return Trainer(cfg, extra_writers=extra_writers, validate=validate, keep_improvements=keep_improvements)
+    return Trainer(cfg, extra_writers=extra_writers, validate=validate, keep_improvements=keep_improvements,
+                   extra_hooks=extra_hooks)
 
 
 def run_to_resume(output_dir: str) -> str:
@@ -120,7 +137,7 @@ def plan_run(params: TrainParams, sample_dir: str = DEFAULT_SAMPLE_DIR) -> Plan:
 
 
 def _train_worker(cfg, run_id: str, tracking_uri: str, datasets: Datasets, resume: bool = False,
-                  keep_improvements: bool = False) -> None:
+                  keep_improvements: bool = False, extra_hooks=None) -> None:
     """Runs in every training process (one, or one per GPU under Detectron2's ``launch``)."""
     from detectron2.utils import comm
     from detectron2.utils.logger import setup_logger
@@ -131,7 +148,7 @@ def _train_worker(cfg, run_id: str, tracking_uri: str, datasets: Datasets, resum
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="detectron2", abbrev_name="d2")
     mlflow_writer = MlflowWriter(run_id, skip_logged=resume) if comm.is_main_process() else None
     trainer = build_trainer(cfg, datasets, extra_writers=(lambda: [mlflow_writer]) if mlflow_writer else None,
-                            keep_improvements=keep_improvements)
+                            keep_improvements=keep_improvements, extra_hooks=extra_hooks)
     trainer.resume_or_load(resume=resume)
     try:
         trainer.train()
@@ -143,15 +160,19 @@ def _train_worker(cfg, run_id: str, tracking_uri: str, datasets: Datasets, resum
             json.dumps({"reason": trainer.stop_reason, "stopped_at": trainer.stopped_at}))
 
 
-def train(cfg, plan: Plan, run_id: str) -> None:
-    """Train with ``cfg`` (its OUTPUT_DIR set) in ``plan.params.num_processes`` processes, logging to ``run_id``."""
+def train(cfg, plan: Plan, run_id: str, extra_hooks=None) -> None:
+    """Train with ``cfg`` (its OUTPUT_DIR set) in ``plan.params.num_processes`` processes, logging to ``run_id``.
+    ``extra_hooks`` (one process only) makes extra trainer hooks."""
     from detectron2.engine import launch
 
     worker_args = (cfg, run_id, mlflow.get_tracking_uri(), plan.datasets, plan.params.resume,
                    plan.params.log_checkpoints == "improvements")
     if plan.params.num_processes == 1:
-        _train_worker(*worker_args)
+        _train_worker(*worker_args, extra_hooks=extra_hooks)
     else:
+        if extra_hooks is not None:
+            raise UserError("a sweep's trials run in one process each (use tune --workers N for several GPUs)",
+                            param="num_processes")
         launch(_train_worker, plan.params.num_processes, dist_url="auto", args=worker_args)
 
 
@@ -231,9 +252,10 @@ def describe(plan: Plan, cfg, best: BestCheckpoint, run_id: str, name: str, vers
     client.log_text(run_id, card, MODEL_CARD)
 
 
-def run_training(params: TrainParams, sample_dir: str = DEFAULT_SAMPLE_DIR) -> TrainResult:
+def run_training(params: TrainParams, sample_dir: str = DEFAULT_SAMPLE_DIR, trial: SweepTrial | None = None) -> TrainResult:
     """Plan, train, record and register in one MLflow run. With ``params.resume``, continue the run whose
-    checkpoints are in ``params.output_dir`` from its last checkpoint, in the same MLflow run."""
+    checkpoints are in ``params.output_dir`` from its last checkpoint, in the same MLflow run. A sweep's
+    ``trial`` makes the run a child run whose best checkpoint is logged, not registered."""
     plan = plan_run(params, sample_dir)
     wrapper = os.environ.get("MLFLOW_RUN_ID")
     if plan.resume_run_id and wrapper and wrapper != plan.resume_run_id:
@@ -245,10 +267,16 @@ def run_training(params: TrainParams, sample_dir: str = DEFAULT_SAMPLE_DIR) -> T
         "seizure.train_digest": plan.datasets.train.digest,
         "seizure.val_digest": plan.datasets.val.digest,
     }
+    if trial is not None:
+        from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+        tags.update({MLFLOW_PARENT_RUN_ID: trial.parent_run_id, **trial.tags})
     name = run_name(plan.cfg, params.run_name)
     with active_run(run_name=name, tags=tags, run_id=plan.resume_run_id, log_system_metrics=params.system_metrics,
                     rename=not plan.resume_run_id) as run:
         run_id = run.info.run_id
+        if trial is not None:
+            trial.started(run_id)
         cfg = _with_output_dir(plan.cfg, params.output_dir or os.path.join("output", run_id))
         (Path(cfg.OUTPUT_DIR) / RUN_FILE).write_text(json.dumps({"run_id": run_id}))
         log_config(cfg)
@@ -256,7 +284,7 @@ def run_training(params: TrainParams, sample_dir: str = DEFAULT_SAMPLE_DIR) -> T
                               **({TESTING: plan.test} if plan.test is not None else {})})
         logger.info("MLflow run %s (%s); checkpoints in %s", run_id, name, cfg.OUTPUT_DIR)
         try:
-            train(cfg, plan, run_id)
+            train(cfg, plan, run_id, extra_hooks=trial.hooks if trial is not None else None)
         except BaseException as exc:
             if isinstance(exc, (KeyboardInterrupt, FloatingPointError)):
                 mlflow.set_tag(STOP_REASON_TAG, SIGNAL if isinstance(exc, KeyboardInterrupt) else DIVERGED)
@@ -269,6 +297,14 @@ def run_training(params: TrainParams, sample_dir: str = DEFAULT_SAMPLE_DIR) -> T
         if best is None:
             record(run_id, cfg.OUTPUT_DIR, None)
             raise RuntimeError(f"no best checkpoint in {cfg.OUTPUT_DIR}: no finite validation loss was computed")
+        if trial is not None:
+            model_uri = "" if stop["reason"] == PRUNED else log_checkpoint(plan, cfg, best.weights, best.iteration)
+            record(run_id, cfg.OUTPUT_DIR, best, model_id=model_uri.removeprefix("models:/") or None,
+                   dataset=coco_dataset(plan.datasets.val, VALIDATION))
+            return TrainResult(run_id=run_id, output_dir=cfg.OUTPUT_DIR, best_val_total_loss=best.val_total_loss,
+                               best_iteration=best.iteration, model_name=params.model_name, model_version="",
+                               model_alias="", stop_reason=stop["reason"], stopped_at=stop["stopped_at"],
+                               model_uri=model_uri)
         if params.log_checkpoints == "improvements":
             log_improvements(plan, cfg, best)
         version = register(plan, cfg, best, run_id)
@@ -288,7 +324,8 @@ def run_training(params: TrainParams, sample_dir: str = DEFAULT_SAMPLE_DIR) -> T
         describe(plan, cfg, best, run_id, name, version, alias, test_metrics)
     return TrainResult(run_id=run_id, output_dir=cfg.OUTPUT_DIR, best_val_total_loss=best.val_total_loss,
                        best_iteration=best.iteration, model_name=params.model_name,
-                       model_version=str(version.version), model_alias=alias)
+                       model_version=str(version.version), model_alias=alias, stop_reason=stop["reason"],
+                       stopped_at=stop["stopped_at"])
 
 
 def _with_output_dir(cfg, output_dir: str):

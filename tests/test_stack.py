@@ -257,3 +257,33 @@ def test_direct_s3_artifact_location(team_stack, tmp_path, monkeypatch):
     client.log_artifact(run.info.run_id, str(note))
     keys = [o["Key"] for o in _s3(team_stack).list_objects_v2(Bucket="mlflow", Prefix="direct-artifacts/").get("Contents", [])]
     assert any(k.endswith(f"{run.info.run_id}/artifacts/note.txt") for k in keys)
+
+
+def test_two_workers_share_one_study_in_the_stacks_postgresql(team_stack, tiny_data, tmp_path):
+    """`tune` workers started separately with the stack's env file: one study in its `optuna` database, one
+    parent run, every trial once; the database password reaches no param, tag or log line."""
+    import optuna
+
+    (tj, ti), (vj, vi) = tiny_data["train"], tiny_data["val"]
+    args = [sys.executable, "-m", "seizure_mlflow", "tune", "--study", "stack-shared", "--trials", "3",
+            "--pruner", "none", "--train-json", tj, "--train-images", ti, "--val-json", vj, "--val-images", vi,
+            "--max-iter", "4", "--eval-period", "2", "--min-size", "64", "--system-metrics", "false",
+            "--model-name", "stack-sweep", "--opts", " ".join(TINY_OPTS)]
+    env = venv_env(**team_stack["env"])
+    assert env["SEIZURE_OPTUNA_STORAGE"].startswith("postgresql")
+    workers = [subprocess.Popen(args, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+               for _ in range(2)]
+    outputs = [w.communicate(timeout=1200)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    study = optuna.load_study(study_name="stack-shared", storage=team_stack["env"]["SEIZURE_OPTUNA_STORAGE"])
+    assert sorted(t.state.name for t in study.trials) == ["COMPLETE"] * 3
+    client = MlflowClient(team_stack["env"]["MLFLOW_TRACKING_URI"])
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                              filter_string="tags.`seizure.sweep` = 'stack-shared'")
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert sorted(c.data.tags["seizure.trial"] for c in children) == ["0", "1", "2"]
+    password = team_stack["secrets"]["pg_password"]
+    recorded = json.dumps([(r.data.params, r.data.tags) for r in runs]) + "".join(outputs)
+    assert password not in recorded

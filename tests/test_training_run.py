@@ -404,3 +404,27 @@ def test_the_patience_count_is_part_of_the_checkpoint():
     resumed = EarlyStopping("val/total_loss", patience=3, min_delta=0.1)
     resumed.load_state_dict(hook.state_dict())
     assert (resumed.best, resumed.periods_without_improvement) == (1.25, 2)
+
+
+@pytest.mark.slow
+def test_early_stopping_on_an_overfitting_setting_keeps_the_full_runs_best(tmp_path, tracking):
+    """The documented overfitting setting: the run with patience stops three validations after its best, and
+    its registered best iteration and loss are the full-length run's (same data, same seed)."""
+    from seizure_mlflow.config import TrainParams
+    from seizure_mlflow.data.sample import (OVERFITTING_OPTS, OVERFITTING_SEED, OVERFITTING_SPEC, sample_paths,
+                                            write_sample_dataset)
+
+    data = sample_paths(write_sample_dataset(tmp_path / "data", OVERFITTING_SPEC))
+    base = TrainParams(train_json=data["train"][0], train_images=data["train"][1], val_json=data["val"][0],
+                       val_images=data["val"][1], max_iter=200, eval_period=20, device="cpu", seed=OVERFITTING_SEED,
+                       opts=OVERFITTING_OPTS, system_metrics=False, model_name="overfit")
+    full = run_training(base.replace(output_dir=str(tmp_path / "full")))
+    early = run_training(base.replace(output_dir=str(tmp_path / "early"), patience=3))
+    assert full.stop_reason == "max_iter" and full.stopped_at == 200
+    assert early.stop_reason == "early_stopping"
+    assert early.stopped_at == early.best_iteration + 3 * 20
+    assert early.best_iteration == full.best_iteration
+    assert early.best_val_total_loss == full.best_val_total_loss
+    client = MlflowClient()
+    registered = client.get_model_version("overfit", early.model_version)
+    assert registered.tags["best_iteration"] == str(full.best_iteration)

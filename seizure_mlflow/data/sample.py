@@ -58,6 +58,14 @@ class SampleSpec:
             raise UserError(f"frame size must be between 32 and 1024 px; got {self.width}x{self.height}")
 
 
+# A setting that overfits (docs/sweeps.md, benchmarks/bench_early_stopping.py): 6 training frames of 2 videos and 3
+# validation frames, the demo model trained from scratch at a constant learning rate (these opts); its validation
+# loss is lowest at iteration 20 and higher at every validation after it, up to 260 at least.
+OVERFITTING_SPEC = SampleSpec(num_videos=4, frames_per_video=3, seed=5)
+OVERFITTING_OPTS = ("SOLVER.LR_SCHEDULER_NAME", "WarmupMultiStepLR")
+OVERFITTING_SEED = 3
+
+
 def split_counts(n: int, ratios: tuple[float, float, float]) -> tuple[int, int, int]:
     """Whole-video counts as close to ``ratios`` as possible, each split >= 1 (needs n >= 3)."""
     total = sum(ratios)

@@ -51,12 +51,16 @@ class Trainer(DefaultTrainer):
         validate: ``False`` drops the validation and best-checkpoint hooks (used to show that validation
             does not change training).
         keep_improvements: keep each improvement's weights too (see ``ResumableBestCheckpointer``).
+        extra_hooks: makes hooks that run after the validation, best-checkpoint and early-stopping hooks and
+            before ``StopOnSignal`` (a sweep's pruner, which may raise :class:`StopTraining`).
     """
 
     def __init__(self, cfg, extra_writers: Callable[[], Sequence[EventWriter]] | None = None,
-                 validate: bool = True, keep_improvements: bool = False) -> None:
+                 validate: bool = True, keep_improvements: bool = False,
+                 extra_hooks: Callable[[], Sequence[hooks.HookBase]] | None = None) -> None:
         # DefaultTrainer.__init__ calls build_hooks(), which reads these.
         self._extra_writers = extra_writers
+        self._extra_hooks = extra_hooks
         self._validate = validate
         self._keep_improvements = keep_improvements
         if comm.is_main_process():
@@ -123,6 +127,8 @@ class Trainer(DefaultTrainer):
                                                   max_to_keep=KEEP_PERIODIC_CHECKPOINTS))
         if self._validate and cfg.EARLY_STOPPING.PATIENCE > 0:
             ret.append(EarlyStopping(VAL_PREFIX + TOTAL_LOSS, cfg.EARLY_STOPPING.PATIENCE, cfg.EARLY_STOPPING.MIN_DELTA))
+        if self._extra_hooks is not None:
+            ret.extend(self._extra_hooks())
         ret.append(StopOnSignal(self.checkpointer))
         return ret
 

@@ -28,6 +28,7 @@ from pathlib import Path
 
 BUCKET = "mlflow"
 PG_USER = PG_DB = "mlflow"
+OPTUNA_DB = "optuna"  # the sweeps' study storage, beside the tracking store
 
 
 def _ports(args) -> dict[str, int]:
@@ -154,11 +155,13 @@ def start_postgres(root: Path, port: int, password: str) -> None:
         raise SystemExit(f"stack: PostgreSQL did not start:\n{started.stderr[-1000:]}\n{log.read_text()[-1500:]}")
     env = {**os.environ, "PGPASSWORD": password}
     psql = _pg_bin("psql")
-    exists = subprocess.run([psql, "-h", "127.0.0.1", "-p", str(port), "-U", PG_USER, "-d", "postgres", "-tAc",
-                             f"SELECT 1 FROM pg_database WHERE datname = '{PG_DB}'"], env=env, capture_output=True, text=True)
-    if exists.stdout.strip() != "1":
-        subprocess.run([psql, "-h", "127.0.0.1", "-p", str(port), "-U", PG_USER, "-d", "postgres", "-c",
-                        f"CREATE DATABASE {PG_DB}"], env=env, check=True, capture_output=True)
+    for database in (PG_DB, OPTUNA_DB):
+        exists = subprocess.run([psql, "-h", "127.0.0.1", "-p", str(port), "-U", PG_USER, "-d", "postgres", "-tAc",
+                                 f"SELECT 1 FROM pg_database WHERE datname = '{database}'"], env=env,
+                                capture_output=True, text=True)
+        if exists.stdout.strip() != "1":
+            subprocess.run([psql, "-h", "127.0.0.1", "-p", str(port), "-U", PG_USER, "-d", "postgres", "-c",
+                            f"CREATE DATABASE {database}"], env=env, check=True, capture_output=True)
 
 
 def stop_postgres(root: Path) -> None:
@@ -233,7 +236,10 @@ def write_env(root: Path, ports: dict[str, int], creds: dict[str, str]) -> Path:
         f"export MLFLOW_TRACKING_URI=http://127.0.0.1:{ports['mlflow']}\n"
         f"export MLFLOW_S3_ENDPOINT_URL=http://127.0.0.1:{ports['s3']}\n"
         f"export AWS_ACCESS_KEY_ID={creds['s3_access_key']}\n"
-        f"export AWS_SECRET_ACCESS_KEY={creds['s3_secret_key']}\n")
+        f"export AWS_SECRET_ACCESS_KEY={creds['s3_secret_key']}\n"
+        # sweeps: the Optuna study storage (`seizure-mlflow tune` reads it; never logged)
+        f"export SEIZURE_OPTUNA_STORAGE=postgresql+psycopg://{PG_USER}:{creds['pg_password']}@127.0.0.1:"
+        f"{ports['postgres']}/{OPTUNA_DB}\n")
     path.chmod(0o600)
     return path
 

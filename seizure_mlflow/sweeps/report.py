@@ -1,0 +1,94 @@
+"""What a sweep's parent run shows: a comparison table (CSV and Markdown), every trial's validation curve on
+one axis (pruned ones dashed), and Optuna's parameter-importance and optimisation-history plots."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+from mlflow import MlflowClient  # noqa: E402
+
+TABLE_CSV = "sweep/trials.csv"
+TABLE_MD = "sweep/trials.md"
+CURVES_PNG = "sweep/val_curves.png"
+IMPORTANCE_PNG = "sweep/param_importances.png"
+HISTORY_PNG = "sweep/optimization_history.png"
+
+
+def trials_table(study) -> pd.DataFrame:
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        attrs = t.user_attrs
+        rows.append({"trial": t.number, **{f"param:{k}": v for k, v in t.params.items()},
+                     "state": t.state.name, "best_val_total_loss": attrs.get("best_val_total_loss"),
+                     "best_iteration": attrs.get("best_iteration"),
+                     "stop_reason": attrs.get("stop_reason", "lost" if t.state.name == "FAIL" else ""),
+                     "stopped_at": attrs.get("stopped_at"), "wall_s": attrs.get("wall_s"), "run_id": attrs.get("run_id")})
+    return pd.DataFrame(rows)
+
+
+def _markdown(table: pd.DataFrame) -> str:
+    header = "| " + " | ".join(table.columns) + " |\n|" + "---|" * len(table.columns) + "\n"
+    return header + "".join("| " + " | ".join("" if pd.isna(v) else (f"{v:.5g}" if isinstance(v, float) else str(v))
+                                              for v in row) + " |\n" for row in table.itertuples(index=False))
+
+
+def plot_curves(table: pd.DataFrame, path: Path) -> None:
+    client = MlflowClient()
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    for row in table.itertuples(index=False):
+        if not row.run_id:
+            continue
+        history = sorted((m.step, m.value) for m in client.get_metric_history(row.run_id, "val/total_loss"))
+        if history:
+            steps, values = zip(*history)
+            ax.plot(steps, values, ls="--" if row.stop_reason == "pruned" else "-", marker=".",
+                    label=f"trial {row.trial} ({row.stop_reason or row.state.lower()})")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("val/total_loss")
+    ax.set_title("Validation loss of every trial (dashed: pruned)")
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _optuna_plot(draw, study, path: Path) -> bool:
+    """One of Optuna's matplotlib plots, or nothing where the study cannot make it yet (e.g. importances
+    need two complete trials with different values)."""
+    try:
+        ax = draw(study)
+    except (ValueError, RuntimeError, ZeroDivisionError):
+        return False
+    figure = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
+    figure.set_size_inches(8, 5)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return True
+
+
+def log_report(study, parent_run_id: str, plan) -> pd.DataFrame:
+    import warnings
+
+    from optuna.visualization import matplotlib as optuna_plots
+
+    client = MlflowClient()
+    table = trials_table(study)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "sweep"
+        folder.mkdir()
+        table.to_csv(Path(tmp) / TABLE_CSV, index=False)
+        (Path(tmp) / TABLE_MD).write_text(_markdown(table))
+        plot_curves(table, Path(tmp) / CURVES_PNG)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
+            _optuna_plot(optuna_plots.plot_param_importances, study, Path(tmp) / IMPORTANCE_PNG)
+            _optuna_plot(optuna_plots.plot_optimization_history, study, Path(tmp) / HISTORY_PNG)
+        client.log_artifacts(parent_run_id, str(folder), "sweep")
+    return table

@@ -1,0 +1,282 @@
+"""A sweep: trials of ``main``'s training as child runs of one parent run, in an Optuna study.
+
+Any number of workers, on any machines, run :func:`work` against the same storage and study name: each
+asks the study for the next trial (a retried one first), trains it through the same
+:func:`~seizure_mlflow.training.run_training` path as ``main`` as a child run of the study's parent run,
+reports ``val/total_loss`` at every validation to the pruner, and tells the study the best validation
+loss (or PRUNED, or FAIL when the loss diverged). A worker stops when the study holds ``trials`` finished
+trials; it then :func:`finish`es the sweep: the comparison table and plots on the parent run, and the best
+trial's checkpoint registered (once per sweep) with ``challenger``/``champion`` as in ``main``.
+
+Order of a sweep: :func:`plan_sweep` (every check, before anything starts) -> :func:`parent_run` (made once
+per study, its id kept in the study) -> :func:`work` -> :func:`finish`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from mlflow import MlflowClient
+from mlflow.entities import Param
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
+
+from seizure_mlflow.config import TrainParams
+from seizure_mlflow.engine.stopping import DIVERGED, PRUNED
+from seizure_mlflow.errors import UserError
+from seizure_mlflow.sweeps.space import BUNDLED_SPACE, Dimension, apply, read_space
+from seizure_mlflow.sweeps.storage import GRACE_S, HEARTBEAT_S, open_storage, redacted, storage_url
+
+logger = logging.getLogger(__name__)
+
+SAMPLERS = ("tpe", "random", "grid")
+PRUNERS = ("median", "none", "hyperband")
+PARENT_ATTR = "mlflow_parent_run_id"
+PARENT_LOCK = ".parent"  # a helper study, NAME.parent: whoever creates it makes the parent run
+VERSION_ATTR = "registered_version"
+SWEEP_TAG = "seizure.sweep"
+TRIAL_TAG = "seizure.trial"
+
+
+@dataclass(frozen=True)
+class SweepRequest:
+    base: TrainParams = field(default_factory=TrainParams)
+    space: str = str(BUNDLED_SPACE)
+    trials: int = 6
+    study: str = ""  # "" : a new study named after the time
+    storage: str = ""  # "" : $SEIZURE_OPTUNA_STORAGE or sqlite:///optuna.db
+    sampler: str = "tpe"
+    pruner: str = "median"
+    workers: int = 1
+    seed: int = 0
+    heartbeat_s: int = HEARTBEAT_S
+    grace_s: int = GRACE_S
+
+
+@dataclass
+class SweepPlan:
+    request: SweepRequest
+    study_name: str
+    dimensions: list[Dimension]
+    storage_url: str
+
+
+def plan_sweep(request: SweepRequest) -> SweepPlan:
+    """Check everything before a trial starts: the space, the numbers, the sampler and pruner, the storage
+    (it must answer), the data and the tracking server (as ``main`` checks them)."""
+    from seizure_mlflow.config import load_base_config
+    from seizure_mlflow.training import plan_run
+
+    if request.trials < 1:
+        raise UserError(f"must be >= 1, got {request.trials}", param="trials")
+    if request.workers < 1:
+        raise UserError(f"must be >= 1, got {request.workers}", param="workers")
+    if request.sampler not in SAMPLERS:
+        raise UserError(f"must be one of {', '.join(SAMPLERS)}; got {request.sampler!r}", param="sampler")
+    if request.pruner not in PRUNERS:
+        raise UserError(f"must be one of {', '.join(PRUNERS)}; got {request.pruner!r}", param="pruner")
+    if request.base.num_processes != 1:
+        raise UserError("each trial runs in one process; for several GPUs run several workers (--workers N)",
+                        param="num_processes")
+    dimensions = read_space(request.space, load_base_config(request.base.config))
+    if request.sampler == "grid":
+        for d in dimensions:
+            d.grid()
+    url = storage_url(request.storage)
+    open_storage(url, request.heartbeat_s, request.grace_s)
+    plan_run(request.base)
+    name = request.study or datetime.now().strftime("sweep-%Y%m%d-%H%M%S")
+    return SweepPlan(request, name, dimensions, url)
+
+
+def load_study(plan: SweepPlan):
+    import optuna
+
+    request = plan.request
+    if request.sampler == "grid":
+        sampler = optuna.samplers.GridSampler({d.name: d.grid() for d in plan.dimensions}, seed=request.seed)
+    elif request.sampler == "random":
+        sampler = optuna.samplers.RandomSampler(seed=request.seed)
+    else:
+        sampler = optuna.samplers.TPESampler(seed=request.seed, n_startup_trials=min(5, request.trials))
+    eval_period = request.base.eval_period
+    pruner = {"none": optuna.pruners.NopPruner(),
+              "median": optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=eval_period),
+              "hyperband": optuna.pruners.HyperbandPruner(min_resource=eval_period, max_resource=request.base.max_iter)
+              }[request.pruner]
+    storage = open_storage(plan.storage_url, request.heartbeat_s, request.grace_s)
+    return optuna.create_study(study_name=plan.study_name, storage=storage, sampler=sampler, pruner=pruner,
+                               direction="minimize", load_if_exists=True)
+
+
+def parent_run(study, plan: SweepPlan) -> str:
+    """The study's parent run: the one recorded in the study, else this command's (``mlflow run``), else a
+    new one. Recorded in the study, so that every worker finds the same one."""
+    import optuna
+
+    known = study.user_attrs.get(PARENT_ATTR)
+    if known:
+        return known
+    try:  # a study name is unique in the storage: of workers starting together, exactly one creates this one
+        optuna.create_study(study_name=f"{plan.study_name}{PARENT_LOCK}", storage=plan.storage_url)
+    except optuna.exceptions.DuplicatedStudyError:
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            if study.user_attrs.get(PARENT_ATTR):
+                return study.user_attrs[PARENT_ATTR]
+            time.sleep(1)
+        raise UserError(f"another worker of study {plan.study_name} did not record its parent run within 5 "
+                        f"minutes; if it died, delete the study {plan.study_name}{PARENT_LOCK} or use a new --study",
+                        param="study") from None
+    client = MlflowClient()
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    if not run_id:
+        from mlflow.tracking.fluent import _get_experiment_id
+
+        run_id = client.create_run(_get_experiment_id(), run_name=f"sweep {plan.study_name}").info.run_id
+    else:
+        client.set_tag(run_id, MLFLOW_RUN_NAME, f"sweep {plan.study_name}")
+    study.set_user_attr(PARENT_ATTR, run_id)
+    from seizure_mlflow.tracking.run import remove_machine_context
+
+    remove_machine_context(run_id, client)
+    request = plan.request
+    client.set_tag(run_id, SWEEP_TAG, plan.study_name)
+    for key, value in {"study": plan.study_name, "storage": redacted(plan.storage_url).split("://")[0],
+                       "sampler": request.sampler, "pruner": request.pruner, "trials": request.trials,
+                       "space": ", ".join(d.name for d in plan.dimensions)}.items():
+        client.log_param(run_id, f"sweep.{key}", value)
+    client.log_text(run_id, Path(request.space).read_text(), "sweep/space.yaml")
+    return run_id
+
+
+def _progress(study, trials: int) -> tuple[int, int]:
+    """(finished trials, trials running or waiting). A trial failed for a lost heartbeat and retried
+    counts once, through its retry."""
+    from optuna.storages import RetryFailedTrialCallback
+    from optuna.trial import TrialState
+
+    all_trials = study.get_trials(deepcopy=False)
+    retried = {RetryFailedTrialCallback.retried_trial_number(t) for t in all_trials}
+    done = sum(1 for t in all_trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+               or (t.state == TrialState.FAIL and t.number not in retried))
+    active = sum(1 for t in all_trials if t.state in (TrialState.RUNNING, TrialState.WAITING))
+    return done, active
+
+
+def work(plan: SweepPlan) -> str:
+    """Run trials until the study has ``trials`` finished ones; then finish the sweep. Returns the parent run id."""
+    import optuna
+    from optuna.storages import fail_stale_trials
+
+    study = load_study(plan)
+    parent = parent_run(study, plan)
+    os.environ.pop("MLFLOW_RUN_ID", None)  # trials are runs of their own, children of the parent
+    total = plan.request.trials
+    while True:
+        fail_stale_trials(study)
+        done, active = _progress(study, total)
+        if done >= total:
+            break
+        if done + active >= total:  # the rest is running elsewhere: wait for it, or for its heartbeat to stop
+            time.sleep(min(5, plan.request.heartbeat_s))
+            continue
+        study.optimize(lambda trial: _objective(trial, plan, parent), n_trials=1, catch=(FloatingPointError,),
+                       gc_after_trial=True)
+    finish(study, plan, parent)
+    return parent
+
+
+def _objective(trial, plan: SweepPlan, parent: str) -> float:
+    import optuna
+
+    from seizure_mlflow.sweeps.pruning import ReportToTrial
+    from seizure_mlflow.training import SweepTrial, run_training
+
+    values = {d.name: d.suggest(trial) for d in plan.dimensions}
+    base = plan.request.base
+    output = Path(base.output_dir or "output") / "sweeps" / plan.study_name / f"trial_{trial.number:03d}"
+    params = apply(base, plan.dimensions, values).replace(run_name=f"trial {trial.number}", output_dir=str(output))
+    started = time.perf_counter()
+    sweep_trial = SweepTrial(parent_run_id=parent, hooks=lambda: [ReportToTrial(trial)],
+                             tags={SWEEP_TAG: plan.study_name, TRIAL_TAG: str(trial.number)},
+                             started=lambda run_id: _started(trial, run_id, values, plan.dimensions))
+    try:
+        result = run_training(params, trial=sweep_trial)
+    except FloatingPointError as exc:
+        trial.set_user_attr("stop_reason", DIVERGED)
+        trial.set_user_attr("wall_s", round(time.perf_counter() - started, 1))
+        logger.warning("Trial %d diverged (%s); the sweep goes on", trial.number, str(exc).splitlines()[0])
+        raise
+    for key, value in {"run_id": result.run_id, "stop_reason": result.stop_reason, "stopped_at": result.stopped_at,
+                       "best_val_total_loss": result.best_val_total_loss, "best_iteration": result.best_iteration,
+                       "model_uri": result.model_uri, "wall_s": round(time.perf_counter() - started, 1)}.items():
+        trial.set_user_attr(key, value)
+    if result.stop_reason == PRUNED:
+        raise optuna.TrialPruned()
+    return result.best_val_total_loss
+
+
+def _started(trial, run_id: str, values: dict, dimensions: list[Dimension]) -> None:
+    """The trial's run exists: remember it (to close it if this worker dies) and give it the trial's values
+    of ``main`` parameters as params (config keys reach it through its logged config)."""
+    trial.set_user_attr("run_id", run_id)
+    MlflowClient().log_batch(run_id, params=[Param(d.name, str(values[d.name])) for d in dimensions
+                                             if not d.is_config_key])
+
+
+def finish(study, plan: SweepPlan, parent: str) -> None:
+    """The parent run's table, plots and best params; the best trial registered (once); runs of trials
+    lost with a killed worker marked KILLED; the parent ended when this command made it."""
+    from optuna.trial import TrialState
+
+    from seizure_mlflow.sweeps.report import log_report
+
+    client = MlflowClient()
+    trials = study.get_trials(deepcopy=False)
+    _close_lost_runs(client, trials)
+    log_report(study, parent, plan)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    if complete:
+        best = min(complete, key=lambda t: t.value)
+        client.log_metric(parent, "best_val_total_loss", best.value)
+        client.log_metric(parent, "best_trial", best.number)
+        for name, value in best.params.items():
+            client.log_param(parent, f"best.{name}", value)
+        _register_best(client, study, plan, best, parent)
+    if client.get_run(parent).info.status == "RUNNING" and not os.environ.get("MLFLOW_RUN_ID"):
+        done, active = _progress(study, plan.request.trials)
+        if active == 0:
+            client.set_terminated(parent, "FINISHED")
+
+
+def _register_best(client: MlflowClient, study, plan: SweepPlan, best, parent: str) -> None:
+    from seizure_mlflow.registry.register import register
+
+    if study.user_attrs.get(VERSION_ATTR):
+        return
+    model_name = plan.request.base.model_name
+    existing = client.search_model_versions(f"name = '{model_name}' and tags.`{SWEEP_TAG}` = '{plan.study_name}'")
+    if existing or not best.user_attrs.get("model_uri"):
+        return
+    version = register(best.user_attrs["model_uri"], model_name, {
+        "val_total_loss": f"{best.value:.6g}", "best_iteration": str(best.user_attrs.get("best_iteration")),
+        "run_id": best.user_attrs["run_id"], "config": plan.request.base.config, SWEEP_TAG: plan.study_name,
+        "sweep_parent_run_id": parent, TRIAL_TAG: str(best.number)})
+    study.set_user_attr(VERSION_ATTR, str(version.version))
+    client.set_tag(parent, "seizure.registered_version", f"{model_name}/{version.version}")
+    logger.info("Registered trial %d's best checkpoint as %s version %s", best.number, model_name, version.version)
+
+
+def _close_lost_runs(client: MlflowClient, trials) -> None:
+    from optuna.trial import TrialState
+
+    for t in trials:
+        run_id = t.user_attrs.get("run_id")
+        if t.state == TrialState.FAIL and run_id and client.get_run(run_id).info.status == "RUNNING":
+            client.set_terminated(run_id, "KILLED")
+

@@ -1,0 +1,146 @@
+"""`tune`: a sweep of `main`'s training as child runs of one parent run, pruned by Optuna, the best registered;
+workers that share a study; bad input refused before anything starts."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from conftest import REPO, TINY_OPTS, private_tracking_store, venv_env
+from seizure_mlflow.cli import main
+
+TINY = ["--max-iter", "6", "--eval-period", "2", "--min-size", "64", "--system-metrics", "false",
+        "--model-name", "sweep-detector", "--opts", " ".join(TINY_OPTS)]
+
+
+def _data(tiny_data) -> list[str]:
+    (tj, ti), (vj, vi) = tiny_data["train"], tiny_data["val"]
+    return ["--train-json", tj, "--train-images", ti, "--val-json", vj, "--val-images", vi]
+
+
+def _space(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def _runs() -> list:
+    client = MlflowClient()
+    return client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+
+@pytest.mark.parametrize("space, message", [
+    ("learning_rate: {type: loguniform, low: 0.001, high: 0.1}", "'learning_rate' is not a main parameter"),
+    ("lr: {type: uniform, low: 0.1, high: 0.1}", "lr: empty range (low 0.1 is not below high 0.1)"),
+    ("lr: {type: loguniform, low: 0, high: 0.1}", "lr: a log-uniform range must be positive"),
+    ("ims_per_batch: {type: categorical, choices: []}", "categorical needs a non-empty list"),
+    ("SOLVER.NO_SUCH_KEY: {type: uniform, low: 0, high: 1}", "SOLVER.NO_SUCH_KEY is not a key of the Detectron2 config"),
+    ("train_json: {type: categorical, choices: [a.json]}", "train_json cannot be searched over"),
+    ("lr: {type: gaussian, low: 0, high: 1}", "lr needs a type, one of loguniform, uniform, int, categorical"),
+])
+def test_a_bad_space_is_refused_before_anything_starts(tiny_data, tmp_path, tracking, capsys, space, message):
+    code = main(["tune", "--space", _space(tmp_path, space), "--storage", f"sqlite:///{tmp_path}/optuna.db",
+                 *_data(tiny_data), *TINY])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--space:" in err and message in err
+    assert _runs() == [] and not (tmp_path / "optuna.db").exists()
+
+
+def test_a_pruner_that_does_not_exist_is_refused(tiny_data, tmp_path, tracking, capsys):
+    assert main(["tune", "--pruner", "sometimes", "--storage", f"sqlite:///{tmp_path}/optuna.db",
+                 *_data(tiny_data), *TINY]) == 2
+    assert "--pruner: must be one of median, none, hyperband; got 'sometimes'" in capsys.readouterr().err
+    assert _runs() == []
+
+
+def test_a_storage_that_does_not_answer_names_the_host_and_never_the_password(tiny_data, tmp_path, tracking, capsys):
+    url = "postgresql+psycopg://sweeper:s3cr3t-pw@127.0.0.1:1/optuna"
+    assert main(["tune", "--storage", url, *_data(tiny_data), *TINY]) == 2
+    err = capsys.readouterr().err
+    assert "--storage: the study storage at 127.0.0.1:1 does not answer" in err
+    assert "s3cr3t-pw" not in err
+    assert _runs() == []
+
+
+@pytest.mark.slow
+def test_mlflow_run_tune_makes_a_parent_with_six_children_some_pruned_and_one_version(tiny_data, tmp_path):
+    """The done-when of the sweep: `mlflow run . -e tune -P trials=6` on the sample data (tiny model); the
+    space includes a learning rate far too low to learn anything, which the median pruner stops. The random
+    sampler with seed 4 draws two good trials first (the pruner's start-up), then bad ones."""
+    space = _space(tmp_path, "lr: {type: categorical, choices: [0.02, 0.0000001]}\n"
+                             "ims_per_batch: {type: categorical, choices: [2, 4]}\n")
+    (tj, ti), (vj, vi) = tiny_data["train"], tiny_data["val"]
+    with private_tracking_store(tmp_path) as uri:
+        done = subprocess.run(
+            ["mlflow", "run", str(REPO), "-e", "tune", "--env-manager", "local", "--experiment-name", "sweep-test",
+             "-P", "trials=6", "-P", f"space={space}", "-P", "study=six", "-P", "sampler=random", "-P", "sampler_seed=4", "-P", "max_iter=6", "-P", "eval_period=2",
+             "-P", "min_size=64", "-P", "model_name=sweep-detector", "-P", f"opts={' '.join(TINY_OPTS)}",
+             "-P", f"train_json={tj}", "-P", f"train_images={ti}", "-P", f"val_json={vj}", "-P", f"val_images={vi}"],
+            capture_output=True, text=True, timeout=1500, cwd=tmp_path,
+            env=venv_env(MLFLOW_TRACKING_URI=uri, SEIZURE_OPTUNA_STORAGE=f"sqlite:///{tmp_path}/optuna.db"))
+        assert done.returncode == 0, done.stderr[-3000:]
+        client = MlflowClient()
+        runs = client.search_runs([client.get_experiment_by_name("sweep-test").experiment_id])
+        (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+        children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+        assert len(children) == 6 and len(runs) == 7
+        for child in children:
+            assert {"lr", "ims_per_batch"} <= set(child.data.params)
+            assert client.get_metric_history(child.info.run_id, "val/total_loss")
+        reasons = [c.data.tags["seizure.stop_reason"] for c in children]
+        assert "pruned" in reasons and "max_iter" in reasons
+        artifacts = {f.path for f in client.list_artifacts(parent.info.run_id, "sweep")}
+        assert {"sweep/trials.csv", "sweep/trials.md", "sweep/val_curves.png", "sweep/optimization_history.png"} <= artifacts
+        assert "best.lr" in parent.data.params and "best_val_total_loss" in parent.data.metrics
+        versions = client.search_model_versions("name = 'sweep-detector'")
+        assert len(versions) == 1 and versions[0].tags["seizure.sweep"] == "six"
+        best_trial = int(parent.data.metrics["best_trial"])
+        (best_run,) = [c for c in children if c.data.tags["seizure.trial"] == str(best_trial)]
+        assert versions[0].run_id == best_run.info.run_id
+        assert client.get_model_version_by_alias("sweep-detector", "champion").version == versions[0].version
+
+
+def _trial_states(storage: str, study: str) -> list[str]:
+    import optuna
+
+    return [t.state.name for t in optuna.load_study(study_name=study, storage=storage).get_trials(deepcopy=False)]
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_study_and_a_killed_workers_trial_is_retried(tiny_data, tmp_path):
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    args = [sys.executable, "-m", "seizure_mlflow", "tune", "--study", "shared", "--trials", "4", "--heartbeat", "2",
+            "--pruner", "none", *_data(tiny_data), *TINY]
+    with private_tracking_store(tmp_path) as uri:
+        env = venv_env(MLFLOW_TRACKING_URI=uri, SEIZURE_OPTUNA_STORAGE=storage)
+        log_a, log_b = open(tmp_path / "a.log", "w"), open(tmp_path / "b.log", "w")
+        first = subprocess.Popen(args, env=env, cwd=tmp_path, stdout=log_a, stderr=subprocess.STDOUT)
+        deadline = time.time() + 300
+        while time.time() < deadline and "RUNNING" not in (_trial_states(storage, "shared") if (tmp_path / "optuna.db").exists() else []):
+            time.sleep(1)
+        time.sleep(5)  # inside its first trial's training
+        second = subprocess.Popen(args, env=env, cwd=tmp_path, stdout=log_b, stderr=subprocess.STDOUT)
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        assert second.wait(timeout=1200) == 0, (tmp_path / "b.log").read_text()[-3000:]
+        states = _trial_states(storage, "shared")
+        assert "RUNNING" not in states and "WAITING" not in states
+        assert states.count("COMPLETE") == 4 and states.count("FAIL") == 1, states  # the killed one, retried
+        client = MlflowClient()
+        runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+        parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+        assert len(parents) == 1
+        children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+        assert len(children) == 5 and len(runs) == 6
+        assert sorted(c.info.status for c in children) == ["FINISHED"] * 4 + ["KILLED"]
+        assert len({c.data.tags["seizure.trial"] for c in children}) == 5  # no trial run twice
+        assert len(client.search_model_versions("name = 'sweep-detector'")) == 1
