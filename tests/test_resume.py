@@ -95,6 +95,7 @@ def test_sigterm_saves_a_checkpoint_and_ends_the_run_killed(tiny_data, tracking,
     assert "continue with --resume" in text and "Traceback" not in text
     run_id = json.loads((out / "mlflow_run.json").read_text())["run_id"]
     assert MlflowClient().get_run(run_id).info.status == "KILLED"
+    assert MlflowClient().get_run(run_id).data.tags["seizure.stop_reason"] == "signal"
     stopped_at = int((out / "last_checkpoint").read_text().strip()[6:13]) + 1
     assert 4 <= stopped_at < MAX_ITER
     train_steps = _steps(run_id, "train/total_loss")
@@ -104,6 +105,25 @@ def test_sigterm_saves_a_checkpoint_and_ends_the_run_killed(tiny_data, tracking,
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert MlflowClient().get_run(run_id).info.status == "FINISHED"
     assert _steps(run_id, "train/total_loss") == list(range(1, MAX_ITER + 1))
+    assert MlflowClient().get_run(run_id).data.tags["seizure.stop_reason"] == "max_iter"
+
+
+def test_the_patience_count_survives_a_kill_and_resume(tiny_data, tracking, tmp_path):
+    """No loss decrease reaches min_delta: iteration 4 is the best and, with patience 3, training stops at 16.
+    Killed after a checkpoint at 8 or 12 (one or two validations without improvement) and resumed, it stops
+    at 16 still; a count that restarted would run to 24."""
+    out, log = tmp_path / "patient", tmp_path / "patient.log"
+    extra = ("--patience", "3", "--min-delta", "1e6")
+    proc = _start(_command(tiny_data, out, "patient", *extra), tracking, tmp_path, log)
+    checkpoint = _wait_for_checkpoint(out, proc, 8, log)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert 8 <= checkpoint < 16, "killed too late to test the resume"
+    resumed = _run(_command(tiny_data, out, "patient", *extra, "--resume"), tracking, tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    run = MlflowClient().get_run(json.loads((out / "mlflow_run.json").read_text())["run_id"])
+    assert run.data.tags["seizure.stop_reason"] == "early_stopping"
+    assert run.data.metrics["stopped_at"] == 16 and run.data.metrics["best/iteration"] == 4
 
 
 def test_resume_without_checkpoint_is_a_clear_error(tiny_data, tracking, tmp_path):
