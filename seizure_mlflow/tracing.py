@@ -155,10 +155,10 @@ def run_trace(plan: TracePlan) -> dict:
 def _trace_all(plan: TracePlan) -> dict:
     request, single = plan.request, len(plan.videos) == 1
     videos, total = [], None
+    from seizure_mlflow.motion.outputs import OVERLAY, write_overlay, write_trace
+
     with staged_folder(request.output) as tmp:
         for number, (video, source) in enumerate(zip(plan.videos, plan.sources), start=1):
-            from seizure_mlflow.motion.outputs import OVERLAY, write_overlay, write_trace
-
             result = trace_video(video, source, request.options, keep_masks=request.overlay)
             folder = tmp if single else tmp / video.stem
             truth = plan.truth[video.stem] if plan.truth is not None else None

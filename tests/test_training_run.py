@@ -382,8 +382,9 @@ def test_a_run_that_reaches_max_iter_says_so(trained):
 
 
 def test_early_stopping_ends_the_run_after_its_patience_and_registers_the_best(tiny_data, tmp_path, tracking):
-    """A ``min_delta`` no loss decrease can reach: the first validation (iteration 2) is the best, the next
-    two are not improvements, so with patience 2 training stops at iteration 6 of 12."""
+    """A ``min_delta`` no loss decrease can reach: after the first validation (iteration 2) none counts as an
+    improvement, so with patience 2 training stops at iteration 6 of 12. The best checkpoint is still the
+    lowest loss of the three validations (min_delta is early stopping's, not the best checkpoint's)."""
     result = run_training(tiny_params(tiny_data, tmp_path, max_iter=12, eval_period=2, patience=2, min_delta=1e6))
     client = MlflowClient()
     run = client.get_run(result.run_id)
@@ -391,8 +392,10 @@ def test_early_stopping_ends_the_run_after_its_patience_and_registers_the_best(t
     assert run.data.metrics["stopped_at"] == 6
     assert [m.step for m in client.get_metric_history(result.run_id, "val/total_loss")] == [2, 4, 6]
     assert max(m.step for m in client.get_metric_history(result.run_id, "train/total_loss")) == 6
-    assert result.best_iteration == 2 and run.data.metrics["best/iteration"] == 2
-    assert client.get_model_version("test-detector", result.model_version).run_id == result.run_id
+    val = {m.step: m.value for m in client.get_metric_history(result.run_id, "val/total_loss")}
+    assert result.best_iteration == min(val, key=val.get) and run.data.metrics["best/iteration"] == result.best_iteration
+    version = client.get_model_version("test-detector", result.model_version)
+    assert version.run_id == result.run_id and version.tags["best_iteration"] == str(result.best_iteration)
     assert run.data.params["EARLY_STOPPING.PATIENCE"] == "2"
 
 

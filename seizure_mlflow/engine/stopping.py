@@ -33,8 +33,9 @@ class EarlyStopping(HookBase):
     """Stop after ``patience`` validation periods without an improvement of at least ``min_delta``.
 
     Register it after the hook that puts ``metric`` into the trainer's storage and after the best-checkpoint
-    hook (the best checkpoint of the last validation is then saved before training stops), and before
-    :class:`~seizure_mlflow.engine.resume.StopOnSignal`.
+    hook (the best checkpoint of the last validation is then saved before training stops), and before the
+    periodic checkpointer (a checkpoint then holds the count including its own iteration's validation).
+    When it stops training, the writers write what is left when training ends.
     """
 
     def __init__(self, metric: str, patience: int, min_delta: float = 0.0) -> None:

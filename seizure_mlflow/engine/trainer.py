@@ -5,8 +5,9 @@
 * ``build_ddp_model``: ``DistributedDataParallel`` with ``device_ids`` only on GPUs, so that several CPU
   processes (gloo) can train too (``DefaultTrainer`` always passes a GPU index);
 
-* ``build_hooks``: timer, LR schedule, RNG state, validation loss, best checkpoint, writers, periodic
-  checkpoints, early stopping (with ``EARLY_STOPPING.PATIENCE`` > 0), stop-on-signal, in that order (each hook's docstring says what it needs before it);
+* ``build_hooks``: timer, LR schedule, RNG state, validation loss, best checkpoint, early stopping (with
+  ``EARLY_STOPPING.PATIENCE`` > 0), extra hooks (a sweep's pruner), writers, periodic checkpoints,
+  stop-on-signal, in that order (each hook's docstring says what it needs before it);
 * ``build_train_loader`` / ``resume_or_load``: a seeded sampler that a resume fast-forwards (see ``resume.py``);
 * ``build_writers``: console (with ETA), JSON lines in ``OUTPUT_DIR/metrics.json``, and any extra writers
   given by the caller (the MLflow writer).
@@ -52,7 +53,8 @@ class Trainer(DefaultTrainer):
             does not change training).
         keep_improvements: keep each improvement's weights too (see ``ResumableBestCheckpointer``).
         extra_hooks: makes hooks that run after the validation, best-checkpoint and early-stopping hooks and
-            before ``StopOnSignal`` (a sweep's pruner, which may raise :class:`StopTraining`).
+            before the writers and the periodic checkpoint (a sweep's pruner, which may raise
+            :class:`StopTraining`).
     """
 
     def __init__(self, cfg, extra_writers: Callable[[], Sequence[EventWriter]] | None = None,
@@ -121,14 +123,16 @@ class Trainer(DefaultTrainer):
             ret.append(ResumableBestCheckpointer(cfg.TEST.EVAL_PERIOD, self.checkpointer, VAL_PREFIX + TOTAL_LOSS,
                                                  mode="min", file_prefix=BEST_CHECKPOINT,
                                                  keep_improvements=self._keep_improvements))
+            # before the periodic checkpoint, so that a checkpoint holds the count of its own iteration
+            if cfg.EARLY_STOPPING.PATIENCE > 0:
+                ret.append(EarlyStopping(VAL_PREFIX + TOTAL_LOSS, cfg.EARLY_STOPPING.PATIENCE,
+                                         cfg.EARLY_STOPPING.MIN_DELTA))
+        if self._extra_hooks is not None:
+            ret.extend(self._extra_hooks())
         if comm.is_main_process():
             ret.append(CheckpointAlignedWriter(self.build_writers(), WRITE_PERIOD, cfg.SOLVER.CHECKPOINT_PERIOD))
             ret.append(hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD,
                                                   max_to_keep=KEEP_PERIODIC_CHECKPOINTS))
-        if self._validate and cfg.EARLY_STOPPING.PATIENCE > 0:
-            ret.append(EarlyStopping(VAL_PREFIX + TOTAL_LOSS, cfg.EARLY_STOPPING.PATIENCE, cfg.EARLY_STOPPING.MIN_DELTA))
-        if self._extra_hooks is not None:
-            ret.extend(self._extra_hooks())
         ret.append(StopOnSignal(self.checkpointer))
         return ret
 
