@@ -144,3 +144,17 @@ def test_two_workers_share_one_study_and_a_killed_workers_trial_is_retried(tiny_
         assert sorted(c.info.status for c in children) == ["FINISHED"] * 4 + ["KILLED"]
         assert len({c.data.tags["seizure.trial"] for c in children}) == 5  # no trial run twice
         assert len(client.search_model_versions("name = 'sweep-detector'")) == 1
+
+
+@pytest.mark.slow
+def test_workers_option_starts_worker_processes_of_one_study(tiny_data, tmp_path, capsys):
+    with private_tracking_store(tmp_path):
+        code = main(["tune", "--workers", "2", "--trials", "3", "--study", "pair", "--pruner", "none",
+                     "--storage", f"sqlite:///{tmp_path}/optuna.db", *_data(tiny_data), *TINY])
+        assert code == 0
+        assert sorted(_trial_states(f"sqlite:///{tmp_path}/optuna.db", "pair")) == ["COMPLETE"] * 3
+        runs = _runs()
+        (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+        assert parent.info.status == "FINISHED"
+        assert sorted(r.data.tags["seizure.trial"] for r in runs if r is not parent) == ["0", "1", "2"]
+        assert len(MlflowClient().search_model_versions("name = 'sweep-detector'")) == 1
