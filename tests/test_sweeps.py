@@ -3,8 +3,6 @@ workers that share a study; bad input refused before anything starts."""
 
 from __future__ import annotations
 
-import json
-import os
 import signal
 import subprocess
 import sys

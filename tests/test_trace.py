@@ -12,11 +12,12 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from conftest import REPO, TINY_OPTS, private_tracking_store, tiny_params, venv_env
+from conftest import REPO, private_tracking_store, venv_env
 from seizure_mlflow.cli import main
 from seizure_mlflow.data.sample import TraceSpec, write_trace_sample
 from seizure_mlflow.data.video import write_video
-from seizure_mlflow.motion.rhythm import RhythmSettings, candidate_intervals, rhythm_windows, score_intervals, Interval
+from seizure_mlflow.motion.rhythm import (Interval, RhythmSettings, band_envelope, candidate_intervals, rhythm_windows,
+                                          score_intervals)
 from seizure_mlflow.motion.track import Instance, PatientTrack
 
 FPS = 25.0
@@ -41,8 +42,6 @@ def test_rhythm_index_finds_an_episode_its_frequency_and_its_bounds(frequency):
     settings = RhythmSettings()
     components = _oscillation(40, (12.0, 22.0), frequency)
     windows = rhythm_windows(components, np.ones(len(components), bool), FPS, settings)
-    from seizure_mlflow.motion.rhythm import band_envelope
-
     intervals = candidate_intervals(windows, settings, band_envelope(components, FPS, settings), FPS)
     assert len(intervals) == 1
     (found,) = intervals
@@ -60,8 +59,6 @@ def test_rhythm_outside_the_band_and_short_bursts_raise_nothing():
     burst = _oscillation(40, (20.0, 21.0), 4.0)  # shorter than the 2 s minimum
     for components in (slow, fast, burst):
         windows = rhythm_windows(components, np.ones(len(components), bool), FPS, settings)
-        from seizure_mlflow.motion.rhythm import band_envelope
-
         assert candidate_intervals(windows, settings, band_envelope(components, FPS, settings), FPS) == []
 
 

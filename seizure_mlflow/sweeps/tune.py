@@ -154,7 +154,7 @@ def parent_run(study, plan: SweepPlan) -> str:
     return run_id
 
 
-def _progress(study, trials: int) -> tuple[int, int]:
+def _progress(study) -> tuple[int, int]:
     """(finished trials, trials running or waiting). A trial failed for a lost heartbeat and retried
     counts once, through its retry."""
     from optuna.storages import RetryFailedTrialCallback
@@ -170,7 +170,6 @@ def _progress(study, trials: int) -> tuple[int, int]:
 
 def work(plan: SweepPlan) -> str:
     """Run trials until the study has ``trials`` finished ones; then finish the sweep. Returns the parent run id."""
-    import optuna
     from optuna.storages import fail_stale_trials
 
     study = load_study(plan)
@@ -179,7 +178,7 @@ def work(plan: SweepPlan) -> str:
     total = plan.request.trials
     while True:
         fail_stale_trials(study)
-        done, active = _progress(study, total)
+        done, active = _progress(study)
         if done >= total:
             break
         if done + active >= total:  # the rest is running elsewhere: wait for it, or for its heartbeat to stop
@@ -249,7 +248,7 @@ def finish(study, plan: SweepPlan, parent: str) -> None:
             client.log_param(parent, f"best.{name}", value)
         _register_best(client, study, plan, best, parent)
     if client.get_run(parent).info.status == "RUNNING" and not os.environ.get("MLFLOW_RUN_ID"):
-        done, active = _progress(study, plan.request.trials)
+        done, active = _progress(study)
         if active == 0:
             client.set_terminated(parent, "FINISHED")
 
