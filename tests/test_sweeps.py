@@ -156,3 +156,22 @@ def test_workers_option_starts_worker_processes_of_one_study(tiny_data, tmp_path
         assert parent.info.status == "FINISHED"
         assert sorted(r.data.tags["seizure.trial"] for r in runs if r is not parent) == ["0", "1", "2"]
         assert len(MlflowClient().search_model_versions("name = 'sweep-detector'")) == 1
+
+
+@pytest.mark.slow
+def test_diverging_trials_are_recorded_as_failed_and_the_sweep_goes_on(tiny_data, tmp_path):
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    space = _space(tmp_path, "lr: {type: categorical, choices: [100000.0]}\n")
+    with private_tracking_store(tmp_path):
+        assert main(["tune", "--space", space, "--trials", "2", "--study", "wild", "--storage", storage,
+                     *_data(tiny_data), *TINY]) == 0
+        import optuna
+
+        trials = optuna.load_study(study_name="wild", storage=storage).trials
+        assert [t.state.name for t in trials] == ["FAIL", "FAIL"]
+        assert [t.user_attrs["stop_reason"] for t in trials] == ["diverged", "diverged"]
+        runs = _runs()
+        children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+        assert len(children) == 2
+        assert all(r.info.status == "FAILED" and r.data.tags["seizure.stop_reason"] == "diverged" for r in children)
+        assert MlflowClient().search_registered_models() == []  # nothing to register

@@ -150,8 +150,12 @@ def _trace(*args: str) -> int:
 
 def test_trace_of_a_clip_with_true_masks_writes_its_files(clip, tmp_path):
     out = tmp_path / "out"
-    assert _trace("--input", str(clip / "clip.mp4"), "--masks", str(clip / "clip.json"), "--output", str(out)) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["events.json", "trace.csv", "trace.png"]
+    assert _trace("--input", str(clip / "clip.mp4"), "--masks", str(clip / "clip.json"), "--output", str(out),
+                  "--overlay") == 0
+    assert sorted(p.name for p in out.iterdir()) == ["events.json", "overlay.mp4", "trace.csv", "trace.png"]
+    from seizure_mlflow.data.video import frame_count
+
+    assert frame_count(out / "overlay.mp4") == 150
     table = pd.read_csv(out / "trace.csv")
     assert len(table) == 150 and table["patient_found"].all()
     assert {"motion_inside", "motion_outside", "area_rel", "displacement", "mask_change", "rhythm_index"} <= set(table)

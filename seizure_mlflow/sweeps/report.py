@@ -52,7 +52,8 @@ def plot_curves(table: pd.DataFrame, path: Path) -> None:
     ax.set_xlabel("iteration")
     ax.set_ylabel("val/total_loss")
     ax.set_title("Validation loss of every trial (dashed: pruned)")
-    ax.legend(fontsize=8, ncol=2)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
