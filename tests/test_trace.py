@@ -161,6 +161,15 @@ def test_trace_of_a_clip_with_true_masks_writes_its_files(clip, tmp_path):
     assert {"motion_inside", "motion_outside", "area_rel", "displacement", "mask_change", "rhythm_index"} <= set(table)
 
 
+def test_frame_difference_is_the_cheap_option(clip, tmp_path):
+    out = tmp_path / "out"
+    assert _trace("--input", str(clip / "clip.mp4"), "--masks", str(clip / "clip.json"), "--output", str(out),
+                  "--method", "diff") == 0
+    assert json.loads((out / "events.json").read_text())["method"] == "diff"
+    table = pd.read_csv(out / "trace.csv")
+    assert table["motion_inside"].iloc[1:].notna().all() and (table["motion_frame"].iloc[1:] > 0).all()
+
+
 @pytest.mark.parametrize("case, message", [
     (["--input", "{clip}/broken.mp4", "--masks", "{clip}/clip.json"], "broken.mp4: cannot read this video"),
     (["--input", "{clip}/short.mp4", "--masks", "{clip}/clip.json"], "shorter than one 4 s window"),
