@@ -79,6 +79,8 @@ class TrainParams:
                               "by at least min_delta (0: off, the default)")
     min_delta: float = _param(0.0, "the smallest decrease of val/total_loss that counts as an improvement "
                                    "(default %(default)s)")
+    amp: bool = _param(False, "mixed precision on CUDA (Detectron2's AMPTrainer: bfloat16 where the GPU supports "
+                              "it, else float16 with a gradient scaler); refused on the CPU")
 
     def __post_init__(self) -> None:
         _require(isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0,
@@ -302,6 +304,7 @@ def build_config(params: TrainParams, num_classes: int, output_dir: str):
     cfg.SEED = params.seed
     cfg.OUTPUT_DIR = output_dir
     cfg.EARLY_STOPPING = type(cfg)({"PATIENCE": params.patience, "MIN_DELTA": float(params.min_delta)})
+    cfg.SOLVER.AMP.ENABLED = params.amp
     if params.opts:
         try:
             cfg.merge_from_list(list(params.opts))
@@ -353,6 +356,10 @@ def check_config(cfg, params: TrainParams) -> None:
             source = "set by opts" if key in from_opts else f"from {params.config} or a typed parameter"
             problems.append(f"{key} must be {expected}, got {value!r} ({source})")
             keys.add(key)
+    if cfg.SOLVER.AMP.ENABLED and not str(cfg.MODEL.DEVICE).startswith("cuda"):
+        problems.append(f"mixed precision (amp, SOLVER.AMP.ENABLED) needs a CUDA GPU, and this run's device is "
+                        f"{cfg.MODEL.DEVICE}; drop amp, or train on a GPU")
+        keys.add("SOLVER.AMP.ENABLED")
     if not problems and cfg.SOLVER.IMS_PER_BATCH % params.num_processes:
         problems.append(f"SOLVER.IMS_PER_BATCH {cfg.SOLVER.IMS_PER_BATCH} is not divisible by num_processes "
                         f"{params.num_processes} (each process takes an equal share of a batch)")

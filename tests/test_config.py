@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from conftest import tiny_params
 from seizure_mlflow.config import TrainParams, build_config, flatten_config, parse_float, parse_int, resolve_config_source
 from seizure_mlflow.errors import ConfigError
 
@@ -66,3 +67,21 @@ def test_model_zoo_weights_resolve_to_the_coco_checkpoint():
     assert cfg.MODEL.WEIGHTS.startswith("https://") and cfg.MODEL.WEIGHTS.endswith(".pkl")
     with pytest.raises(ConfigError, match="weights file .* does not exist"):
         build_config(TrainParams(weights="/no/such.pth", device="cpu"), num_classes=1, output_dir="")
+
+
+def test_amp_is_refused_on_the_cpu_before_anything_starts(tiny_data, tmp_path):
+    with pytest.raises(ConfigError, match="mixed precision .* needs a CUDA GPU, and this run's device is cpu"):
+        build_config(tiny_params(tiny_data, tmp_path, amp=True), num_classes=2, output_dir=str(tmp_path))
+    with pytest.raises(ConfigError, match="opts: mixed precision"):  # however it is asked for
+        build_config(tiny_params(tiny_data, tmp_path, opts=("SOLVER.AMP.ENABLED", "True")), 2, str(tmp_path))
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU (mixed precision)")
+def test_amp_trains_on_a_gpu(tiny_data, tmp_path, tracking):
+    from mlflow import MlflowClient
+
+    from seizure_mlflow.training import run_training
+
+    result = run_training(tiny_params(tiny_data, tmp_path, device="cuda", amp=True))
+    run = MlflowClient().get_run(result.run_id)
+    assert run.data.params["SOLVER.AMP.ENABLED"] == "True" and run.info.status == "FINISHED"

@@ -23,6 +23,7 @@ import os
 import weakref
 from typing import Callable, Sequence
 
+import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import build_detection_train_loader, get_detection_dataset_dicts
 from detectron2.data.samplers import TrainingSampler
@@ -74,13 +75,29 @@ class Trainer(DefaultTrainer):
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
         model = self.build_ddp_model(cfg, model)
-        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(model, data_loader, optimizer)
+        self._trainer = self.build_step_trainer(cfg, model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
+
+    @classmethod
+    def build_step_trainer(cls, cfg, model, data_loader, optimizer):
+        """``SimpleTrainer``, or with ``SOLVER.AMP.ENABLED`` Detectron2's ``AMPTrainer`` in bfloat16 where the GPU
+        supports it (no gradient scaling needed) and float16 with a gradient scaler elsewhere. On CUDA, TF32
+        matrix products and cuDNN's autotuner are switched on."""
+        if str(cfg.MODEL.DEVICE).startswith("cuda"):
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+            torch.backends.cudnn.benchmark = True
+        if not cfg.SOLVER.AMP.ENABLED:
+            return SimpleTrainer(model, data_loader, optimizer)
+        if torch.cuda.is_bf16_supported():
+            return AMPTrainer(model, data_loader, optimizer, precision=torch.bfloat16,
+                              grad_scaler=torch.amp.GradScaler("cuda", enabled=False))
+        return AMPTrainer(model, data_loader, optimizer, precision=torch.float16)
 
     @classmethod
     def build_ddp_model(cls, cfg, model):
