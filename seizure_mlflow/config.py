@@ -286,6 +286,11 @@ def _yaml_base(config: str) -> str:
     return str(content.get("_BASE_", ""))
 
 
+# Keys this project adds to Detectron2's config for training only; a model's serving config leaves them out,
+# so that Detectron2's own get_cfg() reads it.
+TRAINING_ONLY_KEYS = ("EARLY_STOPPING",)
+
+
 def build_config(params: TrainParams, num_classes: int, output_dir: str):
     """The frozen Detectron2 config of a run: base config, then typed parameters, then ``opts``."""
     cfg = load_base_config(params.config)

@@ -431,3 +431,16 @@ def test_early_stopping_on_an_overfitting_setting_keeps_the_full_runs_best(tmp_p
     client = MlflowClient()
     registered = client.get_model_version("overfit", early.model_version)
     assert registered.tags["best_iteration"] == str(full.best_iteration)
+
+
+def test_the_registered_model_loads_with_detectron2s_own_config(trained):
+    """The model's config holds Detectron2's keys only (training-only ones such as EARLY_STOPPING stay out),
+    so that the pyfunc loads it with a plain get_cfg()."""
+    import mlflow.pyfunc
+    import yaml
+
+    uri = f"models:/test-detector/{trained.result.model_version}"
+    model = mlflow.pyfunc.load_model(uri)
+    assert type(model.unwrap_python_model()).__name__ == "SeizureDetectorModel"
+    config = Path(mlflow.artifacts.download_artifacts(f"{uri}/artifacts/config.yaml"))
+    assert "EARLY_STOPPING" not in yaml.safe_load(config.read_text())

@@ -24,6 +24,7 @@ from mlflow.models.model import MLMODEL_FILE_NAME
 from mlflow.types import ColSpec, Schema
 from mlflow.types.schema import Array, Object, Property
 
+from seizure_mlflow.config import TRAINING_ONLY_KEYS
 from seizure_mlflow.registry.environment import (WHEEL_ARTIFACT, detectron2_wheel, model_requirements,
                                                  stage_model_code)
 from seizure_mlflow.registry.model import (ARTIFACT_CATEGORIES, ARTIFACT_CONFIG, ARTIFACT_WEIGHTS, IMAGE_COLUMN)
@@ -66,6 +67,8 @@ def log_detector(cfg, state_dict: dict[str, torch.Tensor], categories: list[dict
         serving_cfg.defrost()
         serving_cfg.MODEL.WEIGHTS = ""
         serving_cfg.OUTPUT_DIR = ""
+        for key in TRAINING_ONLY_KEYS:
+            serving_cfg.pop(key, None)
         Path(config).write_text(serving_cfg.dump())
         cats = os.path.join(tmp, "categories.json")
         Path(cats).write_text(json.dumps(categories))
