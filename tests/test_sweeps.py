@@ -113,6 +113,17 @@ def _trial_states(storage: str, study: str) -> list[str]:
     return [t.state.name for t in optuna.load_study(study_name=study, storage=storage).get_trials(deepcopy=False)]
 
 
+def _a_trial_is_training(storage: str, study: str) -> bool:
+    """A trial is RUNNING and its MLflow run exists (the worker is past planning, inside training)."""
+    import optuna
+
+    try:
+        trials = optuna.load_study(study_name=study, storage=storage).get_trials(deepcopy=False)
+    except KeyError:  # the study does not exist yet
+        return False
+    return any(t.state.name == "RUNNING" and t.user_attrs.get("run_id") for t in trials)
+
+
 @pytest.mark.slow
 def test_two_workers_share_one_study_and_a_killed_workers_trial_is_retried(tiny_data, tmp_path):
     storage = f"sqlite:///{tmp_path}/optuna.db"
@@ -123,9 +134,10 @@ def test_two_workers_share_one_study_and_a_killed_workers_trial_is_retried(tiny_
         log_a, log_b = open(tmp_path / "a.log", "w"), open(tmp_path / "b.log", "w")
         first = subprocess.Popen(args, env=env, cwd=tmp_path, stdout=log_a, stderr=subprocess.STDOUT)
         deadline = time.time() + 300
-        while time.time() < deadline and "RUNNING" not in (_trial_states(storage, "shared") if (tmp_path / "optuna.db").exists() else []):
-            time.sleep(1)
-        time.sleep(5)  # inside its first trial's training
+        while time.time() < deadline and not ((tmp_path / "optuna.db").exists() and _a_trial_is_training(storage, "shared")):
+            assert first.poll() is None, (tmp_path / "a.log").read_text()[-3000:]
+            time.sleep(0.5)
+        time.sleep(3)  # inside its first trial's training
         second = subprocess.Popen(args, env=env, cwd=tmp_path, stdout=log_b, stderr=subprocess.STDOUT)
         first.send_signal(signal.SIGKILL)
         first.wait()
