@@ -79,6 +79,16 @@ class TrainParams:
                               "by at least min_delta (0: off, the default)")
     min_delta: float = _param(0.0, "the smallest decrease of val/total_loss that counts as an improvement "
                                    "(default %(default)s)")
+    val_max_images: str = _param("auto", "validation frames per period: auto (the most that cost at most 5%% of "
+                                         "training time), 0 (the whole set) or N; spread evenly over videos and "
+                                         "time; the whole set is logged as val_full/* at the end")
+    full_val_period: int = _param(0, "also compute the whole validation set's loss (val_full/*) every N "
+                                     "iterations (0: only at the end of training)")
+    num_machines: int = _param(1, "machines taking part (Detectron2's launch; start the command on each)")
+    machine_rank: int = _param(0, "this machine's rank, 0 to num_machines-1 (rank 0 logs to MLflow)")
+    dist_url: str = _param("auto", "where the processes meet, e.g. tcp://HOST:PORT of machine 0 (auto: a free port "
+                                   "on this machine, one machine only); ignored when a launcher (torchrun, srun, "
+                                   "a PyTorchJob) sets RANK and WORLD_SIZE")
     amp: bool = _param(False, "mixed precision on CUDA (Detectron2's AMPTrainer: bfloat16 where the GPU supports "
                               "it, else float16 with a gradient scaler); refused on the CPU")
 
@@ -98,6 +108,17 @@ class TrainParams:
                  f"patience must be an integer >= 0 (0: no early stopping), got {self.patience!r}")
         _require(isinstance(self.min_delta, (int, float)) and math.isfinite(self.min_delta) and self.min_delta >= 0,
                  f"min_delta must be a number >= 0, got {self.min_delta!r}")
+        _require(self.val_max_images == "auto" or self.val_max_images.isdigit(),
+                 f"val_max_images must be auto, 0 (the whole set) or a number of frames; got {self.val_max_images!r}")
+        _require(isinstance(self.full_val_period, int) and self.full_val_period >= 0,
+                 f"full_val_period must be an integer >= 0 (0: only at the end), got {self.full_val_period!r}")
+        _require(isinstance(self.num_machines, int) and self.num_machines >= 1,
+                 f"num_machines must be an integer >= 1, got {self.num_machines!r}")
+        _require(isinstance(self.machine_rank, int) and 0 <= self.machine_rank < self.num_machines,
+                 f"machine_rank must be between 0 and num_machines-1 ({self.num_machines - 1}), got {self.machine_rank!r}")
+        _require(self.num_machines == 1 or self.dist_url.startswith("tcp://"),
+                 f"with num_machines > 1, dist_url must be machine 0's tcp://HOST:PORT (every machine gives the same "
+                 f"one), got {self.dist_url!r}")
         _require(self.log_checkpoints in LOG_CHECKPOINTS,
                  f"log_checkpoints must be one of {', '.join(LOG_CHECKPOINTS)}; got {self.log_checkpoints!r}")
         _require(bool(self.model_name.strip()), "model_name must not be empty")
@@ -288,7 +309,7 @@ def _yaml_base(config: str) -> str:
 
 # Keys this project adds to Detectron2's config for training only; a model's serving config leaves them out,
 # so that Detectron2's own get_cfg() reads it.
-TRAINING_ONLY_KEYS = ("EARLY_STOPPING",)
+TRAINING_ONLY_KEYS = ("EARLY_STOPPING", "VALIDATION")
 
 
 def build_config(params: TrainParams, num_classes: int, output_dir: str):
@@ -310,6 +331,8 @@ def build_config(params: TrainParams, num_classes: int, output_dir: str):
     cfg.OUTPUT_DIR = output_dir
     cfg.EARLY_STOPPING = type(cfg)({"PATIENCE": params.patience, "MIN_DELTA": float(params.min_delta)})
     cfg.SOLVER.AMP.ENABLED = params.amp
+    cfg.VALIDATION = type(cfg)({"MAX_IMAGES": params.val_max_images, "FULL_PERIOD": params.full_val_period,
+                                "BATCH_SIZE": 0, "CACHE_MB": 1024})
     if params.opts:
         try:
             cfg.merge_from_list(list(params.opts))
@@ -332,6 +355,10 @@ _CONFIG_RULES: tuple[tuple[str, Any, str], ...] = (
     ("SOLVER.CHECKPOINT_PERIOD", lambda v: isinstance(v, int) and v > 0, "a positive integer"),
     ("SOLVER.WARMUP_ITERS", lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
     ("TEST.EVAL_PERIOD", lambda v: isinstance(v, int) and v > 0, "a positive integer"),
+    ("VALIDATION.MAX_IMAGES", lambda v: v == "auto" or str(v).isdigit(), "auto or an integer >= 0"),
+    ("VALIDATION.FULL_PERIOD", lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
+    ("VALIDATION.BATCH_SIZE", lambda v: isinstance(v, int) and v >= 0, "an integer >= 0 (0: by device)"),
+    ("VALIDATION.CACHE_MB", lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
     ("INPUT.MIN_SIZE_TRAIN", lambda v: len(v) > 0 and all(_positive(x) for x in v), "positive sizes"),
     ("INPUT.MIN_SIZE_TEST", _positive, "a positive size"),
     ("INPUT.MAX_SIZE_TRAIN", _positive, "a positive size"),

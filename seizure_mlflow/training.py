@@ -31,11 +31,12 @@ from seizure_mlflow.data.datasets import Datasets, check_datasets
 from seizure_mlflow.data.sample import DEFAULT_SAMPLE_DIR
 from seizure_mlflow.data.staging import check_output_folder
 from seizure_mlflow.engine.stopping import DIVERGED, MAX_ITER, PRUNED, SIGNAL
-from seizure_mlflow.engine.trainer import best_checkpoint_path
+from seizure_mlflow.engine.trainer import VALIDATION_SAMPLE_FILE, best_checkpoint_path
 from seizure_mlflow.errors import UserError
 from seizure_mlflow.registry.register import CHALLENGER, CHAMPION
 from seizure_mlflow.registry.uris import logged_model_id
-from seizure_mlflow.tracking.datasets import TESTING, TRAINING, VALIDATION, coco_dataset, log_datasets
+from seizure_mlflow.tracking.datasets import (TESTING, TRAINING, VALIDATION, coco_dataset, log_datasets,
+                                              log_validation_sample)
 from seizure_mlflow.tracking.describe import MODEL_CARD, Outcome, model_card, result_paragraph, run_name
 from seizure_mlflow.tracking.run import active_run, check_tracking_server, log_config, log_losses
 
@@ -289,7 +290,9 @@ def run_training(params: TrainParams, sample_dir: str = DEFAULT_SAMPLE_DIR, tria
             if isinstance(exc, (KeyboardInterrupt, FloatingPointError)):
                 mlflow.set_tag(STOP_REASON_TAG, SIGNAL if isinstance(exc, KeyboardInterrupt) else DIVERGED)
             record(run_id, cfg.OUTPUT_DIR, read_best_checkpoint(cfg.OUTPUT_DIR))  # a failed run keeps its curves
+            log_validation_sample(run_id, os.path.join(cfg.OUTPUT_DIR, VALIDATION_SAMPLE_FILE), plan.datasets.val)
             raise
+        log_validation_sample(run_id, os.path.join(cfg.OUTPUT_DIR, VALIDATION_SAMPLE_FILE), plan.datasets.val)
         stop = json.loads((Path(cfg.OUTPUT_DIR) / STOP_FILE).read_text())
         mlflow.set_tag(STOP_REASON_TAG, stop["reason"])
         mlflow.log_metric(STOPPED_AT_METRIC, stop["stopped_at"], step=stop["stopped_at"])

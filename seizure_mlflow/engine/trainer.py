@@ -18,6 +18,7 @@ optimizer step, so checkpoints on disk hold finite weights).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import weakref
@@ -25,7 +26,7 @@ from typing import Callable, Sequence
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.data import build_detection_train_loader, get_detection_dataset_dicts
+from detectron2.data import MetadataCatalog, build_detection_train_loader, get_detection_dataset_dicts
 from detectron2.data.samplers import TrainingSampler
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, hooks
 from detectron2.engine.defaults import create_ddp_model
@@ -35,13 +36,24 @@ from detectron2.utils.events import CommonMetricPrinter, EventWriter, JSONWriter
 from seizure_mlflow.config import VAL_DATASET
 from seizure_mlflow.engine.resume import RandomState, ResumableBestCheckpointer, SkipSampler, StopOnSignal
 from seizure_mlflow.engine.stopping import MAX_ITER, EarlyStopping, StopTraining
-from seizure_mlflow.engine.validation import TOTAL_LOSS, VAL_PREFIX, ValidationLoss, build_validation_loader
+from seizure_mlflow.engine.validation import (AUTO, TOTAL_LOSS, VAL_PREFIX, CachedBatches, ValidationLoss,
+                                               build_validation_loader)
 
 logger = logging.getLogger(__name__)
 
 BEST_CHECKPOINT = "model_best"  # OUTPUT_DIR/model_best.pth: see ResumableBestCheckpointer for what it holds
 WRITE_PERIOD = 20
 KEEP_PERIODIC_CHECKPOINTS = 2  # plus model_best.pth and model_final.pth
+VALIDATION_SAMPLE_FILE = "validation_sample.json"  # OUTPUT_DIR: the validation sample's image ids, see ValidationLoss
+GPU_VALIDATION_BATCH = 4  # images per validation forward on a GPU when VALIDATION.BATCH_SIZE is 0
+
+
+def validation_batch_size(cfg) -> int:
+    """``VALIDATION.BATCH_SIZE``, or when 0: one image per forward on the CPU (batching gains nothing there, see
+    docs/performance.md) and :data:`GPU_VALIDATION_BATCH` on a GPU."""
+    if cfg.VALIDATION.BATCH_SIZE > 0:
+        return cfg.VALIDATION.BATCH_SIZE
+    return GPU_VALIDATION_BATCH if str(cfg.MODEL.DEVICE).startswith("cuda") else 1
 
 
 class Trainer(DefaultTrainer):
@@ -126,8 +138,24 @@ class Trainer(DefaultTrainer):
             self._trainer.reset_data_loader(lambda: self.build_train_loader(self.cfg, skip_iterations=self.start_iter))
 
     @classmethod
-    def build_validation_loader(cls, cfg):
-        return build_validation_loader(cfg, VAL_DATASET)
+    def build_validation_loader(cls, cfg, image_ids: list[int] | None = None):
+        """The validation set's loader (only ``image_ids`` when given), ``VALIDATION.BATCH_SIZE`` images per forward."""
+        return build_validation_loader(cfg, VAL_DATASET, image_ids, batch_size=validation_batch_size(cfg))
+
+    def build_validation_hook(self, cfg) -> ValidationLoss:
+        """The validation-loss hook over ``VALIDATION.MAX_IMAGES`` frames of the validation set, the sample's
+        preprocessed batches kept in memory up to ``VALIDATION.CACHE_MB``."""
+        def loaders(image_ids, cached):
+            loader = self.build_validation_loader(cfg, image_ids)
+            return CachedBatches(loader, cfg.VALIDATION.CACHE_MB * 2**20) if cached else loader
+
+        with open(MetadataCatalog.get(VAL_DATASET).json_file) as fh:
+            images = json.load(fh)["images"]
+        max_images = cfg.VALIDATION.MAX_IMAGES
+        return ValidationLoss(cfg.TEST.EVAL_PERIOD, loaders, images, seed=cfg.SEED,
+                              max_images=max_images if max_images == AUTO else int(max_images),
+                              full_period=cfg.VALIDATION.FULL_PERIOD,
+                              record_path=os.path.join(cfg.OUTPUT_DIR, VALIDATION_SAMPLE_FILE))
 
     def build_hooks(self) -> list[hooks.HookBase]:
         """Validation, best checkpoint and a flush of the writers come *before* the periodic checkpoint, so
@@ -136,7 +164,7 @@ class Trainer(DefaultTrainer):
         cfg = self.cfg
         ret: list[hooks.HookBase] = [hooks.IterationTimer(), hooks.LRScheduler(), RandomState()]
         if self._validate:
-            ret.append(ValidationLoss(cfg.TEST.EVAL_PERIOD, self.build_validation_loader(cfg), seed=cfg.SEED))
+            ret.append(self.build_validation_hook(cfg))
             ret.append(ResumableBestCheckpointer(cfg.TEST.EVAL_PERIOD, self.checkpointer, VAL_PREFIX + TOTAL_LOSS,
                                                  mode="min", file_prefix=BEST_CHECKPOINT,
                                                  keep_improvements=self._keep_improvements))
@@ -152,6 +180,14 @@ class Trainer(DefaultTrainer):
                                                   max_to_keep=KEEP_PERIODIC_CHECKPOINTS))
         ret.append(StopOnSignal(self.checkpointer))
         return ret
+
+    def after_step(self) -> None:
+        """The hooks' ``after_step``; ``stopping`` tells ``after_train`` hooks that a hook ended training early."""
+        try:
+            super().after_step()
+        except StopTraining:
+            self.stopping = True
+            raise
 
     def train(self):
         """Train to ``SOLVER.MAX_ITER`` or until a hook raises :class:`StopTraining`; then ``stop_reason``

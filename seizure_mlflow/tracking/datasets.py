@@ -58,3 +58,32 @@ def log_prepared(result) -> None:
         log_datasets(run.info.run_id, {context: check_coco(result.output / f"{split}.json", result.output / "images",
                                                            check_files=False)
                                        for split, context in SPLIT_CONTEXTS.items()})
+
+
+SAMPLE_PARAM = "val_sample_size"
+SAMPLE_ARTIFACT = "validation_sample.json"
+
+
+def log_validation_sample(run_id: str, record_path: str, val: CocoSummary, client: MlflowClient | None = None) -> None:
+    """The validation sample a training run chose (``OUTPUT_DIR/validation_sample.json``, written by the
+    validation hook): its size as the param ``val_sample_size``, its image ids (numbers only, no file names)
+    and how its size was chosen as the artifact ``validation_sample.json``, and the sample as the dataset input
+    ``validation_sample`` (digest of the validation file's digest and the ids; counts as tags). Nothing when the
+    run has not reached its first validation."""
+    import hashlib
+    import json
+    import os
+
+    if not os.path.isfile(record_path):
+        return
+    client = client or MlflowClient()
+    with open(record_path) as fh:
+        choice = json.load(fh)
+    ids = choice["image_ids"]
+    client.log_param(run_id, SAMPLE_PARAM, str(len(ids)))
+    client.log_dict(run_id, choice, SAMPLE_ARTIFACT)
+    digest = hashlib.sha256(json.dumps([val.digest, ids]).encode()).hexdigest()[:8]
+    entity = MetaDataset(_SOURCE, name=f"seizure-{VALIDATION_SAMPLE}", digest=digest)._to_mlflow_entity()
+    tags = [InputTag("mlflow.data.context", VALIDATION_SAMPLE), InputTag("images", str(len(ids))),
+            InputTag("of_images", str(choice["full_size"])), InputTag("chosen", choice["mode"])]
+    client.log_inputs(run_id, datasets=[DatasetInput(dataset=entity, tags=tags)])

@@ -20,7 +20,8 @@ def plot_loss_curves(losses: pd.DataFrame, path: str, best_iteration: int | None
                      title: str = "Training and validation loss") -> None:
     """Train (raw and smoothed) and validation total loss on one iteration axis; components below.
 
-    ``losses`` is the ``losses.csv`` table: an ``iteration`` column and ``train/*`` / ``val/*`` columns.
+    ``losses`` is the ``losses.csv`` table: an ``iteration`` column and ``train/*`` / ``val/*`` columns (and
+    ``val_full/*``, the whole validation set's loss when ``val/*`` is a sample's, drawn as diamonds).
     """
     fig, (ax_total, ax_parts) = plt.subplots(2, 1, figsize=(9, 8), sharex=True,
                                              gridspec_kw={"height_ratios": [3, 2]})
@@ -35,6 +36,10 @@ def plot_loss_curves(losses: pd.DataFrame, path: str, best_iteration: int | None
     if len(val):
         ax_total.plot(val["iteration"], val["val/total_loss"], color="tab:orange", lw=2, marker="o", ms=4,
                       label="validation")
+    full = losses.dropna(subset=["val_full/total_loss"]) if "val_full/total_loss" in losses else losses.iloc[0:0]
+    if len(full):
+        ax_total.scatter(full["iteration"], full["val_full/total_loss"], color="tab:red", marker="D", s=36, zorder=6,
+                         label="validation, whole set")
     if best_iteration is not None and len(val):
         best = val.loc[val["iteration"] == best_iteration, "val/total_loss"]
         if len(best):

@@ -152,7 +152,7 @@ def log_losses(run_id: str, best_iteration: int | None, client: MlflowClient | N
 
     client = client or MlflowClient()
     keys = sorted(m for m in client.get_run(run_id).data.metrics
-                  if m.startswith(("train/", "val/")) and (m.endswith("_loss") or "/loss_" in m))
+                  if m.startswith(("train/", "val/", "val_full/")) and (m.endswith("_loss") or "/loss_" in m))
     table = metric_table(run_id, keys, client)
     with tempfile.TemporaryDirectory() as tmp:
         csv_path = os.path.join(tmp, LOSSES_CSV)

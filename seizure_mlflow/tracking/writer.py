@@ -5,7 +5,8 @@ entered the event storage since the previous write is sent once, unsmoothed, in 
 up to 1000 metrics, with ``step = iteration + 1`` (iterations completed):
 
 * ``total_loss``, ``loss_*`` and ``lr`` become ``train/total_loss``, ``train/loss_*``, ``train/lr``;
-* ``val/*`` (put by :class:`~seizure_mlflow.engine.validation.ValidationLoss`) is sent as it is.
+* ``val/*`` and ``val_full/*`` (put by :class:`~seizure_mlflow.engine.validation.ValidationLoss`) are sent as
+  they are.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from detectron2.utils.events import EventWriter, get_event_storage
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 
-from seizure_mlflow.engine.validation import VAL_PREFIX
+from seizure_mlflow.engine.validation import VAL_FULL_PREFIX, VAL_PREFIX
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ def _fail_fast_http(timeout_s: int = 10):
 
 def metric_name(storage_key: str) -> str | None:
     """The MLflow name of an event-storage key, or None for keys that are not logged."""
-    if storage_key.startswith(VAL_PREFIX):
+    if storage_key.startswith((VAL_PREFIX, VAL_FULL_PREFIX)):
         return storage_key
     if storage_key in ("total_loss", "lr") or storage_key.startswith("loss_"):
         return TRAIN_PREFIX + storage_key
