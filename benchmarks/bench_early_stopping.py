@@ -28,7 +28,8 @@ def overfitting_params(root: Path, **changes):
     data = sample_paths(write_sample_dataset(root / "data", OVERFITTING_SPEC))
     base = dict(train_json=data["train"][0], train_images=data["train"][1], val_json=data["val"][0],
                 val_images=data["val"][1], lr=0.02, max_iter=400, eval_period=20, device="cpu",
-                seed=OVERFITTING_SEED, opts=OVERFITTING_OPTS, system_metrics=False, model_name="overfit")
+                seed=OVERFITTING_SEED, opts=OVERFITTING_OPTS, system_metrics=False, model_name="overfit",
+                val_max_images="0")
     base.update(changes)
     return TrainParams(**base)
 

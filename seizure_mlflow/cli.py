@@ -118,6 +118,8 @@ def cmd_tune(args) -> int:
     from seizure_mlflow.sweeps.tune import SweepRequest, load_study, parent_run, plan_sweep, work
 
     base = params_from_text({f.name: getattr(args, f.name) for f in param_fields()})
+    if base.val_max_images == "auto":  # a sample sized by each trial's timing would differ between trials
+        base = base.replace(val_max_images="0")
     beat = {"heartbeat_s": args.heartbeat, "grace_s": 3 * args.heartbeat} if args.heartbeat else {}
     args.space = args.space or str(BUNDLED_SPACE)  # an MLproject parameter left at ""
     request = SweepRequest(base=base, space=args.space, trials=args.trials, study=args.study, storage=args.storage,

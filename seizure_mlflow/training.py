@@ -44,6 +44,8 @@ logger = logging.getLogger(__name__)
 
 RUN_FILE = "mlflow_run.json"  # in OUTPUT_DIR: which MLflow run these checkpoints belong to
 STOP_FILE = "stop.json"  # in OUTPUT_DIR: why and when the training processes stopped
+METRIC_SPOOL = "metrics_spool"  # in OUTPUT_DIR: metric values waiting for the tracking server (see delivery.py)
+FAILED_DRAIN_TIMEOUT_S = 30
 STOP_REASON_TAG = "seizure.stop_reason"
 STOPPED_AT_METRIC = "stopped_at"
 BEST_VAL_METRIC = "best/val_total_loss"
@@ -147,15 +149,19 @@ def _train_worker(cfg, run_id: str, tracking_uri: str, datasets: Datasets, resum
 
     mlflow.set_tracking_uri(tracking_uri)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="detectron2", abbrev_name="d2")
-    mlflow_writer = MlflowWriter(run_id, skip_logged=resume) if comm.is_main_process() else None
-    trainer = build_trainer(cfg, datasets, extra_writers=(lambda: [mlflow_writer]) if mlflow_writer else None,
-                            keep_improvements=keep_improvements, extra_hooks=extra_hooks)
-    trainer.resume_or_load(resume=resume)
+    mlflow_writer = MlflowWriter(run_id, skip_logged=resume, spool_dir=os.path.join(cfg.OUTPUT_DIR, METRIC_SPOOL),
+                                 tracking_uri=tracking_uri) if comm.is_main_process() else None
     try:
+        trainer = build_trainer(cfg, datasets, extra_writers=(lambda: [mlflow_writer]) if mlflow_writer else None,
+                                keep_improvements=keep_improvements, extra_hooks=extra_hooks)
+        trainer.resume_or_load(resume=resume)
         trainer.train()
-    finally:
-        if mlflow_writer is not None:
-            mlflow_writer.drain()
+    except BaseException:
+        if mlflow_writer is not None:  # deliver what it can, briefly; the training's exception is what matters
+            mlflow_writer.finish(timeout_s=FAILED_DRAIN_TIMEOUT_S, failed=True)
+        raise
+    if mlflow_writer is not None:
+        mlflow_writer.finish()
     if comm.is_main_process():
         (Path(cfg.OUTPUT_DIR) / STOP_FILE).write_text(
             json.dumps({"reason": trainer.stop_reason, "stopped_at": trainer.stopped_at}))

@@ -47,7 +47,8 @@ def tiny_params(tiny_data, tmp_path, **changes) -> TrainParams:
     (train_json, train_images), (val_json, val_images) = tiny_data["train"], tiny_data["val"]
     base = dict(train_json=train_json, train_images=train_images, val_json=val_json, val_images=val_images,
                 lr=0.01, ims_per_batch=2, max_iter=6, eval_period=2, min_size=64, device="cpu", seed=1,
-                model_name="test-detector", opts=TINY_OPTS, output_dir=str(tmp_path / "output"))
+                model_name="test-detector", opts=TINY_OPTS, output_dir=str(tmp_path / "output"),
+                val_max_images="0")  # the whole set: runs compared with each other validate on the same frames
     base.update(changes)
     return TrainParams(**base)
 

@@ -71,6 +71,7 @@ def test_run_records_params_metrics_and_artifacts(trained):
         assert steps(f"train/{part}") == [1, 2, 3, 4, 5, 6], part
         assert steps(f"val/{part}") == [2, 4, 6], part
     assert steps("train/lr") == [1, 2, 3, 4, 5, 6]
+    assert steps("val_full/total_loss") == [6]  # the whole set, at the end (auto chose a sample)
     val = {m.step: m.value for m in client.get_metric_history(trained.run_id, "val/total_loss")}
     assert run.data.metrics["best/val_total_loss"] == min(val.values()) == trained.best_val_total_loss
     assert run.data.metrics["best/iteration"] == trained.best_iteration == min(val, key=val.get)
@@ -294,7 +295,8 @@ def test_the_ui_sees_a_named_described_run_with_datasets_system_metrics_and_a_mo
     assert any(k.startswith("system/cpu_utilization") for k in run.data.metrics), sorted(run.data.metrics)
 
     inputs = {i.dataset.name: (i.dataset, {t.key: t.value for t in i.tags}) for i in run.inputs.dataset_inputs}
-    assert set(inputs) == {"seizure-training", "seizure-validation"}
+    assert set(inputs) == {"seizure-training", "seizure-validation", "seizure-validation_sample"}
+    assert inputs["seizure-validation_sample"][1]["images"] == run.data.params["val_sample_size"]
     (train, train_tags), (val, val_tags) = inputs["seizure-training"], inputs["seizure-validation"]
     assert train.digest == run.data.tags["seizure.train_digest"] and val.digest == run.data.tags["seizure.val_digest"]
     assert train_tags["mlflow.data.context"] == "training" and val_tags["mlflow.data.context"] == "validation"
@@ -420,7 +422,7 @@ def test_early_stopping_on_an_overfitting_setting_keeps_the_full_runs_best(tmp_p
     data = sample_paths(write_sample_dataset(tmp_path / "data", OVERFITTING_SPEC))
     base = TrainParams(train_json=data["train"][0], train_images=data["train"][1], val_json=data["val"][0],
                        val_images=data["val"][1], max_iter=200, eval_period=20, device="cpu", seed=OVERFITTING_SEED,
-                       opts=OVERFITTING_OPTS, system_metrics=False, model_name="overfit")
+                       opts=OVERFITTING_OPTS, system_metrics=False, model_name="overfit", val_max_images="0")
     full = run_training(base.replace(output_dir=str(tmp_path / "full")))
     early = run_training(base.replace(output_dir=str(tmp_path / "early"), patience=3))
     assert full.stop_reason == "max_iter" and full.stopped_at == 200

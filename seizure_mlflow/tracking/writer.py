@@ -1,8 +1,9 @@
-"""A Detectron2 ``EventWriter`` that sends training and validation scalars to an MLflow run, in batches.
+"""A Detectron2 ``EventWriter`` that sends training and validation scalars to an MLflow run, off the training thread.
 
 Use it on the main process only (Detectron2 builds writers there). At each ``write()`` every value that
-entered the event storage since the previous write is sent once, unsmoothed, in ``log_batch`` requests of
-up to 1000 metrics, with ``step = iteration + 1`` (iterations completed):
+entered the event storage since the previous write is queued once, unsmoothed, with ``step = iteration + 1``
+(iterations completed); a background thread delivers the queue in ``log_batch`` requests (see
+``delivery.py``: ordered, bounded memory, retries with backoff, stops on a permanent refusal):
 
 * ``total_loss``, ``loss_*`` and ``lr`` become ``train/total_loss``, ``train/loss_*``, ``train/lr``;
 * ``val/*`` and ``val_full/*`` (put by :class:`~seizure_mlflow.engine.validation.ValidationLoss`) are sent as
@@ -11,9 +12,9 @@ up to 1000 metrics, with ``step = iteration + 1`` (iterations completed):
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
+import tempfile
 import time
 
 from detectron2.utils.events import EventWriter, get_event_storage
@@ -21,28 +22,12 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric
 
 from seizure_mlflow.engine.validation import VAL_FULL_PREFIX, VAL_PREFIX
+from seizure_mlflow.tracking.delivery import MetricDelivery, batch_sender, spooled_steps
 
 logger = logging.getLogger(__name__)
 
 TRAIN_PREFIX = "train/"
-MAX_METRICS_PER_REQUEST = 1000
-
-
-@contextlib.contextmanager
-def _fail_fast_http(timeout_s: int = 10):
-    """MLflow's HTTP client retries a refused request for minutes; while training, one quick try is enough
-    (the writer keeps what was not delivered and tries again at its next write)."""
-    keys = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout_s)}
-    saved = {k: os.environ.get(k) for k in keys}
-    os.environ.update(keys)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+DRAIN_TIMEOUT_S = 600  # at the end of training, how long to wait for the server
 
 
 def metric_name(storage_key: str) -> str | None:
@@ -63,23 +48,36 @@ class MlflowWriter(EventWriter):
     """Args:
         run_id: the run to log into.
         skip_logged: do not send steps the run already has (a resumed run recomputes the iterations between
-            its checkpoint and the kill; their values were logged before).
+            its checkpoint and the kill; their values were logged before), nor steps waiting in the spool.
+        spool_dir: where values wait on disk beyond ``memory_limit`` queued values, and where a drain that
+            timed out leaves them (default: a temporary folder).
+
+    ``write()`` only queues: a :class:`~seizure_mlflow.tracking.delivery.MetricDelivery` thread sends. Call
+    :meth:`finish` when training ends.
     """
 
-    def __init__(self, run_id: str, client: MlflowClient | None = None, skip_logged: bool = False) -> None:
+    def __init__(self, run_id: str, client: MlflowClient | None = None, skip_logged: bool = False,
+                 spool_dir: str | os.PathLike | None = None, memory_limit: int = 20_000,
+                 tracking_uri: str | None = None) -> None:
         self._run_id = run_id
-        self._client = client or MlflowClient()
+        self._client = client or MlflowClient(tracking_uri)
         self._last_sent: dict[str, int] = {}
-        self._queue: list[Metric] = []
-        self._failing_since: float | None = None
+        if spool_dir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="mlflow-metrics-")
+            spool_dir = self._tmp.name
         if skip_logged:
             for name in self._client.get_run(run_id).data.metrics:
                 if metric_name(storage_key(name)) == name:
                     steps = [m.step for m in self._client.get_metric_history(run_id, name)]
                     self._last_sent[storage_key(name)] = max(steps) - 1
+            for name, step in spooled_steps(spool_dir).items():
+                key = storage_key(name)
+                self._last_sent[key] = max(self._last_sent.get(key, -1), step - 1)
+        self.delivery = MetricDelivery(batch_sender(run_id, tracking_uri or self._client.tracking_uri), spool_dir,
+                                       memory_limit=memory_limit)
 
     def pending_metrics(self) -> list[Metric]:
-        """Values in the current event storage that have not been sent yet, and mark them sent."""
+        """Values in the current event storage that have not been queued yet, and mark them queued."""
         storage = get_event_storage()
         timestamp = int(time.time() * 1000)
         metrics = []
@@ -96,34 +94,15 @@ class MlflowWriter(EventWriter):
         return metrics
 
     def write(self) -> None:
-        self._queue.extend(self.pending_metrics())
-        self._deliver()
+        """Queue the new values; never waits on the server."""
+        self.delivery.put(self.pending_metrics())
 
-    def _deliver(self) -> bool:
-        """Send the queue in batches; stop at the first failure. True when the queue is empty."""
-        with _fail_fast_http():
-            while self._queue:
-                batch = self._queue[:MAX_METRICS_PER_REQUEST]
-                try:
-                    self._client.log_batch(self._run_id, metrics=batch)
-                except Exception as exc:  # the server is down, restarting, or unreachable
-                    if self._failing_since is None:
-                        self._failing_since = time.time()
-                        logger.warning("MLflow tracking server unreachable (%s); training goes on and %d metric values "
-                                       "are kept until it is back", type(exc).__name__, len(self._queue))
-                    return False
-                del self._queue[:len(batch)]
-        if self._failing_since is not None:
-            logger.warning("MLflow tracking server is back after %.0f s; queued metrics delivered",
-                           time.time() - self._failing_since)
-            self._failing_since = None
-        return True
-
-    def drain(self, timeout_s: float = 1800, poll_s: float = 5) -> None:
-        """Block until every queued value is delivered (at the end of training), or raise after ``timeout_s``."""
-        deadline = time.time() + timeout_s
-        while not self._deliver():
-            if time.time() > deadline:
-                raise RuntimeError(f"MLflow tracking server unreachable for {timeout_s:.0f} s; {len(self._queue)} metric "
-                                   "values not delivered (the checkpoints are on disk: continue later with --resume)")
-            time.sleep(poll_s)
+    def finish(self, timeout_s: float = DRAIN_TIMEOUT_S, failed: bool = False) -> None:
+        """Wait up to ``timeout_s`` for every queued value to reach the server. After a successful training a
+        timeout is an error (the values are kept in the spool folder for ``--resume``); after a failed one
+        (``failed``) it is only logged, so that the training's own exception reaches the user."""
+        delivered = self.delivery.close(timeout_s)
+        if not delivered and not failed and self.delivery.stopped_reason is None:
+            raise RuntimeError(f"MLflow tracking server unreachable: {self.delivery.pending or 'some'} metric values "
+                               f"not delivered within {timeout_s:.0f} s; the checkpoints and the values are on disk: "
+                               "run the same command with --resume to deliver them and finish the run")
