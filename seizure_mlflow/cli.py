@@ -69,6 +69,9 @@ def cmd_train(args) -> int:
         logger.error("Training stopped: %s\nCheckpoints saved before this point are kept; try a lower --lr.",
                      str(exc).splitlines()[0])
         return 1
+    if result is None:  # a process other than rank 0 of a job: rank 0 reports the run
+        print("Training finished (this process is not rank 0: the MLflow run is rank 0's)")
+        return 0
     print(f"Run {result.run_id}: best val/total_loss {result.best_val_total_loss:.4f} at iteration "
           f"{result.best_iteration}; registered models:/{result.model_name}/{result.model_version} "
           f"(@{result.model_alias})")

@@ -392,9 +392,13 @@ def check_config(cfg, params: TrainParams) -> None:
         problems.append(f"mixed precision (amp, SOLVER.AMP.ENABLED) needs a CUDA GPU, and this run's device is "
                         f"{cfg.MODEL.DEVICE}; drop amp, or train on a GPU")
         keys.add("SOLVER.AMP.ENABLED")
-    if not problems and cfg.SOLVER.IMS_PER_BATCH % params.num_processes:
-        problems.append(f"SOLVER.IMS_PER_BATCH {cfg.SOLVER.IMS_PER_BATCH} is not divisible by num_processes "
-                        f"{params.num_processes} (each process takes an equal share of a batch)")
+    from seizure_mlflow.distributed import launcher_from_env, world_size
+
+    processes = world_size(params, launcher_from_env())
+    if not problems and cfg.SOLVER.IMS_PER_BATCH % processes:
+        problems.append(f"SOLVER.IMS_PER_BATCH {cfg.SOLVER.IMS_PER_BATCH} is not divisible by the job's {processes} "
+                        "processes (num_processes x num_machines, or a launcher's WORLD_SIZE; each process takes an "
+                        "equal share of a batch)")
     if problems:
         raise ConfigError("; ".join(problems), param="opts" if keys & from_opts else None)
 

@@ -30,6 +30,8 @@ from seizure_mlflow.data.checks import CocoSummary, check_coco, check_same_categ
 from seizure_mlflow.data.datasets import Datasets, check_datasets
 from seizure_mlflow.data.sample import DEFAULT_SAMPLE_DIR
 from seizure_mlflow.data.staging import check_output_folder
+from seizure_mlflow.distributed import (LauncherProcess, agree_to_start, check_launcher_params, join_process_group,
+                                        launcher_from_env, share)
 from seizure_mlflow.engine.stopping import DIVERGED, MAX_ITER, PRUNED, SIGNAL
 from seizure_mlflow.engine.trainer import VALIDATION_SAMPLE_FILE, best_checkpoint_path
 from seizure_mlflow.errors import UserError
@@ -125,15 +127,17 @@ def run_to_resume(output_dir: str) -> str:
                         param="output_dir") from None
 
 
-def plan_run(params: TrainParams, sample_dir: str = DEFAULT_SAMPLE_DIR) -> Plan:
-    """Check the tracking server, the data, the parameters and the config; nothing is started."""
-    check_tracking_server()
+def plan_run(params: TrainParams, sample_dir: str = DEFAULT_SAMPLE_DIR, tracking: bool = True) -> Plan:
+    """Check the tracking server, the data, the parameters and the config; nothing is started. A process other
+    than rank 0 plans with ``tracking=False``: it never talks to the tracking server."""
+    if tracking:
+        check_tracking_server()
     check_output_folder(params.output_dir or "output", "output_dir")
     datasets = check_datasets(params.train_json, params.train_images, params.val_json, params.val_images, sample_dir)
     test = check_coco(params.test_json, params.test_images) if params.test_json else None
     if test is not None:
         check_same_categories(datasets.train, test)
-    resume_run_id = run_to_resume(params.output_dir) if params.resume else None
+    resume_run_id = run_to_resume(params.output_dir) if params.resume and tracking else None
     cfg = build_config(params, num_classes=len(datasets.train.categories), output_dir="")
     categories = [{"id": cid, "name": name} for cid, name in datasets.train.categories]
     return Plan(params, datasets, test, cfg, categories, resume_run_id)
@@ -167,20 +171,48 @@ def _train_worker(cfg, run_id: str, tracking_uri: str, datasets: Datasets, resum
             json.dumps({"reason": trainer.stop_reason, "stopped_at": trainer.stopped_at}))
 
 
-def train(cfg, plan: Plan, run_id: str, extra_hooks=None) -> None:
-    """Train with ``cfg`` (its OUTPUT_DIR set) in ``plan.params.num_processes`` processes, logging to ``run_id``.
-    ``extra_hooks`` (one process only) makes extra trainer hooks."""
+def train(cfg, plan: Plan, run_id: str, extra_hooks=None, launcher: LauncherProcess | None = None) -> None:
+    """Train with ``cfg`` (its OUTPUT_DIR set), logging to ``run_id`` from global rank 0: in this process when a
+    ``launcher`` started it or the job has one process, else in ``num_processes`` processes on this machine
+    (Detectron2's ``launch``, joining ``num_machines`` machines at ``dist_url``). ``extra_hooks`` (one process
+    only) makes extra trainer hooks."""
     from detectron2.engine import launch
 
-    worker_args = (cfg, run_id, mlflow.get_tracking_uri(), plan.datasets, plan.params.resume,
-                   plan.params.log_checkpoints == "improvements")
-    if plan.params.num_processes == 1:
+    params = plan.params
+    worker_args = (cfg, run_id, mlflow.get_tracking_uri(), plan.datasets, params.resume,
+                   params.log_checkpoints == "improvements")
+    if extra_hooks is not None and (launcher is not None or params.num_processes * params.num_machines > 1):
+        raise UserError("a sweep's trials run in one process each (use tune --workers N for several GPUs)",
+                        param="num_processes")
+    if launcher is not None or params.num_processes * params.num_machines == 1:
         _train_worker(*worker_args, extra_hooks=extra_hooks)
     else:
-        if extra_hooks is not None:
-            raise UserError("a sweep's trials run in one process each (use tune --workers N for several GPUs)",
-                            param="num_processes")
-        launch(_train_worker, plan.params.num_processes, dist_url="auto", args=worker_args)
+        launch(_train_worker, params.num_processes, num_machines=params.num_machines,
+               machine_rank=params.machine_rank, dist_url=params.dist_url, args=worker_args)
+
+
+def follow_training(params: TrainParams, sample_dir: str = DEFAULT_SAMPLE_DIR,
+                    launcher: LauncherProcess | None = None) -> None:
+    """The part of a job that is not global rank 0 (a machine with ``machine_rank`` > 0, or a launcher's process
+    with ``RANK`` > 0): check the inputs, then train beside rank 0, never talking to the tracking server."""
+    try:
+        plan = plan_run(params, sample_dir, tracking=False)
+    except BaseException as exc:
+        if launcher is not None:
+            agree_to_start(exc)
+        raise
+    if launcher is not None:
+        agree_to_start(None)
+        status, detail = share(None)[0]
+        if status != "ok":
+            raise UserError(f"rank 0 stopped before training: {detail}")
+        output_dir = detail  # rank 0's folder: on shared storage, each rank's log lands beside its checkpoints
+    else:
+        output_dir = params.output_dir or os.path.join("output", f"machine-{params.machine_rank}")
+    cfg = _with_output_dir(plan.cfg, output_dir)
+    logger.info("Training as %s; rank 0 logs to MLflow and writes the checkpoints",
+                f"rank {launcher.rank} of {launcher.world_size}" if launcher else f"machine {params.machine_rank}")
+    train(cfg, plan, run_id="", launcher=launcher)
 
 
 def read_best_checkpoint(output_dir: str) -> BestCheckpoint | None:
@@ -262,8 +294,24 @@ def describe(plan: Plan, cfg, best: BestCheckpoint, run_id: str, name: str, vers
 def run_training(params: TrainParams, sample_dir: str = DEFAULT_SAMPLE_DIR, trial: SweepTrial | None = None) -> TrainResult:
     """Plan, train, record and register in one MLflow run. With ``params.resume``, continue the run whose
     checkpoints are in ``params.output_dir`` from its last checkpoint, in the same MLflow run. A sweep's
-    ``trial`` makes the run a child run whose best checkpoint is logged, not registered."""
-    plan = plan_run(params, sample_dir)
+    ``trial`` makes the run a child run whose best checkpoint is logged, not registered.
+
+    In a job of several processes, only global rank 0 gets here past the checks (see ``distributed.py``); the
+    others run :func:`follow_training` and return None."""
+    launcher = launcher_from_env()
+    if launcher is not None:
+        check_launcher_params(params)
+        join_process_group(launcher, params.device)
+    if (launcher is not None and launcher.rank > 0) or params.machine_rank > 0:
+        return follow_training(params, sample_dir, launcher)
+    try:
+        plan = plan_run(params, sample_dir)
+    except BaseException as exc:
+        if launcher is not None:
+            agree_to_start(exc)
+        raise
+    if launcher is not None:
+        agree_to_start(None)
     wrapper = os.environ.get("MLFLOW_RUN_ID")
     if plan.resume_run_id and wrapper and wrapper != plan.resume_run_id:
         # `mlflow run -P resume=true` made a new run for this command: point it at the run that continues.
@@ -279,58 +327,67 @@ def run_training(params: TrainParams, sample_dir: str = DEFAULT_SAMPLE_DIR, tria
 
         tags.update({MLFLOW_PARENT_RUN_ID: trial.parent_run_id, **trial.tags})
     name = run_name(plan.cfg, params.run_name)
-    with active_run(run_name=name, tags=tags, run_id=plan.resume_run_id, log_system_metrics=params.system_metrics,
-                    rename=not plan.resume_run_id) as run:
-        run_id = run.info.run_id
-        if trial is not None:
-            trial.started(run_id)
-        cfg = _with_output_dir(plan.cfg, params.output_dir or os.path.join("output", run_id))
-        (Path(cfg.OUTPUT_DIR) / RUN_FILE).write_text(json.dumps({"run_id": run_id}))
-        log_config(cfg)
-        log_datasets(run_id, {TRAINING: plan.datasets.train, VALIDATION: plan.datasets.val,
-                              **({TESTING: plan.test} if plan.test is not None else {})})
-        logger.info("MLflow run %s (%s); checkpoints in %s", run_id, name, cfg.OUTPUT_DIR)
-        try:
-            train(cfg, plan, run_id, extra_hooks=trial.hooks if trial is not None else None)
-        except BaseException as exc:
-            if isinstance(exc, (KeyboardInterrupt, FloatingPointError)):
-                mlflow.set_tag(STOP_REASON_TAG, SIGNAL if isinstance(exc, KeyboardInterrupt) else DIVERGED)
-            record(run_id, cfg.OUTPUT_DIR, read_best_checkpoint(cfg.OUTPUT_DIR))  # a failed run keeps its curves
+    followers_told = launcher is None
+    try:
+        with active_run(run_name=name, tags=tags, run_id=plan.resume_run_id, log_system_metrics=params.system_metrics,
+                        rename=not plan.resume_run_id) as run:
+            run_id = run.info.run_id
+            if trial is not None:
+                trial.started(run_id)
+            cfg = _with_output_dir(plan.cfg, params.output_dir or os.path.join("output", run_id))
+            (Path(cfg.OUTPUT_DIR) / RUN_FILE).write_text(json.dumps({"run_id": run_id}))
+            log_config(cfg)
+            log_datasets(run_id, {TRAINING: plan.datasets.train, VALIDATION: plan.datasets.val,
+                                  **({TESTING: plan.test} if plan.test is not None else {})})
+            logger.info("MLflow run %s (%s); checkpoints in %s", run_id, name, cfg.OUTPUT_DIR)
+            if launcher is not None:
+                share(("ok", cfg.OUTPUT_DIR))
+                followers_told = True
+            try:
+                train(cfg, plan, run_id, extra_hooks=trial.hooks if trial is not None else None, launcher=launcher)
+            except BaseException as exc:
+                if isinstance(exc, (KeyboardInterrupt, FloatingPointError)):
+                    mlflow.set_tag(STOP_REASON_TAG, SIGNAL if isinstance(exc, KeyboardInterrupt) else DIVERGED)
+                record(run_id, cfg.OUTPUT_DIR, read_best_checkpoint(cfg.OUTPUT_DIR))  # a failed run keeps its curves
+                log_validation_sample(run_id, os.path.join(cfg.OUTPUT_DIR, VALIDATION_SAMPLE_FILE), plan.datasets.val)
+                raise
             log_validation_sample(run_id, os.path.join(cfg.OUTPUT_DIR, VALIDATION_SAMPLE_FILE), plan.datasets.val)
-            raise
-        log_validation_sample(run_id, os.path.join(cfg.OUTPUT_DIR, VALIDATION_SAMPLE_FILE), plan.datasets.val)
-        stop = json.loads((Path(cfg.OUTPUT_DIR) / STOP_FILE).read_text())
-        mlflow.set_tag(STOP_REASON_TAG, stop["reason"])
-        mlflow.log_metric(STOPPED_AT_METRIC, stop["stopped_at"], step=stop["stopped_at"])
-        best = read_best_checkpoint(cfg.OUTPUT_DIR)
-        if best is None:
-            record(run_id, cfg.OUTPUT_DIR, None)
-            raise RuntimeError(f"no best checkpoint in {cfg.OUTPUT_DIR}: no finite validation loss was computed")
-        if trial is not None:
-            model_uri = "" if stop["reason"] == PRUNED else log_checkpoint(plan, cfg, best.weights, best.iteration)
-            record(run_id, cfg.OUTPUT_DIR, best, model_id=model_uri.removeprefix("models:/") or None,
+            stop = json.loads((Path(cfg.OUTPUT_DIR) / STOP_FILE).read_text())
+            mlflow.set_tag(STOP_REASON_TAG, stop["reason"])
+            mlflow.log_metric(STOPPED_AT_METRIC, stop["stopped_at"], step=stop["stopped_at"])
+            best = read_best_checkpoint(cfg.OUTPUT_DIR)
+            if best is None:
+                record(run_id, cfg.OUTPUT_DIR, None)
+                raise RuntimeError(f"no best checkpoint in {cfg.OUTPUT_DIR}: no finite validation loss was computed")
+            if trial is not None:
+                model_uri = "" if stop["reason"] == PRUNED else log_checkpoint(plan, cfg, best.weights, best.iteration)
+                record(run_id, cfg.OUTPUT_DIR, best, model_id=model_uri.removeprefix("models:/") or None,
+                       dataset=coco_dataset(plan.datasets.val, VALIDATION))
+                return TrainResult(run_id=run_id, output_dir=cfg.OUTPUT_DIR, best_val_total_loss=best.val_total_loss,
+                                   best_iteration=best.iteration, model_name=params.model_name, model_version="",
+                                   model_alias="", stop_reason=stop["reason"], stopped_at=stop["stopped_at"],
+                                   model_uri=model_uri)
+            if params.log_checkpoints == "improvements":
+                log_improvements(plan, cfg, best)
+            version = register(plan, cfg, best, run_id)
+            record(run_id, cfg.OUTPUT_DIR, best, model_id=logged_model_id(version),
                    dataset=coco_dataset(plan.datasets.val, VALIDATION))
-            return TrainResult(run_id=run_id, output_dir=cfg.OUTPUT_DIR, best_val_total_loss=best.val_total_loss,
-                               best_iteration=best.iteration, model_name=params.model_name, model_version="",
-                               model_alias="", stop_reason=stop["reason"], stopped_at=stop["stopped_at"],
-                               model_uri=model_uri)
-        if params.log_checkpoints == "improvements":
-            log_improvements(plan, cfg, best)
-        version = register(plan, cfg, best, run_id)
-        record(run_id, cfg.OUTPUT_DIR, best, model_id=logged_model_id(version),
-               dataset=coco_dataset(plan.datasets.val, VALIDATION))
-        alias = CHAMPION if CHAMPION in version.aliases else CHALLENGER
-        detector = None
-        if params.log_images or plan.test is not None:
-            from seizure_mlflow.inference.predictor import Detector
+            alias = CHAMPION if CHAMPION in version.aliases else CHALLENGER
+            detector = None
+            if params.log_images or plan.test is not None:
+                from seizure_mlflow.inference.predictor import Detector
 
-            detector = Detector(cfg, best.weights, plan.categories)
-        if params.log_images:
-            _log_validation_images(detector, plan.datasets.val, run_id)
-        test_metrics = None
-        if plan.test is not None:
-            alias, test_metrics = _evaluate_and_promote(detector, plan.test, run_id, params.model_name, version)
-        describe(plan, cfg, best, run_id, name, version, alias, test_metrics)
+                detector = Detector(cfg, best.weights, plan.categories)
+            if params.log_images:
+                _log_validation_images(detector, plan.datasets.val, run_id)
+            test_metrics = None
+            if plan.test is not None:
+                alias, test_metrics = _evaluate_and_promote(detector, plan.test, run_id, params.model_name, version)
+            describe(plan, cfg, best, run_id, name, version, alias, test_metrics)
+    except BaseException as exc:
+        if not followers_told:  # they wait for rank 0's output folder: tell them it failed
+            share(("error", f"{type(exc).__name__}: {exc}"))
+        raise
     return TrainResult(run_id=run_id, output_dir=cfg.OUTPUT_DIR, best_val_total_loss=best.val_total_loss,
                        best_iteration=best.iteration, model_name=params.model_name,
                        model_version=str(version.version), model_alias=alias, stop_reason=stop["reason"],

@@ -117,7 +117,7 @@ def test_a_fixed_sample_gives_val_and_the_whole_set_gives_val_full(many_val_fram
 
 
 def test_auto_chooses_and_logs_a_size_and_repeats_it_at_every_period(many_val_frames, tmp_path, tracking):
-    result = run_training(tiny_params(many_val_frames, tmp_path, max_iter=6, eval_period=2))
+    result = run_training(tiny_params(many_val_frames, tmp_path, max_iter=6, eval_period=2, val_max_images="auto"))
     client = MlflowClient()
     run = client.get_run(result.run_id)
     recorded = json.loads(Path(client.download_artifacts(result.run_id, "validation_sample.json")).read_text())

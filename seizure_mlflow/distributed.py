@@ -1,0 +1,104 @@
+"""Training across processes and machines: who starts the processes, and how rank 0 shares its run with them.
+
+Two ways to run one training job in several processes:
+
+* **Detectron2's** ``launch``: this command starts ``num_processes`` processes on each of ``num_machines``
+  machines (the same command on each, with its ``machine_rank`` and machine 0's ``dist_url``);
+* **a cluster's launcher** (``torchrun``, a Kubernetes PyTorchJob or Indexed Job, Slurm's ``srun``) starts every
+  process itself and tells each its place through ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` (and
+  ``LOCAL_WORLD_SIZE``), ``MASTER_ADDR`` and ``MASTER_PORT``; the processes join with ``init_method=env://``.
+
+Either way there is one MLflow run: global rank 0 plans, starts and records it, and writes the checkpoints;
+every other process checks its own inputs but never talks to the tracking server.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from seizure_mlflow.errors import ConfigError, UserError
+
+LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+@dataclass(frozen=True)
+class LauncherProcess:
+    """This process's place in a job that a cluster's launcher started."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+
+
+def launcher_from_env(environ=None) -> LauncherProcess | None:
+    """The launcher's description of this process, or None when no launcher set ``RANK`` and ``WORLD_SIZE``.
+
+    Raises :class:`ConfigError` naming the variable when the set is incomplete or not numbers.
+    """
+    env = os.environ if environ is None else environ
+    if "RANK" not in env or "WORLD_SIZE" not in env:
+        return None
+    missing = [name for name in LAUNCHER_VARIABLES if not env.get(name)]
+    if missing:
+        raise ConfigError(f"RANK and WORLD_SIZE are set, as a launcher does, but {', '.join(missing)} is not; set "
+                          "all of RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT (torchrun does)")
+    try:
+        world = int(env["WORLD_SIZE"])
+        process = LauncherProcess(rank=int(env["RANK"]), world_size=world, local_rank=int(env["LOCAL_RANK"]),
+                                  local_world_size=int(env.get("LOCAL_WORLD_SIZE") or world))
+    except ValueError:
+        raise ConfigError("RANK, WORLD_SIZE, LOCAL_RANK and LOCAL_WORLD_SIZE must be integers; got "
+                          + ", ".join(f"{k}={env.get(k)!r}" for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK",
+                                                                        "LOCAL_WORLD_SIZE"))) from None
+    if not (0 <= process.rank < process.world_size and 0 <= process.local_rank < process.local_world_size):
+        raise ConfigError(f"launcher variables out of range: RANK={process.rank} WORLD_SIZE={process.world_size} "
+                          f"LOCAL_RANK={process.local_rank} LOCAL_WORLD_SIZE={process.local_world_size}")
+    return process
+
+
+def check_launcher_params(params) -> None:
+    """Under a launcher, the launcher decides the processes: the parameters that would too must keep their defaults."""
+    if params.num_processes != 1 or params.num_machines != 1 or params.machine_rank != 0:
+        raise ConfigError("a launcher set RANK and WORLD_SIZE: it starts the processes, so leave num_processes, "
+                          "num_machines and machine_rank at their defaults (1, 1, 0)", param="num_processes")
+
+
+def world_size(params, launcher: LauncherProcess | None) -> int:
+    return launcher.world_size if launcher is not None else params.num_processes * params.num_machines
+
+
+def join_process_group(launcher: LauncherProcess, device: str) -> None:
+    """Join the launcher's job (``env://``; NCCL on GPUs, gloo on CPUs) and make Detectron2's per-machine group."""
+    import torch
+    import torch.distributed as dist
+    from detectron2.utils import comm
+
+    on_gpu = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if on_gpu:
+        torch.cuda.set_device(launcher.local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if on_gpu else "gloo", init_method="env://")
+    if comm._LOCAL_PROCESS_GROUP is None:
+        comm.create_local_process_group(launcher.local_world_size)
+    comm.synchronize()
+
+
+def share(value):
+    """Every process gives a value; every process gets them all, by global rank (a collective call)."""
+    from detectron2.utils import comm
+
+    return comm.all_gather(value)
+
+
+def agree_to_start(error: BaseException | None) -> None:
+    """Every process says whether its checks passed; if any failed, every process stops with that message
+    (so no process waits for the others until a timeout, and no run is started)."""
+    statuses = share(None if error is None else f"{type(error).__name__}: {error}")
+    failed = [(rank, message) for rank, message in enumerate(statuses) if message is not None]
+    if error is not None:
+        raise error
+    if failed:
+        rank, message = failed[0]
+        raise UserError(f"process {rank} of the job failed its checks ({message}); nothing was started")
