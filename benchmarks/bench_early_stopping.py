@@ -11,13 +11,11 @@ best iteration and where each run stopped, and writes benchmarks/results/early_s
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import tempfile
 import time
 from pathlib import Path
 
-from results import write_results  # benchmarks/results.py
+from results import private_store, write_results  # benchmarks/results.py
 
 def overfitting_params(root: Path, **changes):
     """TrainParams of the overfitting setting, with its sample data written under ``root``."""
@@ -32,21 +30,6 @@ def overfitting_params(root: Path, **changes):
                 val_max_images="0")
     base.update(changes)
     return TrainParams(**base)
-
-
-@contextlib.contextmanager
-def private_store(root: Path):
-    import mlflow
-
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    old = os.getcwd()
-    os.chdir(root)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    try:
-        yield uri
-    finally:
-        os.chdir(old)
 
 
 def main() -> None:

@@ -1,8 +1,11 @@
-"""Where benchmarks write their JSON: ``benchmarks/results/`` unless an absolute ``--out`` is given."""
+"""What the benchmarks share: where they write their JSON (``benchmarks/results/`` unless an absolute ``--out``
+is given), a private MLflow store, and a printed table."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -15,3 +18,26 @@ def write_results(out: str, payload: dict) -> Path:
     path.write_text(json.dumps(payload, indent=2))
     print(f"wrote {path}")
     return path
+
+
+@contextlib.contextmanager
+def private_store(root: Path):
+    """A private SQLite tracking store and registry in ``root``, which is also the working folder, for the block."""
+    import mlflow
+
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    old = os.getcwd()
+    os.chdir(root)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield uri
+    finally:
+        os.chdir(old)
+
+
+def print_table(rows: list[dict], columns: list[str] | None = None) -> None:
+    columns = columns or list(rows[0])
+    print("\n" + " | ".join(columns))
+    for row in rows:
+        print(" | ".join(str(row.get(c, "")) for c in columns))

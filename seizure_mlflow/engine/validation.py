@@ -211,7 +211,7 @@ class ValidationLoss(HookBase):
     cost stays within :data:`AUTO_BUDGET` of training time, from the training time up to the first validation
     and a timed pass over a pilot sample (one frame per video, at least 8). The choice is part of the hook's
     state (so of every checkpoint: a resumed run keeps its sample) and, on the main process, written to
-    ``record_path`` as JSON.
+    ``record_path`` as JSON, with the seconds spent validating (and, at the end, training) in this process.
 
     Ordering: register it **before** ``BestCheckpointer`` (which reads ``val/total_loss``), the writers
     (so each value is written at its own iteration, unsmoothed, and ``val_full/*`` before the writers' last
@@ -238,6 +238,9 @@ class ValidationLoss(HookBase):
         self._last_val: tuple[int, dict[str, float]] | None = None
         self._started = 0.0
         self._start_iter = 0
+        # wall time of this process's training: validation passes on the sample, on the whole set, auto's pilot
+        # pass, and ("training", at the end) the rest; written with the choice to record_path
+        self.seconds = {"sample": 0.0, "full": 0.0, "pilot": 0.0}
 
     def before_train(self) -> None:
         self._started, self._start_iter = time.perf_counter(), self.trainer.iter
@@ -252,7 +255,9 @@ class ValidationLoss(HookBase):
         if next_iter % self._period == 0 or last:
             if self.choice is None:
                 self._choose_auto(next_iter)
+            started = time.perf_counter()
             losses = compute_validation_loss(self.trainer.model, self._loader, self._seed)
+            self.seconds["sample"] += time.perf_counter() - started
             self._last_val = (self.trainer.iter, losses)
             self._put(VAL_PREFIX, losses)
         if self._full_period and next_iter % self._full_period == 0 and not last:
@@ -263,6 +268,9 @@ class ValidationLoss(HookBase):
         finished = self.trainer.iter >= self.trainer.max_iter
         if (finished or getattr(self.trainer, "stopping", False)) and self.choice is not None:
             self._put_full(self.trainer.iter - 1 if finished else self.trainer.iter)
+        total = time.perf_counter() - self._started
+        self.seconds["training"] = total - self.seconds["sample"] - self.seconds["full"] - self.seconds["pilot"]
+        self._write_record()
 
     def state_dict(self) -> dict:
         return {"choice": asdict(self.choice)} if self.choice is not None else {}
@@ -280,16 +288,21 @@ class ValidationLoss(HookBase):
         if self.choice.is_full_set and self._last_val is not None and self._last_val[0] == iteration:
             losses = self._last_val[1]  # the sample is the whole set: nothing to recompute
         else:
+            started = time.perf_counter()
             losses = compute_validation_loss(self.trainer.model, self._loader_factory(None, False), self._seed)
+            self.seconds["full"] += time.perf_counter() - started
         self._put(VAL_FULL_PREFIX, losses, iteration)
 
     def _use(self, choice: SampleChoice) -> None:
         self.choice = choice
         self._loader = self._loader_factory(None if self.choice.is_full_set else self.choice.image_ids, True)
-        if self._record_path and comm.is_main_process():
-            with open(self._record_path, "w") as fh:
-                json.dump(asdict(self.choice), fh)
+        self._write_record()
         logger.info("Validation sample: %d of %d frames (%s)", choice.size, choice.full_size, choice.mode)
+
+    def _write_record(self) -> None:
+        if self._record_path and comm.is_main_process() and self.choice is not None:
+            with open(self._record_path, "w") as fh:
+                json.dump({**asdict(self.choice), "seconds": {k: round(v, 3) for k, v in self.seconds.items()}}, fh)
 
     def _choose_auto(self, next_iter: int) -> None:
         seconds_per_iteration = (time.perf_counter() - self._started) / max(next_iter - self._start_iter, 1)
@@ -297,7 +310,8 @@ class ValidationLoss(HookBase):
         comm.synchronize()
         started = time.perf_counter()
         compute_validation_loss(self.trainer.model, self._loader_factory(pilot, False), self._seed)
-        seconds_per_image = (time.perf_counter() - started) / len(pilot)
+        self.seconds["pilot"] = time.perf_counter() - started
+        seconds_per_image = self.seconds["pilot"] / len(pilot)
         videos = len(video_groups(self._images))
         size = auto_sample_size(seconds_per_iteration, seconds_per_image, self._period, videos, len(self._images))
         size, seconds_per_iteration, seconds_per_image = comm.all_gather(

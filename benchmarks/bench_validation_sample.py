@@ -1,0 +1,116 @@
+"""Validation at the study's ratio: the whole validation set every period vs ``val_max_images=auto``.
+
+The study validated 6,854 frames every 100 iterations of 64 images: 1.07 validation frames per training image.
+This benchmark keeps that ratio on sample data made large enough (50 videos x ``--frames-per-video`` frames,
+so 10 validation videos), with the demo's R18-FPN config on this machine's CPU:
+
+* run 1, ``val_max_images=0``: every validation frame at every period;
+* run 2, ``val_max_images=auto`` and ``full_val_period`` = the validation period, so that the sample's
+  ``val/total_loss`` can be compared with the whole set's ``val_full/total_loss`` at every period (those extra
+  full passes are a measurement, reported apart: a normal run makes one, at the end).
+
+Validation's share is the seconds the validation hook spent on its periodic passes over the seconds of
+training proper (both from the run's ``validation_sample.json``). Repeat passes: the sample's loss computed
+twice more on the final weights must be bit-identical. Prints a table and writes
+benchmarks/results/validation_sample.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from results import print_table, private_store, write_results  # benchmarks/results.py
+
+STUDY_VAL_FRAMES_PER_TRAIN_IMAGE = 6854 / (100 * 64)
+
+
+def repeat_is_identical(output_dir: Path, params, datasets, record: dict) -> bool:
+    """The sample's loss on the final weights, twice, compared bit for bit."""
+    import torch
+
+    from seizure_mlflow.config import build_config
+    from seizure_mlflow.engine.validation import compute_validation_loss
+    from seizure_mlflow.training import build_trainer
+
+    cfg = build_config(params, num_classes=len(datasets.train.categories), output_dir=str(output_dir / "repeat"))
+    trainer = build_trainer(cfg, datasets)
+    state = torch.load(output_dir / "model_final.pth", map_location="cpu", weights_only=False)["model"]
+    trainer.model.load_state_dict(state)
+    loader = trainer.build_validation_loader(cfg, record["image_ids"])
+    first = compute_validation_loss(trainer.model, loader, cfg.SEED)
+    second = compute_validation_loss(trainer.model, loader, cfg.SEED)
+    return first == second
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames-per-video", type=int, default=100)
+    parser.add_argument("--ims-per-batch", type=int, default=2)
+    parser.add_argument("--periods", type=int, default=3)
+    parser.add_argument("--out", default="benchmarks/results/validation_sample.json")
+    args = parser.parse_args()
+    import mlflow
+
+    from seizure_mlflow.config import TrainParams
+    from seizure_mlflow.data.datasets import check_datasets
+    from seizure_mlflow.data.sample import SampleSpec, sample_paths, write_sample_dataset
+    from seizure_mlflow.training import run_training
+
+    rows, errors = [], []
+    with tempfile.TemporaryDirectory() as tmp, private_store(Path(tmp)):
+        root = Path(tmp)
+        started = time.perf_counter()
+        data = sample_paths(write_sample_dataset(root / "data", SampleSpec(num_videos=50,
+                                                                           frames_per_video=args.frames_per_video)))
+        print(f"sample data written in {time.perf_counter() - started:.0f} s")
+        val_frames = len(json.loads(Path(data["val"][0]).read_text())["images"])
+        eval_period = round(val_frames / (STUDY_VAL_FRAMES_PER_TRAIN_IMAGE * args.ims_per_batch))
+        base = TrainParams(train_json=data["train"][0], train_images=data["train"][1], val_json=data["val"][0],
+                           val_images=data["val"][1], ims_per_batch=args.ims_per_batch, eval_period=eval_period,
+                           max_iter=eval_period * args.periods, device="cpu", system_metrics=False,
+                           model_name="bench-validation")
+        for label, changes in (("whole set (val_max_images=0)", {"val_max_images": "0"}),
+                               ("auto", {"val_max_images": "auto", "full_val_period": eval_period})):
+            out = root / f"out-{changes['val_max_images']}"
+            params = base.replace(output_dir=str(out), **changes)
+            result = run_training(params)
+            record = json.loads((out / "validation_sample.json").read_text())
+            seconds = record["seconds"]
+            periodic = seconds["sample"]
+            one_full_pass = seconds["full"] / args.periods if label == "auto" else 0.0  # whole set: val_full = val
+            rows.append({"run": label, "frames_per_pass": len(record["image_ids"]), "of": record["full_size"],
+                         "training_s": round(seconds["training"], 1), "validation_s": round(periodic, 1),
+                         "validation_share": f"{periodic / seconds['training']:.1%}",
+                         "share_with_final_full_pass": f"{(periodic + one_full_pass) / seconds['training']:.1%}",
+                         "pilot_s": round(seconds["pilot"], 1)})
+            if label == "auto":
+                client = mlflow.MlflowClient()
+                val = {m.step: m.value for m in client.get_metric_history(result.run_id, "val/total_loss")}
+                full = {m.step: m.value for m in client.get_metric_history(result.run_id, "val_full/total_loss")}
+                for step in sorted(full):
+                    errors.append({"iteration": step, "val_total_loss (sample)": round(val[step], 5),
+                                   "val_full_total_loss": round(full[step], 5),
+                                   "relative_error": f"{abs(val[step] - full[step]) / full[step]:.2%}"})
+                datasets = check_datasets(params.train_json, params.train_images, params.val_json, params.val_images)
+                identical = repeat_is_identical(out, params, datasets, record)
+    print(f"\nstudy ratio: {STUDY_VAL_FRAMES_PER_TRAIN_IMAGE:.2f} validation frames per training image; here "
+          f"{val_frames} validation frames every {eval_period} iterations of {args.ims_per_batch} images")
+    print_table(rows)
+    print("('share_with_final_full_pass' for auto adds one whole-set pass, as a normal run makes at its end, spread "
+          f"over {args.periods} periods)")
+    print_table(errors)
+    worst = max(float(e["relative_error"].rstrip("%")) for e in errors)
+    print(f"\nworst estimate error {worst:.2f}%; repeat passes bit-identical: {identical}")
+    write_results(args.out, {"setting": {"frames_per_video": args.frames_per_video, "val_frames": val_frames,
+                                         "eval_period": eval_period, "ims_per_batch": args.ims_per_batch,
+                                         "periods": args.periods},
+                             "runs": rows, "estimate": errors, "worst_relative_error_percent": worst,
+                             "repeat_bit_identical": identical})
+
+
+if __name__ == "__main__":
+    main()
