@@ -132,3 +132,23 @@ def test_launcher_variables_are_read_and_checked(tiny_data, tmp_path):
         tiny_params(tiny_data, tmp_path, num_machines=2, machine_rank=1)
     with pytest.raises(ConfigError, match="machine_rank"):
         tiny_params(tiny_data, tmp_path, num_machines=2, machine_rank=2, dist_url="tcp://127.0.0.1:1234")
+
+
+def test_the_cluster_examples_parse_and_give_every_launcher_variable():
+    from conftest import REPO
+
+    import yaml
+
+    sbatch = REPO / "docs" / "cluster" / "train.sbatch"
+    assert subprocess.run(["bash", "-n", str(sbatch)], capture_output=True).returncode == 0
+    text = sbatch.read_text()
+    for name in ("RANK=", "WORLD_SIZE=", "LOCAL_RANK=", "LOCAL_WORLD_SIZE=", "MASTER_ADDR=", "MASTER_PORT="):
+        assert name in text, name
+    service, job = yaml.safe_load_all((REPO / "docs" / "cluster" / "train-job.yaml").read_text())
+    [container] = job["spec"]["template"]["spec"]["containers"]
+    env = {e["name"] for e in container["env"]}
+    assert {"RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"} <= env
+    assert job["spec"]["completions"] == int(next(e["value"] for e in container["env"] if e["name"] == "WORLD_SIZE"))
+    assert not any(word in e["name"] for e in container["env"] for word in ("PASSWORD", "SECRET", "TRACKING"))
+    assert container["envFrom"] == [{"secretRef": {"name": "seizure-mlflow-tracking"}}]  # credentials from a Secret
+    assert container["command"][:2] == ["seizure-mlflow", "train"]

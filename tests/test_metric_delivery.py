@@ -42,6 +42,25 @@ def test_the_queue_keeps_order_and_spills_beyond_its_memory_bound(tmp_path):
     assert not list((tmp_path / "spool").glob("*.jsonl"))  # delivered segments are removed
 
 
+def test_persisted_values_survive_a_killed_process_in_order(tmp_path):
+    """After persist(), a new queue over the same folder (the process was killed) holds every value not yet popped,
+    in order, whether it was being delivered, spilled or only in memory."""
+    queue = SpillQueue(tmp_path / "spool", memory_limit=50)
+    queue.put(_values(30))
+    queue.pop(len(queue.peek(10)))  # 10 delivered; 20 left in the head, only in memory
+    queue.put(_values(60, first_step=31))  # spills 31-90 behind the head
+    queue.put(_values(5, first_step=91))  # only in memory
+    assert queue.persist() == 85
+    again = SpillQueue(tmp_path / "spool", memory_limit=50)
+    out = []
+    while len(again):
+        batch = again.peek(7)
+        out.extend(m.step for m in batch)
+        again.pop(len(batch))
+    assert out == list(range(11, 96))
+    assert not list((tmp_path / "spool").glob("*"))
+
+
 def test_values_reach_a_local_store_in_order_exactly_once(tracking, tmp_path):
     client = MlflowClient()
     run_id = client.create_run("0").info.run_id

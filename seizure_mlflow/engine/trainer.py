@@ -160,7 +160,8 @@ class Trainer(DefaultTrainer):
     def build_hooks(self) -> list[hooks.HookBase]:
         """Validation, best checkpoint and a flush of the writers come *before* the periodic checkpoint, so
         that every metric up to a checkpoint is logged before it exists: a run killed at any moment and
-        resumed from its last checkpoint then misses no step (and re-sends none, see ``MlflowWriter``)."""
+        resumed from its last checkpoint then misses no step (and re-sends none, see ``MlflowWriter``): values not yet
+        delivered are on disk in the writer's spool by then."""
         cfg = self.cfg
         ret: list[hooks.HookBase] = [hooks.IterationTimer(), hooks.LRScheduler(), RandomState()]
         if self._validate:
@@ -217,7 +218,10 @@ def best_checkpoint_path(output_dir: str) -> str:
 
 
 class CheckpointAlignedWriter(hooks.PeriodicWriter):
-    """``PeriodicWriter`` that also writes at every checkpoint iteration (and the last)."""
+    """``PeriodicWriter`` that also writes at every checkpoint iteration (and the last), and then asks each
+    writer that can (``make_durable``, the MLflow writer) to put what it has not delivered yet on disk: register
+    it before ``PeriodicCheckpointer``, so that every value up to a checkpoint is safe before the checkpoint
+    exists."""
 
     def __init__(self, writers: list[EventWriter], period: int, checkpoint_period: int) -> None:
         super().__init__(writers, period=period)
@@ -225,7 +229,12 @@ class CheckpointAlignedWriter(hooks.PeriodicWriter):
 
     def after_step(self) -> None:
         next_iter = self.trainer.iter + 1
-        if self._checkpoint_period > 0 and next_iter % self._checkpoint_period == 0 and next_iter % self._period:
+        at_checkpoint = self._checkpoint_period > 0 and next_iter % self._checkpoint_period == 0
+        if at_checkpoint and next_iter % self._period:
             for writer in self._writers:
                 writer.write()
         super().after_step()
+        if at_checkpoint or next_iter == self.trainer.max_iter:
+            for writer in self._writers:
+                if hasattr(writer, "make_durable"):
+                    writer.make_durable()

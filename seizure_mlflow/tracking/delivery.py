@@ -98,12 +98,17 @@ def _rest_sender(run_id: str, host_creds: Callable, timeout_s: float) -> Sender:
 
 class SpillQueue:
     """A FIFO of metric values holding at most about ``memory_limit`` of them in memory; the rest wait, in
-    order, in JSON-lines files in ``spool_dir``. Not thread-safe (:class:`MetricDelivery` locks around it)."""
+    order, in JSON-lines files in ``spool_dir``, named in queue order. A file is removed only once all its values
+    were popped, so after :meth:`persist` every queued value is on disk until delivered: a process killed then
+    and started again over the same folder loses none (it may send a few twice; MLflow's stores drop a value
+    identical to one they hold). Not thread-safe (:class:`MetricDelivery` locks around it)."""
 
     def __init__(self, spool_dir: str | os.PathLike, memory_limit: int = 20_000) -> None:
         self._dir = Path(spool_dir)
         self._limit = memory_limit
         self._head: deque[Metric] = deque()  # the oldest values, being delivered
+        self._head_file: Path | None = None  # where the head's values are on disk (None: in memory only)
+        self._head_name: Path | None = None  # the file name kept for a head taken from memory
         self._tail: list[Metric] = []  # the newest values
         self._segments: deque[Path] = deque(sorted(self._dir.glob("*.jsonl"))) if self._dir.is_dir() else deque()
         self._next_segment = int(self._segments[-1].stem) + 1 if self._segments else 0
@@ -124,66 +129,65 @@ class SpillQueue:
     def put(self, metrics: list[Metric]) -> None:
         self._tail.extend(metrics)
         if len(self._tail) > self._limit:
-            self._spill(self._tail)
+            self._write(self._new_name(), self._tail)
             self._tail = []
 
     def peek(self, count: int) -> list[Metric]:
         """Up to ``count`` of the oldest values (left in the queue until :meth:`pop`)."""
         if not self._head:
             if self._segments:
-                path = self._segments.popleft()
-                with path.open() as fh:
+                self._head_file = self._segments.popleft()
+                with self._head_file.open() as fh:
                     self._head.extend(Metric(**json.loads(line)) for line in fh)
                 self._spilled -= len(self._head)
-                path.unlink()
-            else:
+            elif self._tail:
                 self._head.extend(self._tail)
                 self._tail = []
+                self._head_name = self._new_name()  # before any later spill, so its values sort first
         return [self._head[k] for k in range(min(count, len(self._head)))]
 
     def pop(self, count: int) -> None:
         for _ in range(count):
             self._head.popleft()
+        if not self._head:
+            if self._head_file is not None:
+                self._head_file.unlink(missing_ok=True)
+            self._head_file = self._head_name = None
 
     def persist(self) -> int:
-        """Write every queued value to the spool (a later process delivers them); returns how many."""
-        values = list(self._head) + self._read_segments() + self._tail
-        for path in self._segments:
-            path.unlink()
-        self._segments.clear()
-        self._head.clear()
-        self._tail = []
-        self._spilled = 0
-        if values:
-            self._spill(values)
-        return len(values)
+        """Put every value that is only in memory on disk too (in queue order); returns how many are queued."""
+        if self._head and self._head_file is None:
+            self._head_file = self._head_name
+            self._write(self._head_file, list(self._head), segment=False)
+        if self._tail:
+            self._write(self._new_name(), self._tail)
+            self._tail = []
+        return len(self)
 
     def clear(self) -> None:
         self._head.clear()
         self._tail = []
-        for path in self._segments:
-            path.unlink()
+        for path in [*self._segments, *([self._head_file] if self._head_file else [])]:
+            path.unlink(missing_ok=True)
         self._segments.clear()
+        self._head_file = self._head_name = None
         self._spilled = 0
 
-    def _read_segments(self) -> list[Metric]:
-        values = []
-        for path in self._segments:
-            with path.open() as fh:
-                values.extend(Metric(**json.loads(line)) for line in fh)
-        return values
+    def _new_name(self) -> Path:
+        name = self._dir / f"{self._next_segment:08d}.jsonl"
+        self._next_segment += 1
+        return name
 
-    def _spill(self, values: list[Metric]) -> None:
+    def _write(self, path: Path, values: list[Metric], segment: bool = True) -> None:
         self._dir.mkdir(parents=True, exist_ok=True)
-        path = self._dir / f"{self._next_segment:08d}.jsonl"
         tmp = path.with_suffix(".tmp")
         with tmp.open("w") as fh:
             for m in values:
                 fh.write(json.dumps({"key": m.key, "value": m.value, "timestamp": m.timestamp, "step": m.step}) + "\n")
         tmp.rename(path)
-        self._segments.append(path)
-        self._next_segment += 1
-        self._spilled += len(values)
+        if segment:
+            self._segments.append(path)
+            self._spilled += len(values)
 
 
 def spooled_steps(spool_dir: str | os.PathLike) -> dict[str, int]:
@@ -231,6 +235,12 @@ class MetricDelivery:
             if self.stopped_reason is None and not self._abandoned:
                 self._queue.put(metrics)
                 self._cond.notify_all()
+
+    def persist(self) -> None:
+        """Put every queued value on disk too (see :meth:`SpillQueue.persist`); the thread goes on delivering."""
+        with self._cond:
+            if self.stopped_reason is None and not self._abandoned:
+                self._queue.persist()
 
     def close(self, timeout_s: float) -> bool:
         """Wait up to ``timeout_s`` for the queue to empty; True when everything was delivered. Values left are

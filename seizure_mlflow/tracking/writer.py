@@ -97,6 +97,11 @@ class MlflowWriter(EventWriter):
         """Queue the new values; never waits on the server."""
         self.delivery.put(self.pending_metrics())
 
+    def make_durable(self) -> None:
+        """Put every value queued so far on disk in the spool folder (called before a checkpoint is saved: a
+        run killed after it and resumed delivers them from there; never waits on the server)."""
+        self.delivery.persist()
+
     def finish(self, timeout_s: float = DRAIN_TIMEOUT_S, failed: bool = False) -> None:
         """Wait up to ``timeout_s`` for every queued value to reach the server. After a successful training a
         timeout is an error (the values are kept in the spool folder for ``--resume``); after a failed one
