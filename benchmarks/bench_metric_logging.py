@@ -2,7 +2,8 @@
 
 Simulates `--steps` iterations with the 7 train metrics the writer logs per iteration (plus 6 val metrics
 every 25), into a fresh SQLite tracking store, three ways, side by side in one process:
-  * MlflowWriter: Detectron2 EventStorage + our writer, flushing every 20 iterations (log_batch);
+  * MlflowWriter: Detectron2 EventStorage + our writer, queueing every 20 iterations, its thread sending
+    log_batch requests (timed until everything is delivered);
   * log_metrics per iteration (one request per iteration);
   * log_metric per value (one request per value, as naive callbacks do).
 Prints a table and writes benchmarks/results/metric_logging.json.
@@ -42,6 +43,7 @@ def with_writer(client: MlflowClient, run_id: str, steps: int) -> int:
             storage.put_scalars(**val, smoothing_hint=False)
             if (step + 1) % 20 == 0 or step == steps - 1:
                 writer.write()
+    writer.finish(timeout_s=600)  # the delivery thread sends; the timing includes it
     return steps * len(TRAIN) + (steps // 25) * len(VAL)
 
 

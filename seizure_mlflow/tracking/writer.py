@@ -86,11 +86,14 @@ class MlflowWriter(EventWriter):
             if name is None:
                 continue
             last = self._last_sent.get(key, -1)
-            for value, iteration in history.values():
-                if iteration > last:
-                    metrics.append(Metric(name, float(value), timestamp, int(iteration) + 1))
-                    last = int(iteration)
-            self._last_sent[key] = last
+            new = []
+            for value, iteration in reversed(history.values()):  # only the end is new: no pass over the whole run
+                if iteration <= last:
+                    break
+                new.append(Metric(name, float(value), timestamp, int(iteration) + 1))
+            metrics.extend(reversed(new))
+            if new:
+                self._last_sent[key] = new[0].step - 1
         return metrics
 
     def write(self) -> None:
