@@ -43,7 +43,9 @@ def serve(model_uri: str, tracking_uri: str, root: Path):
     log = open(root / "serve.log", "w")
     proc = subprocess.Popen([mlflow, "models", "serve", "-m", model_uri, "--env-manager", "local", "--host",
                              "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT, cwd=root,
-                            env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}, start_new_session=True)
+                            env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri,  # its uvicorn is beside python
+                                 "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"},
+                            start_new_session=True)
     deadline = time.time() + 180
     while time.time() < deadline:
         try:

@@ -32,6 +32,7 @@ def build_cfg(data: dict, output_dir: Path, iterations: int):
     params = TrainParams(train_json=data["train"][0], train_images=data["train"][1], val_json=data["val"][0],
                          val_images=data["val"][1], max_iter=iterations, eval_period=iterations, device="cpu",
                          opts=("SOLVER.CHECKPOINT_PERIOD", str(iterations)))
+    output_dir.mkdir(parents=True, exist_ok=True)
     return build_config(params, num_classes=2, output_dir=str(output_dir))
 
 

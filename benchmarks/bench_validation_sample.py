@@ -88,6 +88,13 @@ def main() -> None:
                          "share_with_final_full_pass": f"{(periodic + one_full_pass) / seconds['training']:.1%}",
                          "pilot_s": round(seconds["pilot"], 1)})
             if label == "auto":
+                # the same run's whole-set passes (one per period): the whole set's cost on the same machine at the
+                # same time as the sample's, side by side
+                rows.append({"run": "whole set, passes inside the auto run", "frames_per_pass": record["full_size"],
+                             "of": record["full_size"], "training_s": round(seconds["training"], 1),
+                             "validation_s": round(seconds["full"], 1),
+                             "validation_share": f"{seconds['full'] / seconds['training']:.1%}",
+                             "share_with_final_full_pass": "", "pilot_s": ""})
                 client = mlflow.MlflowClient()
                 val = {m.step: m.value for m in client.get_metric_history(result.run_id, "val/total_loss")}
                 full = {m.step: m.value for m in client.get_metric_history(result.run_id, "val_full/total_loss")}

@@ -332,7 +332,7 @@ def build_config(params: TrainParams, num_classes: int, output_dir: str):
     cfg.EARLY_STOPPING = type(cfg)({"PATIENCE": params.patience, "MIN_DELTA": float(params.min_delta)})
     cfg.SOLVER.AMP.ENABLED = params.amp
     cfg.VALIDATION = type(cfg)({"MAX_IMAGES": params.val_max_images, "FULL_PERIOD": params.full_val_period,
-                                "BATCH_SIZE": 0, "CACHE_MB": 1024})
+                                "BATCH_SIZE": 4, "CACHE_MB": 1024})
     if params.opts:
         try:
             cfg.merge_from_list(list(params.opts))
@@ -357,7 +357,7 @@ _CONFIG_RULES: tuple[tuple[str, Any, str], ...] = (
     ("TEST.EVAL_PERIOD", lambda v: isinstance(v, int) and v > 0, "a positive integer"),
     ("VALIDATION.MAX_IMAGES", lambda v: v == "auto" or str(v).isdigit(), "auto or an integer >= 0"),
     ("VALIDATION.FULL_PERIOD", lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
-    ("VALIDATION.BATCH_SIZE", lambda v: isinstance(v, int) and v >= 0, "an integer >= 0 (0: by device)"),
+    ("VALIDATION.BATCH_SIZE", lambda v: isinstance(v, int) and v > 0, "a positive integer"),
     ("VALIDATION.CACHE_MB", lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
     ("INPUT.MIN_SIZE_TRAIN", lambda v: len(v) > 0 and all(_positive(x) for x in v), "positive sizes"),
     ("INPUT.MIN_SIZE_TEST", _positive, "a positive size"),

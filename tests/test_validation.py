@@ -24,7 +24,7 @@ BN_OPTS = TINY_OPTS + ("MODEL.RESNETS.NORM", "BN", "MODEL.FPN.NORM", "BN")
 
 
 def _cfg(tiny_data, tmp_path, name="out", **changes):
-    params = tiny_params(tiny_data, tmp_path, opts=BN_OPTS, **changes)
+    params = tiny_params(tiny_data, tmp_path, **{"opts": BN_OPTS, **changes})
     datasets = check_datasets(params.train_json, params.train_images, params.val_json, params.val_images)
     return build_config(params, num_classes=2, output_dir=str(tmp_path / name)), datasets
 
@@ -124,8 +124,9 @@ def _distributed_loss(cfg, datasets, weights_path, out_path):
 
 @pytest.mark.slow
 def test_loss_is_averaged_over_all_processes(tiny_data, tmp_path):
-    """Two CPU processes (gloo), each with half the validation set, report the whole set's mean."""
-    cfg, datasets = _cfg(tiny_data, tmp_path)
+    """Two CPU processes (gloo), each with half the validation set, report the whole set's mean (one image per
+    forward: with several, a batch's loss depends on which images share it)."""
+    cfg, datasets = _cfg(tiny_data, tmp_path, opts=BN_OPTS + ("VALIDATION.BATCH_SIZE", "1"))
     trainer = build_trainer(cfg, datasets)
     weights = tmp_path / "weights.pt"
     torch.save(trainer.model.state_dict(), weights)

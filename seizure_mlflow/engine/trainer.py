@@ -45,15 +45,6 @@ BEST_CHECKPOINT = "model_best"  # OUTPUT_DIR/model_best.pth: see ResumableBestCh
 WRITE_PERIOD = 20
 KEEP_PERIODIC_CHECKPOINTS = 2  # plus model_best.pth and model_final.pth
 VALIDATION_SAMPLE_FILE = "validation_sample.json"  # OUTPUT_DIR: the validation sample's image ids, see ValidationLoss
-GPU_VALIDATION_BATCH = 4  # images per validation forward on a GPU when VALIDATION.BATCH_SIZE is 0
-
-
-def validation_batch_size(cfg) -> int:
-    """``VALIDATION.BATCH_SIZE``, or when 0: one image per forward on the CPU (batching gains nothing there, see
-    docs/performance.md) and :data:`GPU_VALIDATION_BATCH` on a GPU."""
-    if cfg.VALIDATION.BATCH_SIZE > 0:
-        return cfg.VALIDATION.BATCH_SIZE
-    return GPU_VALIDATION_BATCH if str(cfg.MODEL.DEVICE).startswith("cuda") else 1
 
 
 class Trainer(DefaultTrainer):
@@ -140,7 +131,7 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_validation_loader(cls, cfg, image_ids: list[int] | None = None):
         """The validation set's loader (only ``image_ids`` when given), ``VALIDATION.BATCH_SIZE`` images per forward."""
-        return build_validation_loader(cfg, VAL_DATASET, image_ids, batch_size=validation_batch_size(cfg))
+        return build_validation_loader(cfg, VAL_DATASET, image_ids, batch_size=cfg.VALIDATION.BATCH_SIZE)
 
     def build_validation_hook(self, cfg) -> ValidationLoss:
         """The validation-loss hook over ``VALIDATION.MAX_IMAGES`` frames of the validation set, the sample's
