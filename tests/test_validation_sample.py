@@ -126,3 +126,28 @@ def test_auto_chooses_and_logs_a_size_and_repeats_it_at_every_period(many_val_fr
     assert 2 <= size <= 12 and size == len(recorded["image_ids"])  # at least one frame per video
     assert sorted(_metric(client, result.run_id, "val/total_loss")) == [2, 4, 6]
     assert sorted(_metric(client, result.run_id, "val_full/total_loss")) == [6]
+
+
+def test_the_sample_is_part_of_the_hook_state_so_a_resumed_run_keeps_it(tmp_path):
+    from types import SimpleNamespace
+
+    from seizure_mlflow.engine.validation import ValidationLoss
+
+    images = _images(videos=3, frames=20)
+    asked = []
+
+    def loaders(image_ids, cached):
+        asked.append(image_ids)
+        return []
+
+    first = ValidationLoss(10, loaders, images, seed=2, max_images=6, record_path=str(tmp_path / "sample.json"))
+    first.trainer = SimpleNamespace(iter=0)
+    first.before_train()
+    state = first.state_dict()
+    resumed = ValidationLoss(10, loaders, images, seed=9, max_images="auto")  # a resumed run does not choose again
+    resumed.load_state_dict(state)
+    resumed.trainer = SimpleNamespace(iter=40)
+    resumed.before_train()
+    assert resumed.choice == first.choice and len(first.choice.image_ids) == 6
+    assert asked == [first.choice.image_ids, first.choice.image_ids]
+    assert json.loads((tmp_path / "sample.json").read_text())["image_ids"] == first.choice.image_ids
