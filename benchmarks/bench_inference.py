@@ -36,7 +36,7 @@ def per_image(call, inputs: list, warmup: int) -> float:
 
 
 def serve(model_uri: str, tracking_uri: str, root: Path):
-    from seizure_mlflow.stack.proxy import free_port
+    from seizure_mlflow.stack.proxy import free_port, wait_until_answers
 
     port = free_port()
     mlflow = str(Path(sys.executable).parent / "mlflow")
@@ -46,15 +46,12 @@ def serve(model_uri: str, tracking_uri: str, root: Path):
                             env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri,  # its uvicorn is beside python
                                  "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"},
                             start_new_session=True)
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
-                return proc, f"http://127.0.0.1:{port}/invocations"
-        except OSError:
-            time.sleep(1)
-    proc.kill()
-    raise RuntimeError((root / "serve.log").read_text()[-2000:])
+    try:
+        wait_until_answers(f"http://127.0.0.1:{port}/ping", proc, root / "serve.log")
+    except RuntimeError:
+        proc.kill()
+        raise
+    return proc, f"http://127.0.0.1:{port}/invocations"
 
 
 def main() -> None:

@@ -143,6 +143,21 @@ def plan_run(params: TrainParams, sample_dir: str = DEFAULT_SAMPLE_DIR, tracking
     return Plan(params, datasets, test, cfg, categories, resume_run_id)
 
 
+def plan_with_the_job(params: TrainParams, sample_dir: str, launcher: LauncherProcess | None,
+                      tracking: bool = True) -> Plan:
+    """:func:`plan_run`; under a launcher, every process then says whether its checks passed and all stop if
+    one failed (see :func:`~seizure_mlflow.distributed.agree_to_start`)."""
+    try:
+        plan = plan_run(params, sample_dir, tracking=tracking)
+    except BaseException as exc:
+        if launcher is not None:
+            agree_to_start(exc)
+        raise
+    if launcher is not None:
+        agree_to_start(None)
+    return plan
+
+
 def _train_worker(cfg, run_id: str, tracking_uri: str, datasets: Datasets, resume: bool = False,
                   keep_improvements: bool = False, extra_hooks=None) -> None:
     """Runs in every training process (one, or one per GPU under Detectron2's ``launch``)."""
@@ -195,14 +210,8 @@ def follow_training(params: TrainParams, sample_dir: str = DEFAULT_SAMPLE_DIR,
                     launcher: LauncherProcess | None = None) -> None:
     """The part of a job that is not global rank 0 (a machine with ``machine_rank`` > 0, or a launcher's process
     with ``RANK`` > 0): check the inputs, then train beside rank 0, never talking to the tracking server."""
-    try:
-        plan = plan_run(params, sample_dir, tracking=False)
-    except BaseException as exc:
-        if launcher is not None:
-            agree_to_start(exc)
-        raise
+    plan = plan_with_the_job(params, sample_dir, launcher, tracking=False)
     if launcher is not None:
-        agree_to_start(None)
         status, detail = share(None)[0]
         if status != "ok":
             raise UserError(f"rank 0 stopped before training: {detail}")
@@ -304,14 +313,7 @@ def run_training(params: TrainParams, sample_dir: str = DEFAULT_SAMPLE_DIR, tria
         join_process_group(launcher, params.device)
     if (launcher is not None and launcher.rank > 0) or params.machine_rank > 0:
         return follow_training(params, sample_dir, launcher)
-    try:
-        plan = plan_run(params, sample_dir)
-    except BaseException as exc:
-        if launcher is not None:
-            agree_to_start(exc)
-        raise
-    if launcher is not None:
-        agree_to_start(None)
+    plan = plan_with_the_job(params, sample_dir, launcher)
     wrapper = os.environ.get("MLFLOW_RUN_ID")
     if plan.resume_run_id and wrapper and wrapper != plan.resume_run_id:
         # `mlflow run -P resume=true` made a new run for this command: point it at the run that continues.

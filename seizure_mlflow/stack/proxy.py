@@ -95,6 +95,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_until_answers(url: str, proc: subprocess.Popen, log: Path, timeout_s: float = 180) -> None:
+    """Wait until ``url`` answers 200 (a server ``proc`` is starting); its log's end in the error otherwise."""
+    deadline = time.time() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            raise RuntimeError(f"{url} did not answer: {log.read_text()[-2000:] if log.exists() else ''}")
+        time.sleep(0.5)
+
+
 @contextlib.contextmanager
 def local_server(root: str | os.PathLike, port: int | None = None) -> Iterator[str]:
     """A plain ``mlflow server`` on loopback (SQLite store, artifacts under ``root``) for the block; yields its URL.
@@ -111,17 +126,7 @@ def local_server(root: str | os.PathLike, port: int | None = None) -> Iterator[s
                             stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=root)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"mlflow server did not start: {(root / 'mlflow-server.log').read_text()[-2000:]}")
-            time.sleep(0.5)
+        wait_until_answers(f"{url}/health", proc, root / "mlflow-server.log")
         yield url
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
