@@ -117,11 +117,40 @@ def _a_trial_is_training(storage: str, study: str) -> bool:
     """A trial is RUNNING and its MLflow run exists (the worker is past planning, inside training)."""
     import optuna
 
+    from sqlalchemy.exc import DBAPIError
+
     try:
         trials = optuna.load_study(study_name=study, storage=storage).get_trials(deepcopy=False)
-    except KeyError:  # the study does not exist yet
+    except (KeyError, DBAPIError):  # the study does not exist yet, or the worker is creating its tables right now
         return False
     return any(t.state.name == "RUNNING" and t.user_attrs.get("run_id") for t in trials)
+
+
+def _open_at_once(url: str, barrier, results) -> None:
+    from seizure_mlflow.sweeps.storage import open_storage
+
+    barrier.wait()
+    try:
+        open_storage(url)
+        results.put("ok")
+    except BaseException as exc:  # what the worker would have died of
+        results.put(f"{type(exc).__name__}: {exc}")
+
+
+def test_workers_opening_a_new_study_database_at_the_same_moment_all_get_it(tmp_path):
+    """Each creates Optuna's tables if they are missing; the ones that lose the race wait and open them."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    for round_ in range(3):
+        url = f"sqlite:///{tmp_path}/race{round_}.db"
+        barrier, results = context.Barrier(6), context.Queue()
+        workers = [context.Process(target=_open_at_once, args=(url, barrier, results)) for _ in range(6)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(timeout=120)
+        assert [results.get(timeout=5) for _ in workers] == ["ok"] * 6
 
 
 @pytest.mark.slow

@@ -8,6 +8,8 @@ stack, so it is only ever shown with the password removed (:func:`redacted`).
 from __future__ import annotations
 
 import os
+import random
+import time
 import warnings
 
 from optuna.exceptions import ExperimentalWarning
@@ -22,6 +24,7 @@ STORAGE_ENV = "SEIZURE_OPTUNA_STORAGE"
 DEFAULT_STORAGE = "sqlite:///optuna.db"
 HEARTBEAT_S = 30  # a trial whose worker has not beaten for GRACE_S is failed and retried once
 GRACE_S = 120
+SCHEMA_RACE_RETRIES = 5
 
 
 def storage_url(given: str = "") -> str:
@@ -44,7 +47,7 @@ def open_storage(url: str, heartbeat_s: int = HEARTBEAT_S, grace_s: int = GRACE_
     import optuna
     from optuna.storages import RDBStorage, RetryFailedTrialCallback
     from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
+    from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError
 
     try:
         parsed = make_url(url)
@@ -53,8 +56,18 @@ def open_storage(url: str, heartbeat_s: int = HEARTBEAT_S, grace_s: int = GRACE_
                         "postgresql+psycopg://USER:PASSWORD@HOST:PORT/optuna)", param="storage") from None
     engine_kwargs = {"connect_args": {"connect_timeout": 10}} if parsed.get_backend_name() == "postgresql" else {}
     try:
-        return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_s, grace_period=grace_s,
-                          failed_trial_callback=RetryFailedTrialCallback(max_retry=1))
+        for attempt in range(SCHEMA_RACE_RETRIES + 1):
+            try:
+                return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_s,
+                                  grace_period=grace_s, failed_trial_callback=RetryFailedTrialCallback(max_retry=1))
+            except DBAPIError as exc:
+                # Workers that open a new database at the same moment both create Optuna's tables: the later
+                # one finds a table or row the other just made ("already exists", a unique key); a moment
+                # later the schema is simply there.
+                if attempt == SCHEMA_RACE_RETRIES or not (isinstance(exc, IntegrityError)
+                                                          or "already exists" in str(exc)):
+                    raise
+                time.sleep(0.5 + random.random())
     except Exception as exc:  # SQLAlchemy's OperationalError and friends, whose text may hold the URL
         where = f"{parsed.host}:{parsed.port}" if parsed.host else redacted(url)
         reason = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
