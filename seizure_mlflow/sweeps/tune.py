@@ -168,6 +168,28 @@ def _progress(study) -> tuple[int, int]:
     return done, active
 
 
+def _claim_next_trial(study, plan: SweepPlan) -> bool:
+    """Whether this worker may run the next trial. Checking the count and then starting a trial would let two
+    workers start the last one both; instead each new trial K has a helper study ``NAME.trial-K`` and each retry
+    of a killed worker's trial N a helper ``NAME.retry-N``, whose unique names make exactly one worker create
+    each. A retry waiting in the study is claimed first (Optuna's next trial is the waiting one)."""
+    import optuna
+    from optuna.storages import RetryFailedTrialCallback
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    waiting = [t for t in trials if t.state == TrialState.WAITING]
+    names = [f"{plan.study_name}.retry-{RetryFailedTrialCallback.retried_trial_number(t)}" for t in waiting]
+    names += [f"{plan.study_name}.trial-{k}" for k in range(plan.request.trials)]
+    for name in names:
+        try:
+            optuna.create_study(study_name=name, storage=plan.storage_url)
+            return True
+        except optuna.exceptions.DuplicatedStudyError:
+            continue
+    return False
+
+
 def work(plan: SweepPlan) -> str:
     """Run trials until the study has ``trials`` finished ones; then finish the sweep. Returns the parent run id."""
     from optuna.storages import fail_stale_trials
@@ -181,7 +203,7 @@ def work(plan: SweepPlan) -> str:
         done, active = _progress(study)
         if done >= total:
             break
-        if done + active >= total:  # the rest is running elsewhere: wait for it, or for its heartbeat to stop
+        if not _claim_next_trial(study, plan):  # the rest is running elsewhere: wait for it, or for its heartbeat
             time.sleep(min(5, plan.request.heartbeat_s))
             continue
         study.optimize(lambda trial: _objective(trial, plan, parent), n_trials=1, catch=(FloatingPointError,),
