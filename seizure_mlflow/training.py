@@ -351,9 +351,9 @@ def run_training(params: TrainParams, sample_dir: str = DEFAULT_SAMPLE_DIR, tria
                 if isinstance(exc, (KeyboardInterrupt, FloatingPointError)):
                     mlflow.set_tag(STOP_REASON_TAG, SIGNAL if isinstance(exc, KeyboardInterrupt) else DIVERGED)
                 record(run_id, cfg.OUTPUT_DIR, read_best_checkpoint(cfg.OUTPUT_DIR))  # a failed run keeps its curves
-                log_validation_sample(run_id, os.path.join(cfg.OUTPUT_DIR, VALIDATION_SAMPLE_FILE), plan.datasets.val)
                 raise
-            log_validation_sample(run_id, os.path.join(cfg.OUTPUT_DIR, VALIDATION_SAMPLE_FILE), plan.datasets.val)
+            finally:  # the sample it validated on, whether training finished or not
+                log_validation_sample(run_id, os.path.join(cfg.OUTPUT_DIR, VALIDATION_SAMPLE_FILE), plan.datasets.val)
             stop = json.loads((Path(cfg.OUTPUT_DIR) / STOP_FILE).read_text())
             mlflow.set_tag(STOP_REASON_TAG, stop["reason"])
             mlflow.log_metric(STOPPED_AT_METRIC, stop["stopped_at"], step=stop["stopped_at"])

@@ -27,18 +27,23 @@ def _wait_for(condition, timeout_s: float = 30) -> None:
         time.sleep(0.05)
 
 
+def _steps_delivered(queue: SpillQueue, batch_size: int) -> list[int]:
+    """Empty the queue as the delivery thread does (peek a batch, pop it once sent); the steps in order."""
+    steps = []
+    while len(queue):
+        batch = queue.peek(batch_size)
+        steps.extend(m.step for m in batch)
+        queue.pop(len(batch))
+    return steps
+
+
 def test_the_queue_keeps_order_and_spills_beyond_its_memory_bound(tmp_path):
     queue = SpillQueue(tmp_path / "spool", memory_limit=100)
     for chunk in range(10):
         queue.put(_values(60, first_step=1 + 60 * chunk))
     assert len(queue) == 600 and queue.on_disk >= 400  # at most about the bound stays in memory
     assert len(list((tmp_path / "spool").glob("*.jsonl"))) >= 4
-    out = []
-    while len(queue):
-        batch = queue.peek(70)
-        out.extend(m.step for m in batch)
-        queue.pop(len(batch))
-    assert out == list(range(1, 601))
+    assert _steps_delivered(queue, batch_size=70) == list(range(1, 601))
     assert not list((tmp_path / "spool").glob("*.jsonl"))  # delivered segments are removed
 
 
@@ -52,12 +57,7 @@ def test_persisted_values_survive_a_killed_process_in_order(tmp_path):
     queue.put(_values(5, first_step=91))  # only in memory
     assert queue.persist() == 85
     again = SpillQueue(tmp_path / "spool", memory_limit=50)
-    out = []
-    while len(again):
-        batch = again.peek(7)
-        out.extend(m.step for m in batch)
-        again.pop(len(batch))
-    assert out == list(range(11, 96))
+    assert _steps_delivered(again, batch_size=7) == list(range(11, 96))
     assert not list((tmp_path / "spool").glob("*"))
 
 
