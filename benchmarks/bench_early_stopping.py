@@ -38,7 +38,7 @@ def main() -> None:
     parser.add_argument("--patience", type=int, default=3)
     parser.add_argument("--out", default="benchmarks/results/early_stopping.json")
     args = parser.parse_args()
-    from seizure_mlflow.training import run_training
+    from seizure_mlflow.commands.train import run_training
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp, private_store(Path(tmp)):

@@ -40,7 +40,7 @@ def train_throughput(params, datasets, batch: int, amp: bool, warmup: int, timed
     import torch
 
     from seizure_mlflow.config import build_config
-    from seizure_mlflow.training import build_trainer
+    from seizure_mlflow.commands.train import build_trainer
 
     p = params.replace(ims_per_batch=batch, amp=amp, max_iter=warmup + timed, eval_period=warmup + timed)
     cfg = build_config(p, num_classes=2, output_dir=str(root / f"b{batch}-amp{int(amp)}"))
@@ -62,7 +62,7 @@ def validation_cost(params, datasets, root: Path, train_rows: list[dict]) -> lis
     """Seconds per validation image, 1 and 4 images per forward, against a training image at batch 2, AMP off."""
     from seizure_mlflow.config import VAL_DATASET, build_config
     from seizure_mlflow.engine.validation import build_validation_loader, compute_validation_loss
-    from seizure_mlflow.training import build_trainer
+    from seizure_mlflow.commands.train import build_trainer
 
     cfg = build_config(params, num_classes=2, output_dir=str(root / "val"))
     trainer = build_trainer(cfg, datasets, validate=False)
@@ -84,7 +84,7 @@ def pyfunc_latency(params, root: Path, images: list[bytes]) -> dict:
     import mlflow
     import pandas as pd
 
-    from seizure_mlflow.training import run_training
+    from seizure_mlflow.commands.train import run_training
 
     result = run_training(params.replace(max_iter=4, eval_period=4, ims_per_batch=2, val_max_images="0",
                                          output_dir=str(root / "model"), system_metrics=False, model_name="gpu-bench"))

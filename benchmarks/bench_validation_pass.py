@@ -95,7 +95,7 @@ def main() -> None:
     from seizure_mlflow.data.datasets import check_datasets
     from seizure_mlflow.data.sample import SampleSpec, sample_paths, write_sample_dataset
     from seizure_mlflow.engine.validation import CachedBatches, build_validation_loader, compute_validation_loss
-    from seizure_mlflow.training import build_trainer
+    from seizure_mlflow.commands.train import build_trainer
 
     with tempfile.TemporaryDirectory() as tmp:
         data = sample_paths(write_sample_dataset(Path(tmp) / "data",

@@ -34,7 +34,7 @@ def repeat_is_identical(output_dir: Path, params, datasets, record: dict) -> boo
 
     from seizure_mlflow.config import build_config
     from seizure_mlflow.engine.validation import compute_validation_loss
-    from seizure_mlflow.training import build_trainer
+    from seizure_mlflow.commands.train import build_trainer
 
     cfg = build_config(params, num_classes=len(datasets.train.categories), output_dir=str(output_dir / "repeat"))
     trainer = build_trainer(cfg, datasets)
@@ -58,7 +58,7 @@ def main() -> None:
     from seizure_mlflow.config import TrainParams
     from seizure_mlflow.data.datasets import check_datasets
     from seizure_mlflow.data.sample import SampleSpec, sample_paths, write_sample_dataset
-    from seizure_mlflow.training import run_training
+    from seizure_mlflow.commands.train import run_training
 
     rows, errors = [], []
     with tempfile.TemporaryDirectory() as tmp, private_store(Path(tmp)):

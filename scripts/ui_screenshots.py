@@ -38,7 +38,7 @@ def build_store(root: Path) -> dict:
 
     from seizure_mlflow.config import TrainParams
     from seizure_mlflow.data.sample import SampleSpec, sample_paths, write_sample_dataset
-    from seizure_mlflow.training import run_training
+    from seizure_mlflow.commands.train import run_training
 
     os.chdir(root)
     uri = f"sqlite:///{root / 'mlflow.db'}"

@@ -56,7 +56,7 @@ def cli_option(param: str) -> str:
 
 def cmd_train(args) -> int:
     from seizure_mlflow.config import param_fields, params_from_text
-    from seizure_mlflow.training import run_training
+    from seizure_mlflow.commands.train import run_training
 
     params = params_from_text({f.name: getattr(args, f.name) for f in param_fields()})
     try:
@@ -496,7 +496,7 @@ def missing_dependencies() -> list[str]:
 
 def needs_tracking_server(args) -> bool:
     """Whether a command will talk to MLflow, so that a dead server stops it before any work (``train`` checks
-    for itself, in :func:`~seizure_mlflow.training.plan_run`)."""
+    for itself, in :func:`~seizure_mlflow.commands.train.plan_run`)."""
     if args.command in ("evaluate", "promote", "bundle", "tune"):
         return True
     if args.command == "predict":

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from seizure_mlflow.errors import ConfigError
 
@@ -27,10 +26,11 @@ DEVICES = ("auto", "cpu", "cuda")
 LOG_CHECKPOINTS = ("best", "improvements")
 
 
-def _param(default: Any, help: str, **extra: Any) -> Any:
-    """A ``main`` parameter: its default, its ``--help`` text, and how the command line reads it."""
+def _param(default: Any, help: str, searchable: bool = True, **extra: Any) -> Any:
+    """A ``main`` parameter: its default, its ``--help`` text, how the command line reads it, and whether a
+    sweep may search it (not where data and outputs are, how the run is recorded or how processes are laid out)."""
     factory = {"default_factory": default} if callable(default) else {"default": default}
-    return field(metadata={"help": help, **extra}, **factory)
+    return field(metadata={"help": help, "searchable": searchable, **extra}, **factory)
 
 
 @dataclass(frozen=True)
@@ -43,13 +43,13 @@ class TrainParams:
     README equal to them. Values are checked when the object is made.
     """
 
-    train_json: str = _param("", "training COCO file (empty: the synthetic sample data)")
-    train_images: str = _param("", "folder the training file_name entries are relative to")
-    val_json: str = _param("", "validation COCO file")
-    val_images: str = _param("", "validation image folder")
+    train_json: str = _param("", "training COCO file (empty: the synthetic sample data)", searchable=False)
+    train_images: str = _param("", "folder the training file_name entries are relative to", searchable=False)
+    val_json: str = _param("", "validation COCO file", searchable=False)
+    val_images: str = _param("", "validation image folder", searchable=False)
     test_json: str = _param("", "test COCO file: if given, the best checkpoint's COCO AP is logged and "
-                                "champion/challenger promotion runs")
-    test_images: str = _param("", "test image folder")
+                                "champion/challenger promotion runs", searchable=False)
+    test_images: str = _param("", "test image folder", searchable=False)
     config: str = _param(DEFAULT_CONFIG, "model-zoo name (e.g. COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml) "
                                          "or YAML path (default: the bundled %(default)s)")
     weights: str = _param("", "'' from scratch, a path, a URL, or 'model-zoo' for the config's COCO checkpoint")
@@ -61,20 +61,20 @@ class TrainParams:
     num_workers: int = _param(0, "data-loader worker processes (default %(default)s)")
     device: str = _param("auto", "auto, cpu or cuda (default %(default)s)", choices=DEVICES)
     seed: int = _param(7, "random seed (default %(default)s)")
-    model_name: str = _param(DEFAULT_MODEL_NAME, "registered model name (default %(default)s)")
-    opts: tuple[str, ...] = _param(tuple, "extra Detectron2 overrides 'KEY VALUE ...', applied last")
-    num_processes: int = _param(1, "training processes on this machine (one per GPU; Detectron2's launch)")
-    output_dir: str = _param("", "checkpoint folder (default: output/RUN_ID)")
+    model_name: str = _param(DEFAULT_MODEL_NAME, "registered model name (default %(default)s)", searchable=False)
+    opts: tuple[str, ...] = _param(tuple, "extra Detectron2 overrides 'KEY VALUE ...', applied last", searchable=False)
+    num_processes: int = _param(1, "training processes on this machine (one per GPU; Detectron2's launch)", searchable=False)
+    output_dir: str = _param("", "checkpoint folder (default: output/RUN_ID)", searchable=False)
     resume: bool = _param(False, "continue the run whose checkpoints are in output_dir from its last checkpoint, "
-                                 "in the same MLflow run")
+                                 "in the same MLflow run", searchable=False)
     log_images: bool = _param(False, "also upload a few validation frames with the best model's detections drawn "
-                                     "(patient data: off unless asked for)")
+                                     "(patient data: off unless asked for)", searchable=False)
     run_name: str = _param("", "the run's name in MLflow (default: what differs between runs, e.g. "
-                               "'r18 lr=0.02 b2 800it')")
+                               "'r18 lr=0.02 b2 800it')", searchable=False)
     log_checkpoints: str = _param("best", "best: log only the final best checkpoint as a model; improvements: "
                                           "also each earlier improvement, as a logged model with its iteration "
-                                          "(one model's size each)", choices=LOG_CHECKPOINTS)
-    system_metrics: bool = _param(True, "log CPU, memory and GPU use as system metrics")
+                                          "(one model's size each)", choices=LOG_CHECKPOINTS, searchable=False)
+    system_metrics: bool = _param(True, "log CPU, memory and GPU use as system metrics", searchable=False)
     patience: int = _param(0, "stop after this many validation periods without an improvement of val/total_loss "
                               "by at least min_delta (0: off, the default)")
     min_delta: float = _param(0.0, "the smallest decrease of val/total_loss that counts as an improvement "
@@ -84,11 +84,11 @@ class TrainParams:
                                          "time; the whole set is logged as val_full/* at the end")
     full_val_period: int = _param(0, "also compute the whole validation set's loss (val_full/*) every N "
                                      "iterations (0: only at the end of training)")
-    num_machines: int = _param(1, "machines taking part (Detectron2's launch; start the command on each)")
-    machine_rank: int = _param(0, "this machine's rank, 0 to num_machines-1 (rank 0 logs to MLflow)")
+    num_machines: int = _param(1, "machines taking part (Detectron2's launch; start the command on each)", searchable=False)
+    machine_rank: int = _param(0, "this machine's rank, 0 to num_machines-1 (rank 0 logs to MLflow)", searchable=False)
     dist_url: str = _param("auto", "where the processes meet, e.g. tcp://HOST:PORT of machine 0 (auto: a free port "
                                    "on this machine, one machine only); ignored when a launcher (torchrun, srun, "
-                                   "a PyTorchJob) sets RANK and WORLD_SIZE")
+                                   "a PyTorchJob) sets RANK and WORLD_SIZE", searchable=False)
     amp: bool = _param(False, "mixed precision on CUDA (Detectron2's AMPTrainer: bfloat16 where the GPU supports "
                               "it, else float16 with a gradient scaler); refused on the CPU")
 
@@ -165,6 +165,11 @@ TRUE_FALSE = ("true", "false")
 
 def param_fields() -> tuple[dataclasses.Field, ...]:
     return dataclasses.fields(TrainParams)
+
+
+def searchable_params() -> tuple[str, ...]:
+    """The ``main`` parameters a sweep's space may name (the fields marked ``searchable``)."""
+    return tuple(f.name for f in param_fields() if f.metadata["searchable"])
 
 
 def param_kind(f: dataclasses.Field) -> str:
@@ -250,24 +255,22 @@ def load_base_config(config: str):
     """
     from detectron2.config import CfgNode, get_cfg
 
+    from seizure_mlflow.user_files import merge_config_file, read_yaml
+
     yaml_path, _ = resolve_config_source(config)
     cfg = get_cfg()
-    with open(yaml_path) as fh:
-        try:
-            content = yaml.safe_load(fh) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config {yaml_path}: not valid YAML: {exc}") from None
+    content = read_yaml(yaml_path, param="config") or {}
     base = content.get("_BASE_") if isinstance(content, dict) else None
     try:
         if isinstance(base, str) and not (Path(yaml_path).parent / base).is_file():
             zoo_base = _model_zoo_config_file(base)
             if zoo_base is None:
                 raise ConfigError(f"config {yaml_path}: _BASE_ {base!r} is neither a file nor a model-zoo name")
-            cfg.merge_from_file(zoo_base)
+            merge_config_file(cfg, zoo_base)
             content.pop("_BASE_")
             cfg.merge_from_other_cfg(CfgNode(content))
         else:
-            cfg.merge_from_file(yaml_path)
+            merge_config_file(cfg, yaml_path)  # every _BASE_ file read safely too
     except (KeyError, ValueError, AssertionError) as exc:
         raise ConfigError(f"config {yaml_path}: {exc}") from None
     return cfg
@@ -301,10 +304,11 @@ def resolve_weights(weights: str, config: str) -> str:
 
 
 def _yaml_base(config: str) -> str:
+    from seizure_mlflow.user_files import read_yaml
+
     yaml_path, _ = resolve_config_source(config)
-    with open(yaml_path) as fh:
-        content = yaml.safe_load(fh) or {}
-    return str(content.get("_BASE_", ""))
+    content = read_yaml(yaml_path, param="config") or {}
+    return str(content.get("_BASE_", "")) if isinstance(content, dict) else ""
 
 
 # Keys this project adds to Detectron2's config for training only; a model's serving config leaves them out,
@@ -392,6 +396,7 @@ def check_config(cfg, params: TrainParams) -> None:
         problems.append(f"mixed precision (amp, SOLVER.AMP.ENABLED) needs a CUDA GPU, and this run's device is "
                         f"{cfg.MODEL.DEVICE}; drop amp, or train on a GPU")
         keys.add("SOLVER.AMP.ENABLED")
+    _check_weights(cfg.MODEL.WEIGHTS, "opts" if "MODEL.WEIGHTS" in from_opts else "weights")
     from seizure_mlflow.distributed import launcher_from_env, world_size
 
     processes = world_size(params, launcher_from_env())
@@ -401,6 +406,18 @@ def check_config(cfg, params: TrainParams) -> None:
                         "equal share of a batch)")
     if problems:
         raise ConfigError("; ".join(problems), param="opts" if keys & from_opts else None)
+
+
+def _check_weights(weights: str, param: str) -> None:
+    """The final ``MODEL.WEIGHTS`` (a typed parameter, a config file or ``opts`` set it): a local file must load
+    as data (see :mod:`seizure_mlflow.user_files`); a URL is fetched and checked the same way when loaded."""
+    from seizure_mlflow.user_files import check_weights_file
+
+    if not weights or "://" in weights:
+        return
+    if not Path(weights).expanduser().is_file():
+        raise ConfigError(f"MODEL.WEIGHTS {weights}: no such file; give a path, a URL, 'model-zoo' or ''", param=param)
+    check_weights_file(Path(weights).expanduser(), param=param)
 
 
 def flatten_config(cfg, prefix: str = "") -> dict[str, str]:

@@ -102,3 +102,62 @@ def agree_to_start(error: BaseException | None) -> None:
     if failed:
         rank, message = failed[0]
         raise UserError(f"process {rank} of the job failed its checks ({message}); nothing was started")
+
+
+@dataclass(frozen=True)
+class Job:
+    """This process's part in a training job: the launcher's view of it (None without one) and the machine rank.
+
+    Global rank 0 *leads*: it plans, records the one MLflow run and writes the checkpoints; every other process
+    *follows*: it checks its own inputs and trains beside the leader, never talking to the tracking server.
+    Under a launcher the leader tells the followers its output folder (or that it failed) with
+    :meth:`announce` / :meth:`announce_failure`, and the followers wait for it in :meth:`hear_leader`.
+    """
+
+    launcher: LauncherProcess | None
+    machine_rank: int = 0
+
+    @property
+    def leads(self) -> bool:
+        return (self.launcher is None or self.launcher.rank == 0) and self.machine_rank == 0
+
+    def describe(self) -> str:
+        if self.launcher is not None:
+            return f"rank {self.launcher.rank} of {self.launcher.world_size}"
+        return f"machine {self.machine_rank}"
+
+    def agree_to_start(self, error: BaseException | None) -> None:
+        """Under a launcher, every process says whether its checks passed (see :func:`agree_to_start`)."""
+        if self.launcher is not None:
+            agree_to_start(error)
+
+    def announce(self, output_dir: str) -> None:
+        if self.launcher is not None:
+            share(("ok", output_dir))
+
+    def announce_failure(self, error: BaseException) -> None:
+        if self.launcher is not None:
+            share(("error", f"{type(error).__name__}: {error}"))
+
+    def hear_leader(self) -> str | None:
+        """A follower's wait for rank 0's output folder (under a launcher; None without one)."""
+        if self.launcher is None:
+            return None
+        status, detail = share(None)[0]
+        if status != "ok":
+            raise UserError(f"rank 0 stopped before training: {detail}")
+        return detail
+
+
+def run_as_job(params, lead, follow):
+    """Join the job this process belongs to and run ``lead(job)`` on global rank 0, ``follow(job)`` elsewhere;
+    returns what ``lead`` returns (None on a follower)."""
+    launcher = launcher_from_env()
+    if launcher is not None:
+        check_launcher_params(params)
+        join_process_group(launcher, params.device)
+    job = Job(launcher, params.machine_rank)
+    if job.leads:
+        return lead(job)
+    follow(job)
+    return None

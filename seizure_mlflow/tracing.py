@@ -19,7 +19,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from seizure_mlflow.data.staging import check_output_folder, staged_folder
+from seizure_mlflow.data.staging import check_output_folder, check_replaceable, staged_folder
 from seizure_mlflow.data.video import VIDEO_SUFFIXES, check_video_readable
 from seizure_mlflow.errors import UserError
 from seizure_mlflow.motion.pipeline import TraceOptions, check_traceable, trace_video
@@ -28,6 +28,7 @@ from seizure_mlflow.motion.sources import ModelSource, TrueMaskSource
 logger = logging.getLogger(__name__)
 
 SUMMARY_JSON = "summary.json"
+TRACE_COMMAND = "trace"
 TRUE_MASKS = "true masks"
 
 
@@ -116,9 +117,7 @@ def plan_trace(request: TraceRequest) -> TracePlan:
         raise UserError(f"must be > 0, got {request.options.fps}", param="fps")
     videos = list_videos(request.input)
     out = Path(request.output)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserError(f"{out} exists and is not an empty folder; give a new folder (trace never overwrites)",
-                        param="output")
+    check_replaceable(out, TRACE_COMMAND)
     check_output_folder(out, "output")
     for video in videos:
         check_video_readable(video)
@@ -157,7 +156,7 @@ def _trace_all(plan: TracePlan) -> dict:
     videos, total = [], None
     from seizure_mlflow.motion.outputs import OVERLAY, write_overlay, write_trace
 
-    with staged_folder(request.output) as tmp:
+    with staged_folder(request.output, TRACE_COMMAND) as tmp:
         for number, (video, source) in enumerate(zip(plan.videos, plan.sources), start=1):
             result = trace_video(video, source, request.options, keep_masks=request.overlay)
             folder = tmp if single else tmp / video.stem

@@ -80,7 +80,7 @@ def test_amp_is_refused_on_the_cpu_before_anything_starts(tiny_data, tmp_path):
 def test_amp_trains_on_a_gpu(tiny_data, tmp_path, tracking):
     from mlflow import MlflowClient
 
-    from seizure_mlflow.training import run_training
+    from seizure_mlflow.commands.train import run_training
 
     result = run_training(tiny_params(tiny_data, tmp_path, device="cuda", amp=True))
     run = MlflowClient().get_run(result.run_id)

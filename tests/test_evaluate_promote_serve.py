@@ -30,7 +30,7 @@ from seizure_mlflow.data.checks import check_coco
 from seizure_mlflow.errors import UserError
 from seizure_mlflow.data.checks import file_digest as coco_digest
 from seizure_mlflow.registry.promote import promote
-from seizure_mlflow.training import run_training
+from seizure_mlflow.commands.train import run_training
 
 pytestmark = pytest.mark.slow  # a 30-iteration training run, REST serving, video
 

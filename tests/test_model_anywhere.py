@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 
 from conftest import REPO, TINY_OPTS, private_tracking_store, tiny_params, venv_env
-from seizure_mlflow.training import run_training
+from seizure_mlflow.commands.train import run_training
 
 pytestmark = pytest.mark.slow
 MLFLOW_ONLY = REPO / ".venv-mlflow-only"

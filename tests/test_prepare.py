@@ -56,7 +56,7 @@ def test_round_trip_split_by_video(exports, tmp_path):
     _frames_dir_form(exports)  # one video as a frame folder, four as video files
     result = _prepare(exports, tmp_path / "out")
     out = result.output
-    assert sorted(p.name for p in out.iterdir()) == [".seizure-mlflow-prepare", "images", "report.json", "split.json",
+    assert sorted(p.name for p in out.iterdir()) == [".seizure-mlflow-output", "images", "report.json", "split.json",
                                                      "test.json", "train.json", "val.json"]
     seen = {}
     for split in ("train", "val", "test"):
@@ -324,9 +324,13 @@ def test_force_replaces_only_an_earlier_output_of_prepare(exports, tmp_path, cap
 
     out = tmp_path / "out"
     assert _cli_prepare("--input", str(exports), "--output", str(out), capsys=capsys)[0] == 0
-    (out / "stale.txt").write_text("from an older prepare")
+    (out / "notes.txt").write_text("the user's, beside an earlier output")
+    (out / "images" / "mine.png").write_bytes(b"the user's too")
+    assert _cli_prepare("--input", str(exports), "--output", str(out), "--seed", "3", capsys=capsys)[0] == 2
     assert _cli_prepare("--input", str(exports), "--output", str(out), "--force", "--seed", "3", capsys=capsys)[0] == 0
-    assert not (out / "stale.txt").exists() and json.loads((out / "split.json").read_text())["seed"] == 3
+    assert json.loads((out / "split.json").read_text())["seed"] == 3
+    assert (out / "notes.txt").read_text() == "the user's, beside an earlier output"
+    assert (out / "images" / "mine.png").read_bytes() == b"the user's too"
 
 
 def test_output_that_is_a_file_fails_before_any_work(exports, tmp_path, capsys):

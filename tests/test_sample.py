@@ -80,7 +80,7 @@ def test_existing_dataset_is_reused_and_foreign_folder_refused(tmp_path):
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("keep me")
-    with pytest.raises(UserError, match="is not a sample dataset folder"):
+    with pytest.raises(UserError, match="is not an earlier output of sample-data"):
         write_sample_dataset(foreign, SMALL)
     assert (foreign / "notes.txt").read_text() == "keep me"
 

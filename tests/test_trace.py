@@ -152,7 +152,7 @@ def test_trace_of_a_clip_with_true_masks_writes_its_files(clip, tmp_path):
     out = tmp_path / "out"
     assert _trace("--input", str(clip / "clip.mp4"), "--masks", str(clip / "clip.json"), "--output", str(out),
                   "--overlay") == 0
-    assert sorted(p.name for p in out.iterdir()) == ["events.json", "overlay.mp4", "trace.csv", "trace.png"]
+    assert sorted(p.name for p in out.iterdir()) == [".seizure-mlflow-output", "events.json", "overlay.mp4", "trace.csv", "trace.png"]
     from seizure_mlflow.data.video import frame_count
 
     assert frame_count(out / "overlay.mp4") == 150
@@ -201,7 +201,7 @@ def test_an_output_folder_with_files_is_never_overwritten(clip, tmp_path, capsys
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     assert _trace("--input", str(clip / "clip.mp4"), "--masks", str(clip / "clip.json"), "--output", str(out)) == 2
-    assert "not an empty folder" in capsys.readouterr().err and (out / "keep.txt").read_text() == "mine"
+    assert "is not an earlier output of trace" in capsys.readouterr().err and (out / "keep.txt").read_text() == "mine"
 
 
 # --------------------------------------------------------------------------------------------- the sample set
@@ -269,7 +269,7 @@ def test_mlflow_run_trace_with_a_model_trained_through_main(tiny_data, trace_sam
     then `mlflow run . -e trace` on a sample video by its alias."""
     from seizure_mlflow.config import TrainParams
     from seizure_mlflow.data.sample import SampleSpec, sample_paths, write_sample_dataset
-    from seizure_mlflow.training import run_training
+    from seizure_mlflow.commands.train import run_training
 
     data = sample_paths(write_sample_dataset(tmp_path / "data", SampleSpec(num_videos=10, frames_per_video=6)))
     with private_tracking_store(tmp_path) as uri:
@@ -285,7 +285,7 @@ def test_mlflow_run_trace_with_a_model_trained_through_main(tiny_data, trace_sam
          "-P", "min_score=0.3"],
         capture_output=True, text=True, timeout=900, cwd=tmp_path, env=venv_env(MLFLOW_TRACKING_URI=uri))
     assert done.returncode == 0, done.stderr[-3000:]
-    assert sorted(p.name for p in out.iterdir()) == ["events.json", "trace.csv", "trace.png"]
+    assert sorted(p.name for p in out.iterdir()) == [".seizure-mlflow-output", "events.json", "trace.csv", "trace.png"]
     table = pd.read_csv(out / "trace.csv")
     assert len(table) == 1000 and table["patient_found"].mean() >= 0.5
     with private_tracking_store(tmp_path):

@@ -22,7 +22,7 @@ from mlflow.models import Model
 from PIL import Image
 
 from conftest import REPO, private_tracking_store, tiny_params, venv_env
-from seizure_mlflow.training import run_training
+from seizure_mlflow.commands.train import run_training
 
 LOSS_PARTS = ("loss_cls", "loss_box_reg", "loss_mask", "loss_rpn_cls", "loss_rpn_loc")
 PHOTO = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"  # a real photograph
@@ -359,7 +359,7 @@ def test_a_loaded_model_leaves_child_processes_importing_the_installed_package(t
     copies = [p for p in sys.path if Path(p or ".", "seizure_mlflow").is_dir() and Path(p or ".").resolve() != installed]
     assert not copies, copies
     with multiprocessing.get_context("spawn").Pool(1) as pool:
-        pool.apply(exec, ("import seizure_mlflow.training",))  # raises here if the child cannot import it
+        pool.apply(exec, ("import seizure_mlflow.commands.train",))  # raises here if the child cannot import it
 
 
 def test_dropping_model_code_copies_keeps_site_packages_and_the_project(tmp_path, monkeypatch):

@@ -17,7 +17,7 @@ from seizure_mlflow.engine.trainer import CheckpointAlignedWriter
 from seizure_mlflow.engine.validation import ValidationLoss, compute_validation_loss
 from seizure_mlflow.tracking.writer import metric_name
 from seizure_mlflow.data.datasets import check_datasets
-from seizure_mlflow.training import build_trainer
+from seizure_mlflow.commands.train import build_trainer
 
 # BatchNorm instead of the demo's GroupNorm: the statistics the hook must not touch.
 BN_OPTS = TINY_OPTS + ("MODEL.RESNETS.NORM", "BN", "MODEL.FPN.NORM", "BN")
@@ -109,7 +109,7 @@ def test_hook_order(tiny_data, tmp_path):
 def _distributed_loss(cfg, datasets, weights_path, out_path):
     from detectron2.utils import comm
 
-    from seizure_mlflow.training import build_trainer
+    from seizure_mlflow.commands.train import build_trainer
 
     trainer = build_trainer(cfg, datasets)
     model = trainer.model.module  # DistributedDataParallel on CPU processes

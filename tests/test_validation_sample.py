@@ -14,7 +14,7 @@ from seizure_mlflow.data.sample import SampleSpec, sample_paths, write_sample_da
 from seizure_mlflow.data.val_sample import select_validation_sample, video_groups, video_key
 from seizure_mlflow.engine.validation import auto_sample_size
 from seizure_mlflow.errors import ConfigError
-from seizure_mlflow.training import run_training
+from seizure_mlflow.commands.train import run_training
 
 
 def _images(videos: int, frames: int, with_video_id: bool = True) -> list[dict]:

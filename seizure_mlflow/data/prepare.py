@@ -27,7 +27,7 @@ from pycocotools import mask as mask_util
 from tqdm import tqdm
 
 from seizure_mlflow.data.checks import category_key, check_coco_data, is_inside, load_coco_json
-from seizure_mlflow.data.staging import check_output_folder, staged_folder
+from seizure_mlflow.data.staging import check_output_folder, check_replaceable, staged_folder
 from seizure_mlflow.data.video import VIDEO_SUFFIXES, extract_frames, frame_count, write_png
 from seizure_mlflow.errors import DatasetError, UserError
 
@@ -101,7 +101,7 @@ def discover_videos(input_dir: str | os.PathLike) -> list[Video]:
     root = Path(input_dir)
     if not root.is_dir():
         raise UserError(f"{root}: no such folder", param="input_dir")
-    exports = sorted(root.glob("*.json"))
+    exports = sorted(p for p in root.glob("*.json") if not p.name.startswith("."))
     if not exports:
         raise UserError(f"{root}: no per-video COCO exports (NAME.json) in this folder", param="input_dir")
     videos = []
@@ -266,7 +266,7 @@ def _unify_categories(videos: list[Video], merge_spellings: bool = False) -> lis
     return [{"id": i + 1, "name": next(iter(found))} for i, found in enumerate(spellings.values())]
 
 
-PREPARED_MARKER = ".seizure-mlflow-prepare"  # in every output of prepare: the only folders force may replace
+PREPARE_COMMAND = "prepare"  # the marker staging writes: the only folders --force may replace
 
 
 def check_output_location(videos: list[Video], out: Path, force: bool) -> None:
@@ -279,13 +279,7 @@ def check_output_location(videos: list[Video], out: Path, force: bool) -> None:
         if is_inside(out_real, source) or is_inside(source, out_real):
             raise UserError(f"{out} is, contains or is inside the input {source}; write to a folder outside the "
                             "input", param="output")
-    if out.exists() and any(out.iterdir()):
-        if not force:
-            raise UserError(f"{out} exists and is not empty; choose a new folder (or replace an earlier output of "
-                            "prepare: force)", param="output")
-        if not (out / PREPARED_MARKER).is_file():
-            raise UserError(f"{out} is not an earlier output of prepare (it has no {PREPARED_MARKER} file); "
-                            "force replaces only those, so choose a new folder", param="output")
+    check_replaceable(out, PREPARE_COMMAND, force)
 
 
 @dataclass
@@ -320,7 +314,7 @@ def prepare_dataset(videos: list[Video], output: str | os.PathLike, ratios=(0.6,
 
     to_decode = sum(max(v.frame_of_image.values()) + 1 for v in videos if v.video_path is not None)
     bar = tqdm(total=to_decode or None, unit="frame", desc="decoding videos", disable=not progress or not to_decode)
-    with bar, staged_folder(out) as tmp:
+    with bar, staged_folder(out, PREPARE_COMMAND, force=force) as tmp:
         coco = {s: {"images": [], "annotations": [], "categories": categories} for s in SPLITS}
         next_image, next_ann = 1, 1
         for video in sorted(videos, key=lambda v: v.name):
@@ -365,7 +359,6 @@ def prepare_dataset(videos: list[Video], output: str | os.PathLike, ratios=(0.6,
                 extract_frames(video.video_path, sizes.keys(), write, every=every, bar=bar)
         for split in SPLITS:
             (tmp / f"{split}.json").write_text(json.dumps(coco[split]))
-        (tmp / PREPARED_MARKER).write_text(json.dumps({"producer": "seizure-mlflow prepare"}))
         report = build_report(coco, splits)
         (tmp / "report.json").write_text(json.dumps(report, indent=2))
         (tmp / "split.json").write_text(json.dumps({

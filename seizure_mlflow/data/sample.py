@@ -26,7 +26,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from seizure_mlflow.data.staging import staged_folder
+from seizure_mlflow.data.staging import check_replaceable, staged_folder
 from seizure_mlflow.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -36,6 +36,7 @@ CATEGORIES = [{"id": 1, "name": "patient", "supercategory": "person"},
 SPLITS = ("train", "val", "test")
 DEFAULT_SAMPLE_DIR = "data/sample"
 MANIFEST = "sample.json"
+SAMPLE_COMMAND = "sample-data"
 
 
 @dataclass(frozen=True)
@@ -367,10 +368,7 @@ def write_sample_dataset(root: str | os.PathLike = DEFAULT_SAMPLE_DIR, spec: Sam
         if json.loads((root / MANIFEST).read_text()) == manifest and all(Path(p).exists() for p, _ in sample_paths(root).values()):
             logger.info("Sample data already in %s", root)
             return root
-    if root.exists() and any(root.iterdir()) and not (root / MANIFEST).is_file():
-        raise UserError(f"{root} exists and is not a sample dataset folder; choose an empty or new --output folder")
-
-    with staged_folder(root) as tmp:
+    with staged_folder(root, SAMPLE_COMMAND, force=force) as tmp:
         coco = {split: {"images": [], "annotations": [], "categories": CATEGORIES} for split in SPLITS}
         all_frames = {}
         for name, frames in generate_videos(spec):
@@ -408,9 +406,7 @@ def write_sample_exports(root: str | os.PathLike, spec: SampleSpec | None = None
 
     spec = spec or SampleSpec()
     root = Path(root)
-    if root.exists() and any(root.iterdir()):
-        raise UserError(f"{root} exists and is not empty; choose a new --output folder")
-    with staged_folder(root) as tmp:
+    with staged_folder(root, SAMPLE_COMMAND) as tmp:
         for name, frames in generate_videos(spec):
             images, annotations = [], []
             for t, _, anns in frames:
@@ -503,11 +499,10 @@ def write_trace_sample(root: str | os.PathLike, spec: TraceSpec | None = None) -
 
     spec = spec or TraceSpec()
     root = Path(root)
-    if root.exists() and any(root.iterdir()):
-        raise UserError(f"{root} exists and is not empty; choose a new --output folder")
+    check_replaceable(root, SAMPLE_COMMAND, param="output")
     frames = int(round(spec.seconds * spec.fps))
     truth, visits = {}, {}
-    with staged_folder(root) as tmp, tqdm(total=frames * spec.num_videos, desc="trace videos", unit="frame") as bar:
+    with staged_folder(root, SAMPLE_COMMAND) as tmp, tqdm(total=frames * spec.num_videos, desc="trace videos", unit="frame") as bar:
         (tmp / TRACE_VIDEOS).mkdir()
         (tmp / TRACE_MASKS).mkdir()
         for v in range(spec.num_videos):

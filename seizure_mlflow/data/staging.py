@@ -1,9 +1,13 @@
-"""Outputs: checked for writability before any work, and folders written completely or not at all."""
+"""Outputs: checked for writability before any work, folders written completely or not at all, nothing of the
+user's deleted, and one training per output folder at a time."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import socket
+import time
 import shutil
 import tempfile
 from pathlib import Path
@@ -12,24 +16,95 @@ from typing import Iterator
 from seizure_mlflow.errors import UserError
 
 
-@contextlib.contextmanager
-def staged_folder(destination: str | os.PathLike) -> Iterator[Path]:
-    """Yield an empty temporary folder beside ``destination``.
+OUTPUT_MARKER = ".seizure-mlflow-output"  # in every folder a command wrote: the command and its files
 
-    When the block ends normally the folder replaces ``destination`` (whatever was there is removed);
-    when it raises, the temporary folder is removed and ``destination`` is left as it was.
+
+def _read_marker(folder: Path) -> dict | None:
+    try:
+        marker = json.loads((folder / OUTPUT_MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(marker, dict) or not isinstance(marker.get("files"), list):
+        return None
+    return marker
+
+
+def check_replaceable(destination: str | os.PathLike, command: str, force: bool = False,
+                      param: str = "output") -> None:
+    """Before any work: ``destination`` is new or empty, or an earlier output of ``command`` and ``force`` is given.
+
+    A folder is an earlier output when it holds the package's marker naming ``command`` (a file named like one
+    of the package's outputs is not enough). Replacing it removes only the files the marker lists: whatever
+    the user put there is kept (see :func:`staged_folder`).
+    """
+    target = Path(destination)
+    if target.exists() and not target.is_dir():
+        raise UserError(f"{target} is a file; give a folder", param=param)
+    if not target.is_dir() or not any(target.iterdir()):
+        return
+    marker = _read_marker(target)
+    if marker is None or marker.get("command") != command:
+        raise UserError(f"{target} exists and is not empty, and is not an earlier output of {command}; choose a new "
+                        "or empty folder (nothing in it was changed)", param=param)
+    if not force:
+        raise UserError(f"{target} holds an earlier output of {command}; choose a new folder, or give --force to "
+                        "replace it (only the files it wrote are replaced; files you added are kept)", param=param)
+
+
+@contextlib.contextmanager
+def staged_folder(destination: str | os.PathLike, command: str, force: bool = False,
+                  param: str = "output") -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``destination``; move its content into place when the block ends.
+
+    ``destination`` must pass :func:`check_replaceable`. When the block ends normally: a new or empty
+    destination becomes the staged folder (one rename); an earlier output of ``command`` loses the files its
+    marker lists and gains the new ones, and every other file in it stays. A marker naming ``command`` and the
+    files written goes in with them. When the block raises, the temporary folder is removed and
+    ``destination`` is left as it was.
     """
     destination = Path(destination)
+    check_replaceable(destination, command, force, param)
     destination.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{destination.name}-", dir=destination.parent))
     try:
         yield tmp
+        files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file() or p.is_symlink())
+        (tmp / OUTPUT_MARKER).write_text(json.dumps({"command": command, "files": files}))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if destination.exists():
-        shutil.rmtree(destination)
-    os.replace(tmp, destination)
+    if destination.is_dir() and not any(destination.iterdir()):
+        destination.rmdir()
+    if not destination.exists():
+        os.replace(tmp, destination)
+        return
+    _replace_own_files(destination, tmp, _read_marker(destination) or {"files": []})
+
+
+def _replace_own_files(destination: Path, staged: Path, old_marker: dict) -> None:
+    """Remove the files ``old_marker`` lists from ``destination`` (and folders they leave empty), then move the
+    staged files in; the marker last, so that an interruption leaves the old marker over what it lists."""
+    for name in old_marker["files"]:
+        path = destination / name
+        if _is_inside(path, destination) and (path.is_file() or path.is_symlink()):
+            path.unlink()
+    for name in sorted({str(Path(n).parent) for n in old_marker["files"]}, key=lambda n: -n.count("/")):
+        folder = destination / name
+        while folder != destination and _is_inside(folder, destination) and folder.is_dir() \
+                and not any(folder.iterdir()):
+            folder.rmdir()
+            folder = folder.parent
+    for path in sorted(staged.rglob("*")):
+        if path.is_file() and path.name != OUTPUT_MARKER:
+            target = destination / path.relative_to(staged)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, target)
+    os.replace(staged / OUTPUT_MARKER, destination / OUTPUT_MARKER)
+    shutil.rmtree(staged, ignore_errors=True)
+
+
+def _is_inside(path: Path, folder: Path) -> bool:
+    return os.path.realpath(path).startswith(os.path.realpath(folder) + os.sep)
 
 
 def _nearest_existing(path: Path) -> Path:
@@ -64,3 +139,68 @@ def check_output_file(path: str | os.PathLike, param: str) -> None:
     if target.is_dir():
         raise UserError(f"{target} is a folder; give a file name", param=param)
     _check_can_create_in(_nearest_existing(target.parent), target, param)
+
+
+LOCK_FILE = ".seizure-mlflow.lock"  # in a training's output folder while it trains: {"pid", "host", "started"}
+
+
+class OutputFolderLock:
+    """One training per output folder: a lock file naming the process and host, made with ``O_EXCL``.
+
+    A lock whose process is gone (same host, no such pid) is stale: it is taken over with a warning. A lock
+    held by a live process, or by another host (whose processes cannot be seen from here), is refused with a
+    message naming them. Used as a context manager; the lock file is removed on exit.
+    """
+
+    def __init__(self, folder: str | os.PathLike, param: str = "output_dir") -> None:
+        self.path = Path(folder) / LOCK_FILE
+        self._param = param
+        self._held = False
+
+    def __enter__(self) -> "OutputFolderLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        mine = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                self._refuse_or_clear()
+                continue
+            with os.fdopen(fd, "w") as fh:
+                json.dump(mine, fh)
+            self._held = True
+            return self
+        raise UserError(f"{self.path.parent} is being locked by another training at this moment; try again",
+                        param=self._param)
+
+    def _refuse_or_clear(self) -> None:
+        import logging
+
+        try:
+            holder = json.loads(self.path.read_text())
+            pid, host = int(holder["pid"]), str(holder["host"])
+        except (OSError, ValueError, KeyError, TypeError):
+            holder, pid, host = {}, None, ""
+        if pid is not None and host == socket.gethostname() and not _process_alive(pid):
+            logging.getLogger(__name__).warning("%s: taking over a stale lock of process %d, which is gone",
+                                                self.path.parent, pid)
+            self.path.unlink(missing_ok=True)
+            return
+        who = f"process {pid} on {host}, started {holder.get('started', '?')}" if pid is not None else "an unreadable lock"
+        raise UserError(f"{self.path.parent} is in use by another training ({who}); wait for it, train into another "
+                        f"folder, or, if that training is gone, remove {self.path}", param=self._param)
+
+    def __exit__(self, *exc) -> None:
+        if self._held:
+            self.path.unlink(missing_ok=True)
+            self._held = False
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from detectron2.engine import HookBase, hooks
 
+from seizure_mlflow.engine.checkpoint import save_atomically
+
 logger = logging.getLogger(__name__)
 
 IMPROVEMENT_PREFIX = "model_improvement_"
@@ -106,8 +108,8 @@ class ResumableBestCheckpointer(hooks.BestCheckpointer):
             self._checkpointer.save(self._file_prefix, iteration=iteration, best_metric=value)
             if self._keep_improvements and self._checkpointer.save_to_disk:
                 path = os.path.join(self._checkpointer.save_dir, f"{IMPROVEMENT_PREFIX}{iteration + 1:07d}.pth")
-                torch.save({"model": self._checkpointer.model.state_dict(), "iteration": iteration,
-                            "best_metric": value}, path)
+                save_atomically({"model": self._checkpointer.model.state_dict(), "iteration": iteration,
+                                 "best_metric": value}, path)
             logger.info("Saved best checkpoint: %s %.5f at iteration %d", self._val_metric, value, iteration + 1)
 
     def state_dict(self) -> dict:

@@ -11,18 +11,18 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 
 from detectron2.engine import HookBase
 
 logger = logging.getLogger(__name__)
 
 MAX_ITER, EARLY_STOPPING, PRUNED, DIVERGED, SIGNAL = "max_iter", "early_stopping", "pruned", "diverged", "signal"
-STOP_REASONS = (MAX_ITER, EARLY_STOPPING, PRUNED, DIVERGED, SIGNAL)
 
 
 class StopTraining(BaseException):
     """Ends the training loop after the current iteration (a ``BaseException``, so that Detectron2's loop
-    does not log it as an error); ``reason`` is one of :data:`STOP_REASONS`."""
+    does not log it as an error); ``reason`` is one of the stop reasons above (the tag ``seizure.stop_reason``)."""
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
@@ -63,3 +63,23 @@ class EarlyStopping(HookBase):
     def load_state_dict(self, state: dict) -> None:
         self.best = state.get("best")
         self.periods_without_improvement = state.get("periods_without_improvement", 0)
+
+
+STOP_FILE = "stop.json"  # in OUTPUT_DIR: why and when the training processes stopped
+
+
+def write_stop(output_dir: str, reason: str, stopped_at: int) -> None:
+    """Rank 0's record of how training ended, for the process that records the run (see :func:`read_stop`)."""
+    import json
+
+    with open(os.path.join(output_dir, STOP_FILE), "w") as fh:
+        json.dump({"reason": reason, "stopped_at": stopped_at}, fh)
+
+
+def read_stop(output_dir: str) -> tuple[str, int]:
+    """``(reason, stopped_at)`` as :func:`write_stop` left them."""
+    import json
+
+    with open(os.path.join(output_dir, STOP_FILE)) as fh:
+        stop = json.load(fh)
+    return stop["reason"], int(stop["stopped_at"])

@@ -25,7 +25,6 @@ import weakref
 from typing import Callable, Sequence
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import MetadataCatalog, build_detection_train_loader, get_detection_dataset_dicts
 from detectron2.data.samplers import TrainingSampler
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, hooks
@@ -34,6 +33,7 @@ from detectron2.utils import comm
 from detectron2.utils.events import CommonMetricPrinter, EventWriter, JSONWriter
 
 from seizure_mlflow.config import VAL_DATASET
+from seizure_mlflow.engine.checkpoint import SafeCheckpointer, check_free_space, state_bytes
 from seizure_mlflow.engine.resume import RandomState, ResumableBestCheckpointer, SkipSampler, StopOnSignal
 from seizure_mlflow.engine.stopping import MAX_ITER, EarlyStopping, StopTraining
 from seizure_mlflow.engine.validation import (AUTO, TOTAL_LOSS, VAL_PREFIX, CachedBatches, ValidationLoss,
@@ -80,7 +80,9 @@ class Trainer(DefaultTrainer):
         model = self.build_ddp_model(cfg, model)
         self._trainer = self.build_step_trainer(cfg, model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.checkpointer = SafeCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        # model weights plus one optimizer buffer per weight (SGD momentum): a checkpoint's size, about
+        self.checkpointer.checkpoint_bytes = 2 * state_bytes(model)
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
@@ -185,6 +187,8 @@ class Trainer(DefaultTrainer):
         """Train to ``SOLVER.MAX_ITER`` or until a hook raises :class:`StopTraining`; then ``stop_reason``
         says which and ``stopped_at`` how many iterations were completed."""
         self.stop_reason, self.stopped_at = MAX_ITER, self.max_iter
+        if comm.is_main_process():
+            check_free_space(self.cfg.OUTPUT_DIR, self.checkpointer.checkpoint_bytes)
         try:
             return super().train()
         except StopTraining as stop:
@@ -199,9 +203,6 @@ class Trainer(DefaultTrainer):
         if self._extra_writers is not None:
             writers.extend(self._extra_writers())
         return writers
-
-    def best_checkpoint_path(self) -> str:
-        return best_checkpoint_path(self.cfg.OUTPUT_DIR)
 
 
 def best_checkpoint_path(output_dir: str) -> str:

@@ -60,10 +60,6 @@ class TraceResult:
     def seconds(self) -> float:
         return len(self.table) / self.fps
 
-    @property
-    def frames_per_second(self) -> float:
-        return len(self.table) / self.processing_seconds if self.processing_seconds else 0.0
-
     def reanalysed(self, region: str | None = None, settings: RhythmSettings | None = None) -> "TraceResult":
         """The same measurements with the rhythm taken over another region or with other settings."""
         region, settings = region or self.region, settings or self.settings

@@ -21,7 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from seizure_mlflow.data.staging import check_output_folder, staged_folder
+from seizure_mlflow.data.staging import check_output_folder, check_replaceable, staged_folder
 from seizure_mlflow.errors import UserError
 
 TORCH_SOURCES = ("pypi", "cpu")
@@ -53,9 +53,8 @@ def write_bundle(model_uri: str, output: str | os.PathLike, torch: str = "pypi")
         raise UserError(f"must be one of {', '.join(TORCH_SOURCES)}; got {torch!r}", param="torch")
     out = Path(output)
     check_output_folder(out, "output")
-    if out.exists() and any(out.iterdir()):
-        raise UserError(f"{out} exists and is not empty; choose a new folder", param="output")
-    with staged_folder(out) as tmp:
+    check_replaceable(out, "bundle")
+    with staged_folder(out, "bundle") as tmp:
         model = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(tmp / "model")))
         if model != tmp / "model":
             model.rename(tmp / "model")

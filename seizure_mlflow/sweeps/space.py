@@ -20,14 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from seizure_mlflow.errors import UserError
 
 KINDS = ("loguniform", "uniform", "int", "categorical")
-NOT_SEARCHABLE = ("train_json", "train_images", "val_json", "val_images", "test_json", "test_images", "output_dir",
-                  "resume", "run_name", "model_name", "opts", "num_processes", "log_images", "log_checkpoints",
-                  "system_metrics")
 BUNDLED_SPACE = Path(__file__).resolve().parents[1] / "configs" / "sweep_lr_batch.yaml"
 
 
@@ -67,13 +62,11 @@ class Dimension:
 def read_space(path: str | Path, base_config=None) -> list[Dimension]:
     """The dimensions of a space file, every one checked; ``base_config`` (a Detectron2 config) checks
     that config keys exist."""
-    from seizure_mlflow.config import TrainParams
+    from seizure_mlflow.config import TrainParams, searchable_params
+    from seizure_mlflow.user_files import read_yaml
 
     where = str(path)
-    try:
-        document = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise UserError(f"{where}: cannot read it as YAML ({exc})", param="space") from None
+    document = read_yaml(path, param="space")
     if not isinstance(document, dict) or not document:
         raise UserError(f"{where}: expected a mapping of parameter name -> {{type: ..., ...}}", param="space")
     fields = {f.name: f for f in dataclasses.fields(TrainParams)}
@@ -83,10 +76,11 @@ def read_space(path: str | Path, base_config=None) -> list[Dimension]:
         is_key = "." in name or name.isupper()
         if not is_key and name not in fields:
             raise UserError(f"{where}: {name!r} is not a main parameter or a Detectron2 config key (main "
-                            f"parameters: {', '.join(f for f in fields if f not in NOT_SEARCHABLE)})", param="space")
-        if name in NOT_SEARCHABLE:
-            raise UserError(f"{where}: {name} cannot be searched over (it says where data and outputs are, or how "
-                            "the run is recorded)", param="space")
+                            f"parameters: {', '.join(searchable_params())})", param="space")
+        if not is_key and name not in searchable_params():
+            raise UserError(f"{where}: {name} cannot be searched over (it says where data and outputs are, how the "
+                            "run is recorded or how its processes are laid out); searchable main parameters: "
+                            f"{', '.join(searchable_params())}", param="space")
         if is_key and base_config is not None and not _has_key(base_config, name):
             raise UserError(f"{where}: {name} is not a key of the Detectron2 config", param="space")
         if not isinstance(spec, dict) or spec.get("type") not in KINDS:
@@ -133,3 +127,27 @@ def apply(params, dimensions: list[Dimension], values: dict[str, Any]):
         if d.is_config_key:
             opts += [d.name, repr(values[d.name]) if isinstance(values[d.name], str) else str(values[d.name])]
     return params.replace(**changes, opts=tuple(opts))
+
+
+def values_to_check(dimension: Dimension) -> list:
+    """The values of a dimension that a sweep may try at its edges: its bounds, or every choice."""
+    if dimension.kind == "categorical":
+        return list(dimension.choices)
+    if dimension.kind == "int":
+        return [int(dimension.low), int(dimension.high)]
+    return [dimension.low, dimension.high]
+
+
+def check_every_edge(where: str, base, dimensions: list[Dimension], num_classes: int) -> None:
+    """Build the run's config at every dimension's bounds and choices (one dimension at a time, the others at the
+    base values), so that a value no trial could train with (``device: cuda`` without a GPU, a batch size the
+    processes cannot share) is refused before any study, storage file or run exists."""
+    from seizure_mlflow.config import build_config
+
+    for d in dimensions:
+        for value in values_to_check(d):
+            try:
+                build_config(apply(base, [d], {d.name: value}), num_classes=num_classes, output_dir="")
+            except UserError as exc:
+                raise UserError(f"{where}: {d.name}={value!r} cannot be trained with: {exc.detail}",
+                                param="space") from None

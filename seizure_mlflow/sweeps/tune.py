@@ -2,7 +2,7 @@
 
 Any number of workers, on any machines, run :func:`work` against the same storage and study name: each
 asks the study for the next trial (a retried one first), trains it through the same
-:func:`~seizure_mlflow.training.run_training` path as ``main`` as a child run of the study's parent run,
+:func:`~seizure_mlflow.commands.train.run_training` path as ``main`` as a child run of the study's parent run,
 reports ``val/total_loss`` at every validation to the pruner, and tells the study the best validation
 loss (or PRUNED, or FAIL when the loss diverged). A worker stops when the study holds ``trials`` finished
 trials; it then :func:`finish`es the sweep: the comparison table and plots on the parent run, and the best
@@ -28,7 +28,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 from seizure_mlflow.config import TrainParams
 from seizure_mlflow.engine.stopping import DIVERGED, PRUNED
 from seizure_mlflow.errors import UserError
-from seizure_mlflow.sweeps.space import BUNDLED_SPACE, Dimension, apply, read_space
+from seizure_mlflow.sweeps.space import BUNDLED_SPACE, Dimension, apply, check_every_edge, read_space
 from seizure_mlflow.sweeps.storage import GRACE_S, HEARTBEAT_S, open_storage, redacted, storage_url
 
 logger = logging.getLogger(__name__)
@@ -66,10 +66,11 @@ class SweepPlan:
 
 
 def plan_sweep(request: SweepRequest) -> SweepPlan:
-    """Check everything before a trial starts: the space, the numbers, the sampler and pruner, the storage
-    (it must answer), the data and the tracking server (as ``main`` checks them)."""
+    """Check everything before a trial starts: the space (a config built at every dimension's edges), the numbers,
+    the sampler and pruner, the data and the tracking server (as ``main`` checks them), then the storage (it must
+    answer). Nothing exists before every check passed: no study, no storage file, no run."""
     from seizure_mlflow.config import load_base_config
-    from seizure_mlflow.training import plan_run
+    from seizure_mlflow.commands.train import plan_run
 
     if request.trials < 1:
         raise UserError(f"must be >= 1, got {request.trials}", param="trials")
@@ -86,9 +87,10 @@ def plan_sweep(request: SweepRequest) -> SweepPlan:
     if request.sampler == "grid":
         for d in dimensions:
             d.grid()
+    base = plan_run(request.base)
+    check_every_edge(request.space, request.base, dimensions, num_classes=len(base.categories))
     url = storage_url(request.storage)
-    open_storage(url, request.heartbeat_s, request.grace_s)
-    plan_run(request.base)
+    open_storage(url, request.heartbeat_s, request.grace_s)  # creates a SQLite file: after every check
     name = request.study or datetime.now().strftime("sweep-%Y%m%d-%H%M%S")
     return SweepPlan(request, name, dimensions, url)
 
@@ -216,18 +218,19 @@ def _objective(trial, plan: SweepPlan, parent: str) -> float:
     import optuna
 
     from seizure_mlflow.sweeps.pruning import ReportToTrial
-    from seizure_mlflow.training import SweepTrial, run_training
+    from seizure_mlflow.commands.train import run_training
+    from seizure_mlflow.sweeps.trial import TrialFinish
 
     values = {d.name: d.suggest(trial) for d in plan.dimensions}
     base = plan.request.base
     output = Path(base.output_dir or "output") / "sweeps" / plan.study_name / f"trial_{trial.number:03d}"
     params = apply(base, plan.dimensions, values).replace(run_name=f"trial {trial.number}", output_dir=str(output))
     started = time.perf_counter()
-    sweep_trial = SweepTrial(parent_run_id=parent, hooks=lambda: [ReportToTrial(trial)],
-                             tags={SWEEP_TAG: plan.study_name, TRIAL_TAG: str(trial.number)},
-                             started=lambda run_id: _started(trial, run_id, values, plan.dimensions))
+    finish = TrialFinish(parent_run_id=parent, hooks=lambda: [ReportToTrial(trial)],
+                         trial_tags={SWEEP_TAG: plan.study_name, TRIAL_TAG: str(trial.number)},
+                         on_start=lambda run_id: _started(trial, run_id, values, plan.dimensions))
     try:
-        result = run_training(params, trial=sweep_trial)
+        result = run_training(params, finish=finish)
     except FloatingPointError as exc:
         trial.set_user_attr("stop_reason", DIVERGED)
         trial.set_user_attr("wall_s", round(time.perf_counter() - started, 1))
@@ -269,10 +272,9 @@ def finish(study, plan: SweepPlan, parent: str) -> None:
         for name, value in best.params.items():
             client.log_param(parent, f"best.{name}", value)
         _register_best(client, study, plan, best, parent)
-    if client.get_run(parent).info.status == "RUNNING" and not os.environ.get("MLFLOW_RUN_ID"):
-        done, active = _progress(study)
-        if active == 0:
-            client.set_terminated(parent, "FINISHED")
+    # the last worker ends the parent (under `mlflow run` too: its run would end FINISHED with this command)
+    if client.get_run(parent).info.status == "RUNNING" and _progress(study)[1] == 0:
+        client.set_terminated(parent, "FINISHED")
 
 
 def _register_best(client: MlflowClient, study, plan: SweepPlan, best, parent: str) -> None:
