@@ -69,10 +69,9 @@ def list_videos(path: str) -> list[Path]:
 
 def read_truth(path: str, videos: list[Path]) -> dict[str, list[tuple[float, float]]]:
     """The truth file, checked: every video named (by file name without suffix), every interval start < end."""
-    try:
-        document = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{path}: cannot read it as JSON ({exc})", param="truth") from None
+    from seizure_mlflow.user_files import read_json
+
+    document = read_json(path, param="truth")
     if not isinstance(document, dict):
         raise UserError(f"{path}: expected an object {{video name: [intervals]}}, got {type(document).__name__}",
                         param="truth")

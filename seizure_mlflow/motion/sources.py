@@ -7,7 +7,6 @@ A source is called with a batch of ``(frame_index, bgr)`` and returns one list o
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from pathlib import Path
 
@@ -43,9 +42,11 @@ class TrueMaskSource:
     per-video export form, as ``sample-data --format trace`` writes it."""
 
     def __init__(self, path: str | Path) -> None:
+        from seizure_mlflow.user_files import read_json
+
         self.path = Path(path)
+        coco = read_json(self.path, param="masks")
         try:
-            coco = json.loads(self.path.read_text())
             names = {c["id"]: c["name"] for c in coco["categories"]}
             self._frame_of, self._size = {}, {}
             for image in coco["images"]:
