@@ -43,6 +43,14 @@ def _runs() -> list:
     ("SOLVER.NO_SUCH_KEY: {type: uniform, low: 0, high: 1}", "SOLVER.NO_SUCH_KEY is not a key of the Detectron2 config"),
     ("train_json: {type: categorical, choices: [a.json]}", "train_json cannot be searched over"),
     ("lr: {type: gaussian, low: 0, high: 1}", "lr needs a type, one of loguniform, uniform, int, categorical"),
+    ("num_machines: {type: categorical, choices: [1, 2]}", "num_machines cannot be searched over"),
+    ("dist_url: {type: categorical, choices: [auto]}", "dist_url cannot be searched over"),
+    pytest.param("device: {type: categorical, choices: [cpu, cuda]}",
+                 "device='cuda' cannot be trained with: device=cuda was asked for, but no CUDA GPU is available",
+                 marks=pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")),
+    ("ims_per_batch: {type: int, low: 0, high: 4}", "ims_per_batch=0 cannot be trained with: ims_per_batch must be "
+                                                    "a positive integer"),
+    ("SOLVER.BASE_LR: {type: uniform, low: -0.1, high: 0.1}", "SOLVER.BASE_LR=-0.1 cannot be trained with"),
 ])
 def test_a_bad_space_is_refused_before_anything_starts(tiny_data, tmp_path, tracking, capsys, space, message):
     code = main(["tune", "--space", _space(tmp_path, space), "--storage", f"sqlite:///{tmp_path}/optuna.db",

@@ -22,6 +22,7 @@ from typing import Any
 
 from PIL import Image
 
+from seizure_mlflow.data.video_identity import count_videos
 from seizure_mlflow.errors import DatasetError
 
 logger = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ class CocoSummary:
     num_images: int
     num_annotations: int
     unannotated_images: int
-    num_videos: int = 0  # distinct ``video_id`` values (or first folders of ``file_name``); 0 when unknown
+    num_videos: int = 0  # see seizure_mlflow.data.video_identity; 0 when unknown
 
     @cached_property
     def digest(self) -> str:
@@ -301,17 +302,6 @@ def check_coco_data(data: dict[str, Any], json_path: str, image_root: str, *, ch
         unannotated_images=unannotated,
         num_videos=count_videos(images),
     )
-
-
-def count_videos(images: list[Any]) -> int:
-    """How many videos the frames come from: distinct ``video_id`` fields (as ``prepare`` writes them), else
-    distinct first folders of ``file_name`` (``video_07/frame_000012.png``); 0 when neither tells."""
-    ids = {img.get("video_id") for img in images if isinstance(img, dict) and img.get("video_id") is not None}
-    if ids:
-        return len(ids)
-    folders = {str(img.get("file_name", "")).split("/")[0] for img in images
-               if isinstance(img, dict) and "/" in str(img.get("file_name", ""))}
-    return len(folders)
 
 
 def check_same_categories(reference: CocoSummary, other: CocoSummary) -> None:

@@ -4,44 +4,20 @@ Frames of one video are strongly correlated, so a fixed sample spread over every
 set's loss at a fraction of the cost. The choice depends only on the COCO ``images`` list, the sample size
 and the seed: the same frames at every validation period, on every process, after a resume.
 
-A frame's video is its ``video_id`` (as ``prepare`` and the sample generator write it); without one, the first
-folder of its ``file_name`` (``clip03/frame_000012.png``), else the file name without its trailing frame number
-(``clip03_000012.png``); when that does not group the frames either, the whole list is one sequence.
+A frame's video comes from the package's one rule (:mod:`seizure_mlflow.data.video_identity`); when the frames'
+videos are unknown, the whole list is one sequence.
 """
 
 from __future__ import annotations
 
 import random
-import re
-from collections import defaultdict
-from pathlib import PurePosixPath
 
-_TRAILING_NUMBER = re.compile(r"^(.*?)[_\-. ]*\d+$")
-
-
-def video_key(image: dict) -> str | None:
-    """The video a COCO image belongs to, or None when nothing says."""
-    if image.get("video_id") is not None:
-        return str(image["video_id"])
-    name = PurePosixPath(str(image.get("file_name", "")).replace("\\", "/"))
-    if len(name.parts) > 1:
-        return name.parts[0]
-    match = _TRAILING_NUMBER.match(name.stem)
-    return match.group(1) if match and match.group(1) else None
-
-
-def _frame_order(image: dict) -> tuple:
-    return (image.get("frame_index", 0), str(image.get("file_name", "")), image["id"])
-
+from seizure_mlflow.data.video_identity import grouped_by_video
 
 def video_groups(images: list[dict]) -> dict[str, list[dict]]:
-    """``{video: frames in time order}``; one group ``""`` in list order when the frames cannot be grouped."""
-    groups: dict[str, list[dict]] = defaultdict(list)
-    for image in images:
-        groups[video_key(image)].append(image)
-    if None in groups or len(groups) in (0, len(images)) and len(images) > 1:
-        return {"": list(images)}
-    return {key: sorted(frames, key=_frame_order) for key, frames in sorted(groups.items())}
+    """``{video: frames in time order}`` (see :mod:`~seizure_mlflow.data.video_identity`); one group ``""`` in list
+    order when the frames' videos are unknown."""
+    return grouped_by_video(images) or {"": list(images)}
 
 
 def quotas(sizes: dict[str, int], count: int, rng: random.Random) -> dict[str, int]:
