@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import logging
 import os
 import sys
-import tempfile
-from pathlib import Path
 from typing import Sequence
 
 from seizure_mlflow.errors import UserError
@@ -337,36 +334,16 @@ def _add_predict(sub) -> None:
     p.add_argument("--output", required=True, help="results JSON to write")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--overlay", default="", help="with a video input: also write this video with detections drawn")
+    p.add_argument("--force", action="store_true", help="replace an existing --output (or --overlay) file")
     p.set_defaults(func=cmd_predict)
 
 
 def cmd_predict(args) -> int:
-    from seizure_mlflow.data.staging import check_output_file
-    from seizure_mlflow.data.video import check_video_readable
-    from seizure_mlflow.inference.files import check_images, is_video, list_images, predict_images, predict_video
-    from seizure_mlflow.registry.uris import detector_from_uri
+    from seizure_mlflow.commands.predict import PredictRequest, plan_predict, run_predict
 
-    if args.batch_size < 1:
-        raise UserError(f"must be >= 1, got {args.batch_size}", param="batch_size")
-    video = is_video(args.input)
-    if args.overlay and not video:
-        raise UserError("needs a video --input", param="overlay")
-    check_output_file(args.output, "output")
-    if args.overlay:
-        check_output_file(args.overlay, "overlay")
-    if video:
-        check_video_readable(args.input)
-    images = [] if video else list_images(args.input)
-    check_images(images)
-    detector = detector_from_uri(args.model_uri)
-    if video:
-        results = predict_video(detector, Path(args.input), args.batch_size, overlay=args.overlay or None)
-        what = f"{len({r['frame_index'] for r in results})} frames with detections"
-    else:
-        root = Path(args.input) if Path(args.input).is_dir() else Path(args.input).parent
-        results = predict_images(detector, images, root, args.batch_size)
-        what = f"{len(images)} images"
-    write_json_atomically(args.output, results)
+    plan = plan_predict(PredictRequest(model_uri=args.model_uri, input=args.input, output=args.output,
+                                       batch_size=args.batch_size, overlay=args.overlay, force=args.force))
+    results, what = run_predict(plan)
     print(f"{len(results)} detections in {what} -> {args.output}")
     return 0
 
@@ -413,7 +390,7 @@ def cmd_trace(args) -> int:
 
     from seizure_mlflow.motion.pipeline import TraceOptions
     from seizure_mlflow.motion.rhythm import RhythmSettings
-    from seizure_mlflow.tracing import TraceRequest, plan_trace, run_trace
+    from seizure_mlflow.commands.trace import TraceRequest, plan_trace, run_trace
 
     if args.batch_size < 1:
         raise UserError(f"must be >= 1, got {args.batch_size}", param="batch_size")
@@ -456,19 +433,6 @@ def cmd_bundle(args) -> int:
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"Bundle in {out} ({size / 2**30:.1f} GiB): install and serve offline with `bash {out}/install.sh --serve`")
     return 0
-
-
-def write_json_atomically(path: str, data) -> None:
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -122,7 +122,8 @@ def test_docker_build_context_installs_the_model_with_its_detectron2_wheel(regis
     assert "artifacts/sal_detectron2-0.7.2-py3-none-any.whl" in requirements and "torch==2.14.1" in requirements
     assert next(model.rglob("sal_detectron2-0.7.2-py3-none-any.whl")).stat().st_size > 1_000_000
     assert next(model.rglob("code")).is_dir() and "model_dir" in dockerfile
-    assert not any((p / "training.py").exists() for p in model.rglob("seizure_mlflow"))  # inference code only
+    staged = [p for p in model.rglob("seizure_mlflow")]
+    assert staged and not any((p / "commands").exists() or (p / "engine").exists() for p in staged)  # inference only
 
 
 def test_offline_bundle_installs_without_an_index_and_serves(registered, tmp_path):

@@ -18,7 +18,7 @@ from seizure_mlflow.data.sample import TraceSpec, write_trace_sample
 from seizure_mlflow.data.video import write_video
 from seizure_mlflow.motion.rhythm import (Interval, RhythmSettings, band_envelope, candidate_intervals, rhythm_windows,
                                           score_intervals)
-from seizure_mlflow.motion.track import Instance, PatientTrack
+from seizure_mlflow.motion.patient_track import Instance, PatientTrack
 
 FPS = 25.0
 

@@ -316,47 +316,10 @@ def prepare_dataset(videos: list[Video], output: str | os.PathLike, ratios=(0.6,
     bar = tqdm(total=to_decode or None, unit="frame", desc="decoding videos", disable=not progress or not to_decode)
     with bar, staged_folder(out, PREPARE_COMMAND, force=force) as tmp:
         coco = {s: {"images": [], "annotations": [], "categories": categories} for s in SPLITS}
-        next_image, next_ann = 1, 1
+        next_ids = {"image": 1, "annotation": 1}
         for video in sorted(videos, key=lambda v: v.name):
-            doc = coco[split_of[video.name]]
-            folder = tmp / "images" / video.name
-            folder.mkdir(parents=True)
-            old_cat = {c["id"]: c["name"] for c in video.data["categories"]}
-            new_id: dict[int, int] = {}
-            file_of: dict[int, str] = {}
-            for img in sorted(video.data["images"], key=lambda i: (video.frame_of_image.get(i["id"], 0), str(i["file_name"]))):
-                new_id[img["id"]] = next_image
-                entry = {"id": next_image, "width": img["width"], "height": img["height"], "video_id": video.name}
-                if video.video_path is not None:
-                    entry["frame_index"] = video.frame_of_image[img["id"]]
-                    file_of[entry["frame_index"]] = f"frame_{entry['frame_index']:06d}.png"
-                    entry["file_name"] = f"{video.name}/{file_of[entry['frame_index']]}"
-                else:
-                    src = Path(video.frames_dir) / img["file_name"]
-                    dst = folder / Path(img["file_name"]).name
-                    if dst.exists():
-                        raise DatasetError(f"{video.json_path}: two images are named {dst.name}; file names must differ within a video")
-                    shutil.copy2(src, dst)
-                    entry["file_name"] = f"{video.name}/{dst.name}"
-                    if (index := frame_index(img)) is not None:
-                        entry["frame_index"] = index
-                doc["images"].append(entry)
-                next_image += 1
-            for ann in video.data["annotations"]:
-                doc["annotations"].append({**ann, "id": next_ann, "image_id": new_id[ann["image_id"]],
-                                           "category_id": category_id[category_key(old_cat[ann["category_id"]])]})
-                next_ann += 1
-            if video.video_path is not None:
-                sizes = {video.frame_of_image[i["id"]]: (i["width"], i["height"]) for i in video.data["images"]}
-
-                def write(index: int, bgr: np.ndarray, folder=folder, sizes=sizes, video=video) -> None:
-                    if index in sizes and (bgr.shape[1], bgr.shape[0]) != sizes[index]:
-                        raise DatasetError(f"{video.json_path}: frame {index} is {bgr.shape[1]}x{bgr.shape[0]} in "
-                                           f"{video.video_path.name} but {sizes[index][0]}x{sizes[index][1]} in the export")
-                    write_png(folder / f"frame_{index:06d}.png", bgr)
-
-                bar.set_postfix_str(video.name)
-                extract_frames(video.video_path, sizes.keys(), write, every=every, bar=bar)
+            _add_video(video, coco[split_of[video.name]], tmp / "images" / video.name, category_id, next_ids, every,
+                       bar)
         for split in SPLITS:
             (tmp / f"{split}.json").write_text(json.dumps(coco[split]))
         report = build_report(coco, splits)
@@ -368,6 +331,49 @@ def prepare_dataset(videos: list[Video], output: str | os.PathLike, ratios=(0.6,
                       "the split furthest below its share of videos",
         }, indent=2))
     return PrepareResult(output=out, splits=splits, report=report)
+
+
+def _add_video(video: Video, doc: dict, folder: Path, category_id: dict, next_ids: dict[str, int], every: int,
+               bar) -> None:
+    """One video's frames into ``folder`` (copied, or extracted from the video file) and its images and annotations
+    into the split's COCO ``doc``, with ids from ``next_ids`` (advanced) and categories mapped by ``category_id``."""
+    folder.mkdir(parents=True)
+    old_cat = {c["id"]: c["name"] for c in video.data["categories"]}
+    new_id: dict[int, int] = {}
+    file_of: dict[int, str] = {}
+    for img in sorted(video.data["images"], key=lambda i: (video.frame_of_image.get(i["id"], 0), str(i["file_name"]))):
+        new_id[img["id"]] = next_ids["image"]
+        entry = {"id": next_ids["image"], "width": img["width"], "height": img["height"], "video_id": video.name}
+        if video.video_path is not None:
+            entry["frame_index"] = video.frame_of_image[img["id"]]
+            file_of[entry["frame_index"]] = f"frame_{entry['frame_index']:06d}.png"
+            entry["file_name"] = f"{video.name}/{file_of[entry['frame_index']]}"
+        else:
+            src = Path(video.frames_dir) / img["file_name"]
+            dst = folder / Path(img["file_name"]).name
+            if dst.exists():
+                raise DatasetError(f"{video.json_path}: two images are named {dst.name}; file names must differ within a video")
+            shutil.copy2(src, dst)
+            entry["file_name"] = f"{video.name}/{dst.name}"
+            if (index := frame_index(img)) is not None:
+                entry["frame_index"] = index
+        doc["images"].append(entry)
+        next_ids["image"] += 1
+    for ann in video.data["annotations"]:
+        doc["annotations"].append({**ann, "id": next_ids["annotation"], "image_id": new_id[ann["image_id"]],
+                                   "category_id": category_id[category_key(old_cat[ann["category_id"]])]})
+        next_ids["annotation"] += 1
+    if video.video_path is not None:
+        sizes = {video.frame_of_image[i["id"]]: (i["width"], i["height"]) for i in video.data["images"]}
+
+        def write(index: int, bgr: np.ndarray, folder=folder, sizes=sizes, video=video) -> None:
+            if index in sizes and (bgr.shape[1], bgr.shape[0]) != sizes[index]:
+                raise DatasetError(f"{video.json_path}: frame {index} is {bgr.shape[1]}x{bgr.shape[0]} in "
+                                   f"{video.video_path.name} but {sizes[index][0]}x{sizes[index][1]} in the export")
+            write_png(folder / f"frame_{index:06d}.png", bgr)
+
+        bar.set_postfix_str(video.name)
+        extract_frames(video.video_path, sizes.keys(), write, every=every, bar=bar)
 
 
 def build_report(coco: dict[str, dict], splits: dict[str, list[str]]) -> dict[str, Any]:

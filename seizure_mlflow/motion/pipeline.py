@@ -24,7 +24,7 @@ from seizure_mlflow.errors import UserError
 from seizure_mlflow.motion.rhythm import (Interval, RhythmSettings, Scores, Windows, band_envelope, candidate_intervals,
                                           rhythm_windows, score_intervals)
 from seizure_mlflow.motion.signals import REGIONS, MotionMeter
-from seizure_mlflow.motion.track import PatientTrack
+from seizure_mlflow.motion.patient_track import PatientTrack
 
 logger = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from seizure_mlflow.motion.track import TrackedFrame, mask_iou
+from seizure_mlflow.motion.patient_track import TrackedFrame, mask_iou
 
 METHODS = ("flow", "diff")
 REGIONS = ("patient", "outside", "frame")

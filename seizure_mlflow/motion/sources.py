@@ -14,7 +14,7 @@ import numpy as np
 from pycocotools import mask as mask_util
 
 from seizure_mlflow.errors import UserError
-from seizure_mlflow.motion.track import PATIENT, Instance
+from seizure_mlflow.motion.patient_track import PATIENT, Instance
 
 
 class ModelSource:
