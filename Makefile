@@ -5,7 +5,7 @@ STAMP := $(VENV)/.setup-done
 export MLFLOW_DISABLE_TELEMETRY ?= true
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup demo test test-fast bench stack-deps stack-up stack-down mlflow-only-env ui-deps ui-screenshots clean
+.PHONY: setup demo test test-unit test-fast bench stack-deps stack-up stack-down mlflow-only-env ui-deps ui-screenshots clean
 
 setup: $(STAMP)
 
@@ -22,6 +22,10 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest
+
+# The hooks' contracts on a toy model: seconds.
+test-unit: setup
+	$(PY) -m pytest tests/unit
 
 # Daily work: everything but the tests marked slow (whole training runs, servers, several processes).
 test-fast: setup

@@ -36,7 +36,7 @@ def per_image(call, inputs: list, warmup: int) -> float:
 
 
 def serve(model_uri: str, tracking_uri: str, root: Path):
-    from seizure_mlflow.stack.proxy import free_port, wait_until_answers
+    from helpers.servers import free_port, wait_until_answers
 
     port = free_port()
     mlflow = str(Path(sys.executable).parent / "mlflow")

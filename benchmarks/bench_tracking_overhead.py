@@ -91,7 +91,7 @@ def main() -> None:
     from seizure_mlflow.data.catalog import register_coco
     from seizure_mlflow.data.datasets import check_datasets
     from seizure_mlflow.data.sample import SampleSpec, sample_paths, write_sample_dataset
-    from seizure_mlflow.stack.proxy import FaultyProxy, free_port, local_server
+    from helpers.servers import FaultyProxy, free_port, local_server
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp, private_store(Path(tmp)) as sqlite_uri:

@@ -1,14 +1,18 @@
 """What the benchmarks share: where they write their JSON (``benchmarks/results/`` unless an absolute ``--out``
-is given), a private MLflow store, and a printed table."""
+is given), a private MLflow store, a printed table, and the test helpers (``tests/helpers``: servers, free
+ports) on the import path."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO / "tests") not in sys.path:
+    sys.path.insert(0, str(REPO / "tests"))  # `from helpers.servers import ...`: one copy for tests and benchmarks
 
 
 def write_results(out: str, payload: dict) -> Path:

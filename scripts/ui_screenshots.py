@@ -16,15 +16,13 @@ import argparse
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))  # the one free-port and server-waiting helper (tests/helpers)
 EXPERIMENT = "seizure-ui"
 MODEL_NAME = "seizure-patient-detector"
 PAGES = ("runs_table", "loss_charts", "run_artifacts", "model_version", "logged_models")
@@ -62,27 +60,20 @@ def build_store(root: Path) -> dict:
             "versions": [r.model_version for r in runs], "aliases": [r.model_alias for r in runs]}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_server(uri: str, root: Path, port: int) -> subprocess.Popen:
+    from helpers.servers import wait_until_answers
+
     mlflow = Path(sys.executable).with_name("mlflow")
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     server = subprocess.Popen([str(mlflow), "server", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port",
                                str(port), "--workers", "1"], cwd=root, env=env, stdout=subprocess.DEVNULL,
                               stderr=open(root / "server.log", "w"))
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
-                return server
-        except OSError:
-            time.sleep(0.5)
-    server.kill()
-    raise SystemExit(f"mlflow server did not start:\n{(root / 'server.log').read_text()[-2000:]}")
+    try:
+        wait_until_answers(f"http://127.0.0.1:{port}/health", server, root / "server.log", timeout_s=120)
+    except RuntimeError as exc:
+        server.kill()
+        raise SystemExit(f"mlflow server did not start: {exc}") from None
+    return server
 
 
 def take_screenshots(base: str, store: dict, out: Path, chromium: str) -> dict[str, str]:
@@ -165,7 +156,9 @@ def main() -> None:
         saved = root / "store.json"
         store = json.loads(saved.read_text()) if saved.exists() else build_store(root)
         saved.write_text(json.dumps(store))
-        port = _free_port()
+        from helpers.servers import free_port
+
+        port = free_port()
         server = start_server(store["uri"], root, port)
         try:
             texts = take_screenshots(f"http://127.0.0.1:{port}", store, out, args.chromium)

@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 from conftest import TINY_OPTS, tiny_params, venv_env
 from seizure_mlflow.distributed import launcher_from_env
 from seizure_mlflow.errors import ConfigError
-from seizure_mlflow.stack.proxy import free_port
+from helpers.servers import free_port
 from seizure_mlflow.commands.train import run_training
 
 DEAD_SERVER = "http://127.0.0.1:9"  # nothing answers: a process that talked to MLflow would fail

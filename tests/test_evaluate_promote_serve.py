@@ -7,7 +7,6 @@ import importlib.util
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from conftest import private_tracking_store, tiny_params, venv_env
+from helpers.servers import free_port
 from seizure_mlflow.data.checks import check_coco
 from seizure_mlflow.errors import UserError
 from seizure_mlflow.data.checks import file_digest as coco_digest
@@ -177,12 +177,6 @@ def test_predict_on_a_real_video_writes_per_frame_results_and_overlay(registry, 
         assert sum(1 for _ in c.decode(video=0)) == 120
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _post(url: str, payload: dict) -> tuple[int, str]:
     request = urllib.request.Request(url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
     try:
@@ -193,7 +187,7 @@ def _post(url: str, payload: dict) -> tuple[int, str]:
 
 
 def test_rest_serving_answers_photos_and_video_frames(registry):
-    port = _free_port()
+    port = free_port()
     log = open(registry["root"] / "serve.log", "w")
     server = subprocess.Popen(["mlflow", "models", "serve", "-m", f"models:/{NAME}@champion", "--env-manager", "local",
                                "--host", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT,
@@ -216,6 +210,7 @@ def test_rest_serving_answers_photos_and_video_frames(registry):
         assert status == 200, body[:2000]
         [answer] = json.loads(body)["predictions"]
         height, width = Image.open(PHOTO).size[::-1]
+        assert answer, "no detection on the photo over REST"
         assert all(r["segmentation"]["size"] == [height, width] for r in answer)
 
         frames = []
@@ -227,7 +222,8 @@ def test_rest_serving_answers_photos_and_video_frames(registry):
         status, body = _post(url, {"dataframe_split": {"columns": ["image"], "data": frames}})
         assert status == 200, body[:2000]
         answers = json.loads(body)["predictions"]
-        assert len(answers) == 3 and all(r["segmentation"]["size"] == [144, 176] for a in answers for r in a)
+        assert len(answers) == 3 and all(answers), "a frame without detections over REST"
+        assert all(r["segmentation"]["size"] == [144, 176] for a in answers for r in a)
 
         not_an_image = base64.b64encode(b"not an image" * 5000).decode()
         for bad, says in (({"dataframe_split": {"columns": ["img"], "data": [[photo]]}}, "column 'image'"),

@@ -11,7 +11,7 @@ from detectron2.utils.events import EventStorage
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 
-from seizure_mlflow.stack.proxy import FaultyProxy, local_server
+from helpers.servers import FaultyProxy, local_server
 from seizure_mlflow.tracking.delivery import MetricDelivery, PermanentFailure, SpillQueue, batch_sender
 from seizure_mlflow.tracking.writer import MlflowWriter
 

@@ -8,7 +8,6 @@ import base64
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ import pandas as pd
 import pytest
 
 from conftest import REPO, TINY_OPTS, private_tracking_store, tiny_params, venv_env
+from helpers.servers import free_port
 from seizure_mlflow.commands.train import run_training
 
 pytestmark = pytest.mark.slow
@@ -51,12 +51,6 @@ def _bare_env(registered, tmp_path) -> dict[str, str]:
     env.update(PATH=os.pathsep.join([str(MLFLOW_ONLY / "bin"), *path]), MLFLOW_TRACKING_URI=registered["uri"],
                MLFLOW_ENV_ROOT=str(tmp_path / "envs"), MLFLOW_DISABLE_TELEMETRY="true")
     return env
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _serve_and_ask(cmd: list[str], env: dict, cwd: Path, port: int, images: list[bytes], wait_s: int) -> list:
@@ -101,7 +95,7 @@ def test_served_with_uv_from_a_python_without_the_project_gives_the_same_detecti
     cannot = subprocess.run([str(MLFLOW_ONLY / "bin" / "python"), "-c", "import seizure_mlflow"], capture_output=True,
                             text=True, cwd=tmp_path, env=env)
     assert cannot.returncode != 0 and "No module named 'seizure_mlflow'" in cannot.stderr
-    port = _free_port()
+    port = free_port()
     got = _serve_and_ask([str(MLFLOW_ONLY / "bin" / "mlflow"), "models", "serve", "-m", f"models:/{NAME}@champion",
                           "--env-manager", "uv", "--host", "127.0.0.1", "-p", str(port)], env, tmp_path, port,
                          registered["images"], wait_s=1500)
@@ -136,7 +130,7 @@ def test_offline_bundle_installs_without_an_index_and_serves(registered, tmp_pat
     offline = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "MLFLOW_", "VIRTUAL_ENV"))}
     offline.update(PIP_CONFIG_FILE=os.devnull, PATH=os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep)
                                                                       if ".venv" not in p))
-    port = _free_port()
+    port = free_port()
     got = _serve_and_ask(["bash", str(bundle / "install.sh"), "--serve"], {**offline, "PORT": str(port)}, tmp_path,
                          port, registered["images"], wait_s=1200)
     _same_detections(got, registered["expected"])

@@ -125,6 +125,7 @@ def test_champion_loads_in_a_fresh_process_and_predicts_on_a_photo(trained, tmp_
     answer = json.loads(proc.stdout.strip().splitlines()[-1])
     height, width = Image.open(PHOTO).size[::-1]
     assert answer["n"] == 2
+    assert answer["sizes"] and answer["first"], "no detection on the photo: the checks below would pass on nothing"
     assert all(size == [height, width] for size in answer["sizes"])
     for r in answer["first"]:
         assert set(r) == {"category_id", "category_name", "bbox", "score", "segmentation"}
@@ -146,8 +147,10 @@ def test_predict_command_writes_coco_results(trained, tmp_path, tiny_data):
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(out.read_text())
     assert {r["file_name"] for r in results} <= {"photo.jpg", "small.png"}
+    assert results, "no detections: the checks below would pass on nothing"
     assert all({"image_id", "category_id", "bbox", "score", "segmentation"} <= set(r) for r in results)
     small = [r for r in results if r["file_name"] == "small.png"]
+    assert small, "no detection on small.png"
     assert all(r["segmentation"]["size"] == [60, 80] for r in small)
 
 

@@ -27,6 +27,7 @@ from pycocotools import mask as mask_util
 from tqdm import tqdm
 
 from seizure_mlflow.data.checks import category_key, check_coco_data, is_inside, load_coco_json
+from seizure_mlflow.data.masks import segmentation_to_rle
 from seizure_mlflow.data.staging import check_output_folder, check_replaceable, staged_folder
 from seizure_mlflow.data.video import VIDEO_SUFFIXES, extract_frames, frame_count, write_png
 from seizure_mlflow.errors import DatasetError, UserError
@@ -80,20 +81,13 @@ def normalise_export(data: dict[str, Any], json_path: str) -> dict[str, Any]:
         if not seg or not size or not all(isinstance(v, int) for v in size):
             continue  # the checks report what is missing
         try:
-            rle = _to_rle(seg, *size)
+            rle = segmentation_to_rle(seg, *size)
         except (TypeError, ValueError, IndexError):
             continue  # the checks report the bad segmentation
         ann.setdefault("bbox", [float(v) for v in mask_util.toBbox(rle)])
         ann.setdefault("area", float(mask_util.area(rle)))
     return data
 
-
-def _to_rle(seg, height: int, width: int):
-    if isinstance(seg, list):
-        return mask_util.merge(mask_util.frPyObjects(seg, height, width))
-    if isinstance(seg.get("counts"), list):
-        return mask_util.frPyObjects(seg, height, width)
-    return {"size": seg["size"], "counts": seg["counts"].encode() if isinstance(seg["counts"], str) else seg["counts"]}
 
 
 def discover_videos(input_dir: str | os.PathLike) -> list[Video]:

@@ -83,3 +83,25 @@ def read_stop(output_dir: str) -> tuple[str, int]:
     with open(os.path.join(output_dir, STOP_FILE)) as fh:
         stop = json.load(fh)
     return stop["reason"], int(stop["stopped_at"])
+
+
+class StopsEarly:
+    """A mixin for a Detectron2 trainer (put it before the trainer class): a hook that raises
+    :class:`StopTraining` ends training after the current iteration. ``stopping`` tells the ``after_train`` hooks
+    that a hook ended training early; afterwards ``stop_reason`` says why training ended (``max_iter`` or the
+    hook's reason) and ``stopped_at`` how many iterations were completed."""
+
+    def after_step(self) -> None:
+        try:
+            super().after_step()
+        except StopTraining:
+            self.stopping = True
+            raise
+
+    def train(self, *args, **kwargs):
+        self.stop_reason, self.stopped_at = MAX_ITER, self.max_iter
+        try:
+            return super().train(*args, **kwargs)
+        except StopTraining as stop:
+            logger.info("Training stopped early: %s", stop)
+            self.stop_reason, self.stopped_at = stop.reason, self.iter + 1

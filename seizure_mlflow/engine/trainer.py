@@ -35,7 +35,7 @@ from detectron2.utils.events import CommonMetricPrinter, EventWriter, JSONWriter
 from seizure_mlflow.config import VAL_DATASET
 from seizure_mlflow.engine.checkpoint import SafeCheckpointer, check_free_space, state_bytes
 from seizure_mlflow.engine.resume import RandomState, ResumableBestCheckpointer, SkipSampler, StopOnSignal
-from seizure_mlflow.engine.stopping import MAX_ITER, EarlyStopping, StopTraining
+from seizure_mlflow.engine.stopping import EarlyStopping, StopsEarly
 from seizure_mlflow.engine.validation import (AUTO, TOTAL_LOSS, VAL_PREFIX, CachedBatches, ValidationLoss,
                                                build_validation_loader)
 
@@ -47,7 +47,7 @@ KEEP_PERIODIC_CHECKPOINTS = 2  # plus model_best.pth and model_final.pth
 VALIDATION_SAMPLE_FILE = "validation_sample.json"  # OUTPUT_DIR: the validation sample's image ids, see ValidationLoss
 
 
-class Trainer(DefaultTrainer):
+class Trainer(StopsEarly, DefaultTrainer):
     """``DefaultTrainer`` with the validation-loss hook, best-checkpoint hook and pluggable writers.
 
     Args:
@@ -175,25 +175,12 @@ class Trainer(DefaultTrainer):
         ret.append(StopOnSignal(self.checkpointer))
         return ret
 
-    def after_step(self) -> None:
-        """The hooks' ``after_step``; ``stopping`` tells ``after_train`` hooks that a hook ended training early."""
-        try:
-            super().after_step()
-        except StopTraining:
-            self.stopping = True
-            raise
-
     def train(self):
-        """Train to ``SOLVER.MAX_ITER`` or until a hook raises :class:`StopTraining`; then ``stop_reason``
-        says which and ``stopped_at`` how many iterations were completed."""
-        self.stop_reason, self.stopped_at = MAX_ITER, self.max_iter
+        """Train to ``SOLVER.MAX_ITER`` or until a hook raises :class:`StopTraining` (see :class:`StopsEarly`),
+        once the output folder has room for two checkpoints."""
         if comm.is_main_process():
             check_free_space(self.cfg.OUTPUT_DIR, self.checkpointer.checkpoint_bytes)
-        try:
-            return super().train()
-        except StopTraining as stop:
-            logger.info("Training stopped early: %s", stop)
-            self.stop_reason, self.stopped_at = stop.reason, self.iter + 1
+        return super().train()
 
     def build_writers(self) -> list[EventWriter]:
         writers: list[EventWriter] = [

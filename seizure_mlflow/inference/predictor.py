@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
-from pycocotools import mask as mask_util
+from seizure_mlflow.data.masks import mask_to_coco
 
 from seizure_mlflow.errors import UserError
 
@@ -64,8 +64,7 @@ class Detector:
             result = {"category_id": int(category["id"]), "category_name": category["name"],
                       "bbox": [x0, y0, x1 - x0, y1 - y0], "score": float(scores[k])}
             if masks is not None:
-                rle = mask_util.encode(np.asfortranarray(masks[k].astype(np.uint8)))
-                result["segmentation"] = {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+                result["segmentation"] = mask_to_coco(masks[k])
             results.append(result)
         return results
 

@@ -16,15 +16,15 @@ from typing import Callable
 
 import numpy as np
 import pandas as pd
-from pycocotools import mask as mask_util
 from tqdm import tqdm
 
+from seizure_mlflow.data.masks import mask_to_rle
 from seizure_mlflow.data.video import frame_count, frame_rate, iter_frames
 from seizure_mlflow.errors import UserError
 from seizure_mlflow.motion.rhythm import (Interval, RhythmSettings, Scores, Windows, band_envelope, candidate_intervals,
                                           rhythm_windows, score_intervals)
-from seizure_mlflow.motion.signals import REGIONS, MotionMeter
 from seizure_mlflow.motion.patient_track import PatientTrack
+from seizure_mlflow.motion.signals import REGIONS, MotionMeter
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ def trace_video(path: str | Path, source: Callable, options: TraceOptions, keep_
                 components[region].append(measure.components[region])
             if rles is not None:
                 rles.append(None if tracked.patient is None else
-                            mask_util.encode(np.asfortranarray(tracked.patient.astype(np.uint8))))
+                            mask_to_rle(tracked.patient))
 
     batch, next_time = [], 0.0
     with tqdm(total=expected, desc=f"trace {Path(path).name}", unit="frame") as bar:

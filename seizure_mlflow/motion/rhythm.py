@@ -205,13 +205,18 @@ class Scores:
                       self.latencies + other.latencies)
 
 
+def overlaps(interval: Interval, onset: float, offset: float) -> bool:
+    """Whether a candidate interval and a true event ``[onset, offset]`` share any time (touching is not enough)."""
+    return interval.start < offset and interval.end > onset
+
+
 def score_intervals(found: list[Interval], truth: list[tuple[float, float]], seconds: float) -> Scores:
     """A true event is detected when a candidate interval overlaps it; a candidate that overlaps no true
     event is a false alarm. Latency: the first overlapping candidate's alarm time minus the onset."""
     latencies = []
     for onset, offset in truth:
-        hits = [i for i in found if i.start < offset and i.end > onset]
+        hits = [i for i in found if overlaps(i, onset, offset)]
         latencies.append(round(min(i.alarm_at for i in hits) - onset, 3) if hits else None)
-    false_alarms = sum(1 for i in found if not any(i.start < offset and i.end > onset for onset, offset in truth))
+    false_alarms = sum(1 for i in found if not any(overlaps(i, onset, offset) for onset, offset in truth))
     return Scores(events=len(truth), detected=sum(x is not None for x in latencies), false_alarms=false_alarms,
                   hours=seconds / 3600, latencies=tuple(latencies))

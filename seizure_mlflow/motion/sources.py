@@ -11,7 +11,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-from pycocotools import mask as mask_util
+from seizure_mlflow.data.masks import decode_segmentation
 
 from seizure_mlflow.errors import UserError
 from seizure_mlflow.motion.patient_track import PATIENT, Instance
@@ -65,16 +65,7 @@ class TrueMaskSource:
                             param="masks") from None
 
     def __call__(self, frames: list[tuple[int, np.ndarray]]) -> list[list[Instance]]:
-        return [[Instance(name, 1.0, _decode(segmentation, size)) for name, segmentation, size in self._anns.get(index, [])]
+        return [[Instance(name, 1.0, decode_segmentation(segmentation, *size)) for name, segmentation, size in self._anns.get(index, [])]
                 for index, _ in frames]
 
 
-def _decode(segmentation, size: tuple[int, int]) -> np.ndarray:
-    height, width = size
-    if isinstance(segmentation, list):
-        rle = mask_util.merge(mask_util.frPyObjects(segmentation, height, width))
-    elif isinstance(segmentation.get("counts"), list):
-        rle = mask_util.frPyObjects(segmentation, height, width)
-    else:
-        rle = segmentation
-    return mask_util.decode(rle).astype(bool)

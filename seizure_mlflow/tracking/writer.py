@@ -30,7 +30,7 @@ TRAIN_PREFIX = "train/"
 DRAIN_TIMEOUT_S = 600  # at the end of training, how long to wait for the server
 
 
-def metric_name(storage_key: str) -> str | None:
+def mlflow_metric_name(storage_key: str) -> str | None:
     """The MLflow name of an event-storage key, or None for keys that are not logged."""
     if storage_key.startswith((VAL_PREFIX, VAL_FULL_PREFIX)):
         return storage_key
@@ -40,7 +40,7 @@ def metric_name(storage_key: str) -> str | None:
 
 
 def storage_key(metric: str) -> str:
-    """The event-storage key an MLflow metric name comes from (inverse of :func:`metric_name`)."""
+    """The event-storage key an MLflow metric name comes from (inverse of :func:`mlflow_metric_name`)."""
     return metric[len(TRAIN_PREFIX):] if metric.startswith(TRAIN_PREFIX) else metric
 
 
@@ -67,7 +67,7 @@ class MlflowWriter(EventWriter):
             spool_dir = self._tmp.name
         if skip_logged:
             for name in self._client.get_run(run_id).data.metrics:
-                if metric_name(storage_key(name)) == name:
+                if mlflow_metric_name(storage_key(name)) == name:
                     steps = [m.step for m in self._client.get_metric_history(run_id, name)]
                     self._last_sent[storage_key(name)] = max(steps) - 1
             for name, step in spooled_steps(spool_dir).items():
@@ -82,7 +82,7 @@ class MlflowWriter(EventWriter):
         timestamp = int(time.time() * 1000)
         metrics = []
         for key, history in storage.histories().items():
-            name = metric_name(key)
+            name = mlflow_metric_name(key)
             if name is None:
                 continue
             last = self._last_sent.get(key, -1)

@@ -1,10 +1,11 @@
-"""A loopback HTTP proxy in front of a tracking server that misbehaves on purpose: for outage drills,
-``benchmarks/bench_tracking_overhead.py`` and the tests of metric delivery.
+"""Servers for tests and benchmarks (never shipped with the package): the one free-port and wait-until-it-answers
+helper, a plain local ``mlflow server``, and a loopback HTTP proxy in front of a tracking server that misbehaves
+on purpose (outage drills, ``benchmarks/bench_tracking_overhead.py``, the tests of metric delivery).
 
 Modes: ``--delay S`` answers every request S seconds late; ``--fail-first N --status CODE`` answers the first N
 requests with CODE (503, 429, ...) and forwards the rest; ``--blackhole`` accepts connections and never answers.
 
-    python -m seizure_mlflow.stack.proxy --port 5099 --target http://127.0.0.1:5000 --delay 2
+    python tests/helpers/servers.py --port 5099 --target http://127.0.0.1:5000 --delay 2
 """
 
 from __future__ import annotations
