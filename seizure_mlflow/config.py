@@ -12,7 +12,7 @@ import math
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 
 from seizure_mlflow.errors import ConfigError
@@ -26,11 +26,53 @@ DEVICES = ("auto", "cpu", "cuda")
 LOG_CHECKPOINTS = ("best", "improvements")
 
 
-def _param(default: Any, help: str, searchable: bool = True, **extra: Any) -> Any:
-    """A ``main`` parameter: its default, its ``--help`` text, how the command line reads it, and whether a
-    sweep may search it (not where data and outputs are, how the run is recorded or how processes are laid out)."""
+@dataclass(frozen=True)
+class Rule:
+    """What a value must be: ``holds(value)`` and the words for it (``"a positive integer"``)."""
+
+    holds: Callable[[Any], bool]
+    expected: str
+
+    def __call__(self, value: Any) -> bool:
+        try:
+            return bool(self.holds(value))
+        except (TypeError, ValueError):
+            return False
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+POSITIVE_INT = Rule(lambda v: _is_int(v) and v > 0, "a positive integer")
+NON_NEGATIVE_INT = Rule(lambda v: _is_int(v) and v >= 0, "an integer >= 0")
+POSITIVE_NUMBER = Rule(lambda v: _is_number(v) and v > 0, "a positive number")
+NON_NEGATIVE_NUMBER = Rule(lambda v: _is_number(v) and v >= 0, "a number >= 0")
+POSITIVE_SIZE = Rule(lambda v: _is_number(v) and v > 0, "a positive size")
+POSITIVE_SIZES = Rule(lambda v: len(v) > 0 and all(POSITIVE_SIZE(x) for x in v), "positive sizes")
+SEED = Rule(lambda v: _is_int(v) and 0 <= v < 2**31, "an integer from 0 to 2**31 - 1")
+FRAMES = Rule(lambda v: v == "auto" or (isinstance(v, str) and v.isascii() and v.isdigit()) or NON_NEGATIVE_INT(v),
+              "auto, 0 (the whole set) or a number of frames")
+BOOL = Rule(lambda v: isinstance(v, bool), "true or false")
+
+
+def _param(default: Any, help: str, searchable: bool = True, keys: dict[str, Callable] | None = None,
+           rule: Rule | None = None, **extra: Any) -> Any:
+    """A ``main`` parameter: its default, its ``--help`` text, how the command line reads it, whether a sweep may
+    search it (not where data and outputs are, how the run is recorded or how processes are laid out), the
+    Detectron2 keys it sets (``{key: value -> config value}``, applied by :func:`build_config`) and the
+    :class:`Rule` its value (and those keys' final values) must follow."""
     factory = {"default_factory": default} if callable(default) else {"default": default}
-    return field(metadata={"help": help, "searchable": searchable, **extra}, **factory)
+    return field(metadata={"help": help, "searchable": searchable, "keys": keys or {}, "rule": rule, **extra},
+                 **factory)
+
+
+def _same(value: Any) -> Any:
+    return value
 
 
 @dataclass(frozen=True)
@@ -53,17 +95,26 @@ class TrainParams:
     config: str = _param(DEFAULT_CONFIG, "model-zoo name (e.g. COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml) "
                                          "or YAML path (default: the bundled %(default)s)")
     weights: str = _param("", "'' from scratch, a path, a URL, or 'model-zoo' for the config's COCO checkpoint")
-    lr: float = _param(0.02, "base learning rate (default %(default)s)")
-    ims_per_batch: int = _param(2, "images per batch, all processes together (default %(default)s)")
-    max_iter: int = _param(800, "training iterations (default %(default)s)")
-    eval_period: int = _param(50, "validation loss every N iterations (default %(default)s)")
-    min_size: int = _param(128, "shorter image side in pixels, train and test (default %(default)s)")
-    num_workers: int = _param(0, "data-loader worker processes (default %(default)s)")
-    device: str = _param("auto", "auto, cpu or cuda (default %(default)s)", choices=DEVICES)
-    seed: int = _param(7, "random seed (default %(default)s)")
+    lr: float = _param(0.02, "base learning rate (default %(default)s)", keys={"SOLVER.BASE_LR": float},
+                       rule=POSITIVE_NUMBER)
+    ims_per_batch: int = _param(2, "images per batch, all processes together (default %(default)s)",
+                                keys={"SOLVER.IMS_PER_BATCH": _same}, rule=POSITIVE_INT)
+    max_iter: int = _param(800, "training iterations (default %(default)s)", keys={"SOLVER.MAX_ITER": _same},
+                           rule=POSITIVE_INT)
+    eval_period: int = _param(50, "validation loss every N iterations (default %(default)s)",
+                              keys={"TEST.EVAL_PERIOD": _same}, rule=POSITIVE_INT)
+    min_size: int = _param(128, "shorter image side in pixels, train and test (default %(default)s)",
+                           keys={"INPUT.MIN_SIZE_TRAIN": lambda v: (v,), "INPUT.MIN_SIZE_TEST": _same},
+                           rule=POSITIVE_INT)
+    num_workers: int = _param(0, "data-loader worker processes (default %(default)s)",
+                              keys={"DATALOADER.NUM_WORKERS": _same}, rule=NON_NEGATIVE_INT)
+    device: str = _param("auto", "auto, cpu or cuda (default %(default)s)", choices=DEVICES,
+                         keys={"MODEL.DEVICE": lambda v: resolve_device(v)})
+    seed: int = _param(7, "random seed (default %(default)s)", keys={"SEED": _same}, rule=SEED)
     model_name: str = _param(DEFAULT_MODEL_NAME, "registered model name (default %(default)s)", searchable=False)
     opts: tuple[str, ...] = _param(tuple, "extra Detectron2 overrides 'KEY VALUE ...', applied last", searchable=False)
-    num_processes: int = _param(1, "training processes on this machine (one per GPU; Detectron2's launch)", searchable=False)
+    num_processes: int = _param(1, "training processes on this machine (one per GPU; Detectron2's launch)",
+                                searchable=False, rule=POSITIVE_INT)
     output_dir: str = _param("", "checkpoint folder (default: output/RUN_ID)", searchable=False)
     resume: bool = _param(False, "continue the run whose checkpoints are in output_dir from its last checkpoint, "
                                  "in the same MLflow run", searchable=False)
@@ -76,44 +127,33 @@ class TrainParams:
                                           "(one model's size each)", choices=LOG_CHECKPOINTS, searchable=False)
     system_metrics: bool = _param(True, "log CPU, memory and GPU use as system metrics", searchable=False)
     patience: int = _param(0, "stop after this many validation periods without an improvement of val/total_loss "
-                              "by at least min_delta (0: off, the default)")
+                              "by at least min_delta (0: off, the default)", keys={"EARLY_STOPPING.PATIENCE": _same},
+                           rule=NON_NEGATIVE_INT)
     min_delta: float = _param(0.0, "the smallest decrease of val/total_loss that counts as an improvement "
-                                   "(default %(default)s)")
+                                   "(default %(default)s)", keys={"EARLY_STOPPING.MIN_DELTA": float},
+                              rule=NON_NEGATIVE_NUMBER)
     val_max_images: str = _param("auto", "validation frames per period: auto (the most that cost at most 5%% of "
                                          "training time), 0 (the whole set) or N; spread evenly over videos and "
-                                         "time; the whole set is logged as val_full/* at the end")
+                                         "time; the whole set is logged as val_full/* at the end",
+                                 keys={"VALIDATION.MAX_IMAGES": _same}, rule=FRAMES)
     full_val_period: int = _param(0, "also compute the whole validation set's loss (val_full/*) every N "
-                                     "iterations (0: only at the end of training)")
-    num_machines: int = _param(1, "machines taking part (Detectron2's launch; start the command on each)", searchable=False)
+                                     "iterations (0: only at the end of training)",
+                                 keys={"VALIDATION.FULL_PERIOD": _same}, rule=NON_NEGATIVE_INT)
+    num_machines: int = _param(1, "machines taking part (Detectron2's launch; start the command on each)",
+                               searchable=False, rule=POSITIVE_INT)
     machine_rank: int = _param(0, "this machine's rank, 0 to num_machines-1 (rank 0 logs to MLflow)", searchable=False)
     dist_url: str = _param("auto", "where the processes meet, e.g. tcp://HOST:PORT of machine 0 (auto: a free port "
                                    "on this machine, one machine only); ignored when a launcher (torchrun, srun, "
                                    "a PyTorchJob) sets RANK and WORLD_SIZE", searchable=False)
     amp: bool = _param(False, "mixed precision on CUDA (Detectron2's AMPTrainer: bfloat16 where the GPU supports "
-                              "it, else float16 with a gradient scaler); refused on the CPU")
+                              "it, else float16 with a gradient scaler); refused on the CPU",
+                        keys={"SOLVER.AMP.ENABLED": _same}, rule=BOOL)
 
     def __post_init__(self) -> None:
-        _require(isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0,
-                 f"lr must be a positive number, got {self.lr!r}")
-        for name in ("ims_per_batch", "max_iter", "eval_period", "min_size"):
-            value = getattr(self, name)
-            _require(isinstance(value, int) and value > 0, f"{name} must be a positive integer, got {value!r}")
-        _require(isinstance(self.num_processes, int) and self.num_processes >= 1,
-                 f"num_processes must be an integer >= 1, got {self.num_processes!r}")
-        _require(isinstance(self.num_workers, int) and self.num_workers >= 0,
-                 f"num_workers must be an integer >= 0, got {self.num_workers!r}")
-        _require(isinstance(self.seed, int) and self.seed >= 0, f"seed must be an integer >= 0, got {self.seed!r}")
+        for f in param_fields():  # each field's own rule, then the rules between fields
+            rule, value = f.metadata["rule"], getattr(self, f.name)
+            _require(rule is None or rule(value), f"{f.name} must be {rule.expected if rule else ''}, got {value!r}")
         _require(self.device in DEVICES, f"device must be one of {', '.join(DEVICES)}; got {self.device!r}")
-        _require(isinstance(self.patience, int) and self.patience >= 0,
-                 f"patience must be an integer >= 0 (0: no early stopping), got {self.patience!r}")
-        _require(isinstance(self.min_delta, (int, float)) and math.isfinite(self.min_delta) and self.min_delta >= 0,
-                 f"min_delta must be a number >= 0, got {self.min_delta!r}")
-        _require(self.val_max_images == "auto" or self.val_max_images.isdigit(),
-                 f"val_max_images must be auto, 0 (the whole set) or a number of frames; got {self.val_max_images!r}")
-        _require(isinstance(self.full_val_period, int) and self.full_val_period >= 0,
-                 f"full_val_period must be an integer >= 0 (0: only at the end), got {self.full_val_period!r}")
-        _require(isinstance(self.num_machines, int) and self.num_machines >= 1,
-                 f"num_machines must be an integer >= 1, got {self.num_machines!r}")
         _require(isinstance(self.machine_rank, int) and 0 <= self.machine_rank < self.num_machines,
                  f"machine_rank must be between 0 and num_machines-1 ({self.num_machines - 1}), got {self.machine_rank!r}")
         _require(self.num_machines == 1 or self.dist_url.startswith("tcp://"),
@@ -317,26 +357,19 @@ TRAINING_ONLY_KEYS = ("EARLY_STOPPING", "VALIDATION")
 
 
 def build_config(params: TrainParams, num_classes: int, output_dir: str):
-    """The frozen Detectron2 config of a run: base config, then typed parameters, then ``opts``."""
+    """The frozen Detectron2 config of a run: base config, then the keys each typed parameter names (its
+    ``keys`` metadata), then ``opts``; the final config is checked once (:func:`check_config`)."""
     cfg = load_base_config(params.config)
     cfg.DATASETS.TRAIN = (TRAIN_DATASET,)
     cfg.DATASETS.TEST = (VAL_DATASET,)
     cfg.MODEL.WEIGHTS = resolve_weights(params.weights, params.config)
     cfg.MODEL.ROI_HEADS.NUM_CLASSES = num_classes
-    cfg.MODEL.DEVICE = resolve_device(params.device)
-    cfg.SOLVER.BASE_LR = float(params.lr)
-    cfg.SOLVER.IMS_PER_BATCH = params.ims_per_batch
-    cfg.SOLVER.MAX_ITER = params.max_iter
-    cfg.TEST.EVAL_PERIOD = params.eval_period
-    cfg.INPUT.MIN_SIZE_TRAIN = (params.min_size,)
-    cfg.INPUT.MIN_SIZE_TEST = params.min_size
-    cfg.DATALOADER.NUM_WORKERS = params.num_workers
-    cfg.SEED = params.seed
     cfg.OUTPUT_DIR = output_dir
-    cfg.EARLY_STOPPING = type(cfg)({"PATIENCE": params.patience, "MIN_DELTA": float(params.min_delta)})
-    cfg.SOLVER.AMP.ENABLED = params.amp
-    cfg.VALIDATION = type(cfg)({"MAX_IMAGES": params.val_max_images, "FULL_PERIOD": params.full_val_period,
-                                "BATCH_SIZE": 4, "CACHE_MB": 1024})
+    cfg.EARLY_STOPPING = type(cfg)({"PATIENCE": 0, "MIN_DELTA": 0.0})
+    cfg.VALIDATION = type(cfg)({"MAX_IMAGES": "auto", "FULL_PERIOD": 0, "BATCH_SIZE": 4, "CACHE_MB": 1024})
+    for f in param_fields():
+        for key, to_config in f.metadata["keys"].items():
+            _set_key(cfg, key, to_config(getattr(params, f.name)))
     if params.opts:
         try:
             cfg.merge_from_list(list(params.opts))
@@ -347,30 +380,47 @@ def build_config(params: TrainParams, num_classes: int, output_dir: str):
     return cfg
 
 
-def _positive(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+def _set_key(cfg, dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = cfg
+    for part in parents:
+        node = node[part]
+    node[leaf] = value
 
 
-# The final config's values that must hold whatever set them (typed parameter, config file or opts).
-_CONFIG_RULES: tuple[tuple[str, Any, str], ...] = (
-    ("SOLVER.MAX_ITER", lambda v: isinstance(v, int) and v > 0, "a positive integer"),
-    ("SOLVER.IMS_PER_BATCH", lambda v: isinstance(v, int) and v > 0, "a positive integer"),
-    ("SOLVER.BASE_LR", _positive, "a positive number"),
-    ("SOLVER.CHECKPOINT_PERIOD", lambda v: isinstance(v, int) and v > 0, "a positive integer"),
-    ("SOLVER.WARMUP_ITERS", lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
-    ("TEST.EVAL_PERIOD", lambda v: isinstance(v, int) and v > 0, "a positive integer"),
-    ("VALIDATION.MAX_IMAGES", lambda v: v == "auto" or str(v).isdigit(), "auto or an integer >= 0"),
-    ("VALIDATION.FULL_PERIOD", lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
-    ("VALIDATION.BATCH_SIZE", lambda v: isinstance(v, int) and v > 0, "a positive integer"),
-    ("VALIDATION.CACHE_MB", lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
-    ("INPUT.MIN_SIZE_TRAIN", lambda v: len(v) > 0 and all(_positive(x) for x in v), "positive sizes"),
-    ("INPUT.MIN_SIZE_TEST", _positive, "a positive size"),
-    ("INPUT.MAX_SIZE_TRAIN", _positive, "a positive size"),
-    ("INPUT.MAX_SIZE_TEST", _positive, "a positive size"),
-    ("DATALOADER.NUM_WORKERS", lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
-    ("MODEL.RPN.BATCH_SIZE_PER_IMAGE", lambda v: isinstance(v, int) and v > 0, "a positive integer"),
-    ("MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", lambda v: isinstance(v, int) and v > 0, "a positive integer"),
-)
+def _get_key(cfg, dotted: str) -> Any:
+    node = cfg
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+# Final values whose form differs from the parameter that sets them, and keys no parameter sets (a config file or
+# opts can): checked whatever set them.
+_KEY_RULES: dict[str, Rule] = {
+    "INPUT.MIN_SIZE_TRAIN": POSITIVE_SIZES,
+    "INPUT.MIN_SIZE_TEST": POSITIVE_SIZE,
+    "SOLVER.CHECKPOINT_PERIOD": POSITIVE_INT,
+    "SOLVER.WARMUP_ITERS": NON_NEGATIVE_INT,
+    "VALIDATION.BATCH_SIZE": POSITIVE_INT,
+    "VALIDATION.CACHE_MB": NON_NEGATIVE_INT,
+    "INPUT.MAX_SIZE_TRAIN": POSITIVE_SIZE,
+    "INPUT.MAX_SIZE_TEST": POSITIVE_SIZE,
+    "MODEL.RPN.BATCH_SIZE_PER_IMAGE": POSITIVE_INT,
+    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE": POSITIVE_INT,
+}
+
+
+def config_rules() -> dict[str, tuple[Rule, str | None]]:
+    """``{key: (rule, the parameter that sets it or None)}``: every key a parameter sets, with the parameter's rule
+    (or the key's own in ``_KEY_RULES``), and the keys only configs and ``opts`` set."""
+    rules: dict[str, tuple[Rule, str | None]] = {key: (rule, None) for key, rule in _KEY_RULES.items()}
+    for f in param_fields():
+        for key in f.metadata["keys"]:
+            rule = _KEY_RULES.get(key, f.metadata["rule"])
+            if rule is not None:
+                rules[key] = (rule, f.name)
+    return rules
 
 
 def check_config(cfg, params: TrainParams) -> None:
@@ -380,17 +430,11 @@ def check_config(cfg, params: TrainParams) -> None:
     """
     from_opts = set(params.opts[0::2])
     problems, keys = [], set()
-    for key, valid, expected in _CONFIG_RULES:
-        value = cfg
-        for part in key.split("."):
-            value = value[part]
-        try:
-            ok = valid(value)
-        except TypeError:
-            ok = False
-        if not ok:
-            source = "set by opts" if key in from_opts else f"from {params.config} or a typed parameter"
-            problems.append(f"{key} must be {expected}, got {value!r} ({source})")
+    for key, (rule, param) in config_rules().items():
+        value = _get_key(cfg, key)
+        if not rule(value):
+            source = "set by opts" if key in from_opts else (f"set by {param}" if param else f"from {params.config}")
+            problems.append(f"{key} must be {rule.expected}, got {value!r} ({source})")
             keys.add(key)
     if cfg.SOLVER.AMP.ENABLED and not str(cfg.MODEL.DEVICE).startswith("cuda"):
         problems.append(f"mixed precision (amp, SOLVER.AMP.ENABLED) needs a CUDA GPU, and this run's device is "

@@ -85,3 +85,30 @@ def test_amp_trains_on_a_gpu(tiny_data, tmp_path, tracking):
     result = run_training(tiny_params(tiny_data, tmp_path, device="cuda", amp=True))
     run = MlflowClient().get_run(result.run_id)
     assert run.data.params["SOLVER.AMP.ENABLED"] == "True" and run.info.status == "FINISHED"
+
+
+def test_every_parameter_sets_the_keys_it_names_and_opts_still_win():
+    from seizure_mlflow.config import param_fields
+
+    values = dict(lr=0.0123, ims_per_batch=4, max_iter=13, eval_period=3, min_size=77, num_workers=1, seed=5,
+                  patience=2, min_delta=0.5, val_max_images="7", full_val_period=4, device="cpu", amp=False)
+    cfg = build_config(TrainParams(**values), num_classes=2, output_dir="")
+    named = {f.name: f.metadata["keys"] for f in param_fields() if f.metadata["keys"]}
+    assert set(named) == set(values), "a parameter names Detectron2 keys this test does not set"
+    for name, keys in named.items():
+        for key, to_config in keys.items():
+            node = cfg
+            for part in key.split("."):
+                node = node[part]
+            assert node == to_config(values[name]), (name, key, node)
+    assert build_config(TrainParams(**values, opts=("SEED", "9")), 2, "").SEED == 9
+
+
+@pytest.mark.parametrize("changes,message", [
+    (dict(seed=2**32), "seed must be an integer from 0 to 2**31 - 1"),
+    (dict(val_max_images="\u00b2"), "val_max_images must be auto, 0 (the whole set) or a number of frames"),
+    (dict(patience=True), "patience must be an integer >= 0"),
+])
+def test_each_parameter_carries_its_rule(changes, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("*", r"\*")):
+        TrainParams(**changes)
