@@ -305,3 +305,37 @@ def test_training_checks_free_space_for_two_checkpoints(tmp_path):
     check_free_space(str(tmp_path), checkpoint_bytes=free // 4)
     with pytest.raises(DiskFullError, match="needs room for 2"):
         check_free_space(str(tmp_path), checkpoint_bytes=free // 2 + 2**20)
+
+
+@pytest.mark.slow
+def test_training_on_a_full_disk_ends_with_disk_full_and_the_last_good_checkpoint(tiny_data, tmp_path, tracking):
+    """A small tmpfs: room for the up-front check (two checkpoints) but not for the run's later ones."""
+    from detectron2.modeling import build_model
+
+    from seizure_mlflow.commands.train import run_training
+    from seizure_mlflow.config import build_config
+    from seizure_mlflow.engine.checkpoint import DiskFullError, state_bytes
+
+    params = tiny_params(tiny_data, tmp_path, max_iter=16, eval_period=2)
+    model_bytes = state_bytes(build_model(build_config(params, num_classes=2, output_dir="")))
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    size = 5 * model_bytes + 2 * 2**20
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)],
+                      capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root); the full-disk training path is untested here")
+    try:
+        with pytest.raises(DiskFullError, match=r"disk full: could not write .*\.pth in .*; the previous checkpoint "
+                                                r"there is intact"):
+            run_training(params.replace(output_dir=str(disk / "out")))
+        out = disk / "out"
+        last = (out / "last_checkpoint").read_text().strip()
+        state = torch.load(out / last, map_location="cpu", weights_only=True)
+        assert "model" in state and state["iteration"] >= 1
+        assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")], "a partial checkpoint was left"
+        for checkpoint in out.glob("*.pth"):  # none truncated (model_best.pth included)
+            assert "model" in torch.load(checkpoint, map_location="cpu", weights_only=True), checkpoint.name
+        [run] = MlflowClient().search_runs([e.experiment_id for e in MlflowClient().search_experiments()])
+        assert run.info.status == "FAILED" and not (out / LOCK_FILE).exists()
+    finally:  # lazily: Detectron2's logger keeps log.txt open there
+        subprocess.run(["umount", "-l", str(disk)], check=True)
