@@ -63,9 +63,12 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tiny_data, tracking, tm
     assert checkpoint < MAX_ITER, "the run finished before it could be killed"
     run_id = json.loads((out / "mlflow_run.json").read_text())["run_id"]
     assert MlflowClient().get_run(run_id).info.status == "RUNNING"  # what a SIGKILL leaves
+    assert (out / ".seizure-mlflow.lock").exists()  # and its lock: a dead process's, taken over by the resume
+    (out / "notes.txt").write_text("mine")
 
     resumed = _run(_command(tiny_data, out, "resumed", "--resume"), tracking, tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert (out / "notes.txt").read_text() == "mine" and not (out / ".seizure-mlflow.lock").exists()
     assert f"Run {run_id}" in resumed.stdout
     reference = _run(_command(tiny_data, tmp_path / "reference", "reference"), tracking, tmp_path)
     assert reference.returncode == 0, reference.stderr[-3000:]

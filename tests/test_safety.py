@@ -236,6 +236,17 @@ def test_bundle_and_trace_never_write_into_a_folder_of_the_users(command, tmp_pa
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"] and (out / "notes.txt").read_text() == "keep"
 
 
+def test_predict_never_replaces_a_file_without_force(tmp_path, capsys):
+    (tmp_path / "frames").mkdir()
+    shutil.copy(Path(__file__).parent / "conftest.py", tmp_path / "notes.txt")
+    (tmp_path / "results.json").write_text("the user's")
+    args = ["predict", "--model-uri", "models:/none@champion", "--input", str(tmp_path / "frames"), "--output",
+            str(tmp_path / "results.json")]
+    assert main(args) == 2
+    _refused(capsys, "error: --output: ", "results.json exists", "--force")
+    assert (tmp_path / "results.json").read_text() == "the user's" and (tmp_path / "notes.txt").exists()
+
+
 # One training per output folder
 
 
