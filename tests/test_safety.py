@@ -196,7 +196,7 @@ def test_a_torch_checkpoint_with_an_object_is_refused(tmp_path):
 # Nothing of the user's is deleted
 
 
-def test_sample_data_rerun_keeps_the_users_files(tmp_path, capsys):
+def test_sample_data_rerun_keeps_the_users_files(tmp_path, tracking, capsys):
     root = tmp_path / "sample"
     write_sample_dataset(root, TINY_SPEC)
     (root / "notes.txt").write_text("mine")
@@ -214,7 +214,7 @@ def test_sample_data_rerun_keeps_the_users_files(tmp_path, capsys):
     assert "notes.txt" not in written and "train.json" in written
 
 
-def test_a_forged_sample_json_does_not_make_a_folder_replaceable(tmp_path, capsys):
+def test_a_forged_sample_json_does_not_make_a_folder_replaceable(tmp_path, tracking, capsys):
     folder = tmp_path / "mine"
     folder.mkdir()
     (folder / "sample.json").write_text("{}")
@@ -236,7 +236,7 @@ def test_bundle_and_trace_never_write_into_a_folder_of_the_users(command, tmp_pa
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"] and (out / "notes.txt").read_text() == "keep"
 
 
-def test_predict_never_replaces_a_file_without_force(tmp_path, capsys):
+def test_predict_never_replaces_a_file_without_force(tmp_path, tracking, capsys):
     (tmp_path / "frames").mkdir()
     shutil.copy(Path(__file__).parent / "conftest.py", tmp_path / "notes.txt")
     (tmp_path / "results.json").write_text("the user's")
