@@ -338,8 +338,10 @@ def generate_videos(spec: SampleSpec):
         yield f"video_{v:02d}", frames
 
 
-def assign_splits(names: list[str], ratios: tuple[float, float, float], seed: int) -> dict[str, list[str]]:
-    """Shuffle whole videos with ``seed`` and cut them by ``ratios``."""
+def cut_sample_videos(names: list[str], ratios: tuple[float, float, float], seed: int) -> dict[str, list[str]]:
+    """The sample data's split: shuffle whole videos with ``seed`` and cut them by ``ratios`` (:func:`split_counts`).
+    ``prepare`` splits a user's videos (or patients) with :func:`seizure_mlflow.data.prepare.assign_splits`; the
+    sample keeps this cut so that its splits, and the figures measured on them, stay as they are."""
     order = list(names)
     np.random.default_rng(seed).shuffle(order)
     n_train, n_val, _ = split_counts(len(order), ratios)
@@ -373,7 +375,7 @@ def write_sample_dataset(root: str | os.PathLike = DEFAULT_SAMPLE_DIR, spec: Sam
         all_frames = {}
         for name, frames in generate_videos(spec):
             all_frames[name] = frames
-        splits = assign_splits(sorted(all_frames), spec.ratios, spec.seed)
+        splits = cut_sample_videos(sorted(all_frames), spec.ratios, spec.seed)
         split_of = {name: split for split, names in splits.items() for name in names}
         image_id = ann_id = 0
         for name in sorted(all_frames):
