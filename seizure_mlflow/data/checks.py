@@ -206,6 +206,31 @@ def check_coco_data(data: dict[str, Any], json_path: str, image_root: str, *, ch
     if not categories:
         problems.add("'categories' is empty")
 
+    category_ids = _check_categories(categories, problems)
+    image_sizes = _check_images(images, image_root, check_files, problems)
+    annotated_images = _check_annotations(annotations, image_sizes, category_ids, problems)
+    if images and not annotations:
+        problems.add("'annotations' is empty: there is nothing to learn from")
+
+    problems.raise_if_any()
+    unannotated = len(image_sizes) - len(annotated_images)
+    if unannotated:
+        logger.warning("%s: %d of %d images have no annotations (kept as negative examples)",
+                       json_path, unannotated, len(image_sizes))
+    return CocoSummary(
+        json_path=json_path,
+        image_root=image_root,
+        categories=tuple(sorted(category_ids.items())),
+        num_images=len(image_sizes),
+        num_annotations=len(annotations),
+        unannotated_images=unannotated,
+        num_videos=count_videos(images),
+    )
+
+
+
+def _check_categories(categories: list, problems: "_Problems") -> dict[int, str]:
+    """``{id: name}`` of the well-formed categories; every bad one reported."""
     category_ids: dict[int, str] = {}
     for i, cat in enumerate(categories):
         where = f"categories[{i}]"
@@ -220,7 +245,12 @@ def check_coco_data(data: dict[str, Any], json_path: str, image_root: str, *, ch
             problems.add(f"{where}: category name {cat['name']!r} differs from {same[0]!r} only in case or spaces; "
                          "use one spelling")
         category_ids[cat["id"]] = cat["name"]
+    return category_ids
 
+
+def _check_images(images: list, image_root: str, check_files: bool, problems: "_Problems") -> dict[int, tuple[int, int]]:
+    """``{id: (width, height)}`` of the well-formed images; paths kept inside ``image_root``, files and their
+    headers checked (with ``check_files``); every bad one reported."""
     image_sizes: dict[int, tuple[int, int]] = {}
     to_read: list[tuple[str, str, tuple[int, int]]] = []  # (where, path, (width, height)) of each frame to read
     missing_files = 0
@@ -257,7 +287,11 @@ def check_coco_data(data: dict[str, Any], json_path: str, image_root: str, *, ch
         problems.add(f"{missing_files} image files in all are missing under {image_root}; is it the right folder?")
     for message in check_image_headers(to_read):
         problems.add(message)
+    return image_sizes
 
+
+def _check_annotations(annotations: list, image_sizes: dict, category_ids: dict, problems: "_Problems") -> set[int]:
+    """The ids of the images that have an annotation; every bad annotation (ids, bbox, segmentation) reported."""
     annotation_ids: set[int] = set()
     annotated_images: set[int] = set()
     for i, ann in enumerate(annotations):
@@ -285,24 +319,7 @@ def check_coco_data(data: dict[str, Any], json_path: str, image_root: str, *, ch
             problems.add(f"{where}: bbox {bbox} lies outside its {width}x{height} image")
         if "segmentation" in ann:
             check_segmentation(ann["segmentation"], where, problems)
-    if images and not annotations:
-        problems.add("'annotations' is empty: there is nothing to learn from")
-
-    problems.raise_if_any()
-    unannotated = len(image_sizes) - len(annotated_images)
-    if unannotated:
-        logger.warning("%s: %d of %d images have no annotations (kept as negative examples)",
-                       json_path, unannotated, len(image_sizes))
-    return CocoSummary(
-        json_path=json_path,
-        image_root=image_root,
-        categories=tuple(sorted(category_ids.items())),
-        num_images=len(image_sizes),
-        num_annotations=len(annotations),
-        unannotated_images=unannotated,
-        num_videos=count_videos(images),
-    )
-
+    return annotated_images
 
 def check_same_categories(reference: CocoSummary, other: CocoSummary) -> None:
     """Two splits must define the same categories (same ids and names), or the class heads disagree."""
