@@ -228,7 +228,6 @@ def check_coco_data(data: dict[str, Any], json_path: str, image_root: str, *, ch
     )
 
 
-
 def _check_categories(categories: list, problems: "_Problems") -> dict[int, str]:
     """``{id: name}`` of the well-formed categories; every bad one reported."""
     category_ids: dict[int, str] = {}
