@@ -6,10 +6,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
-import time
 import shutil
+import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterator
 
