@@ -143,8 +143,10 @@ def _s3(stack_info):
 
 
 def test_training_lands_in_postgres_and_s3_and_leaks_no_secret(team_stack, tiny_data, tmp_path):
+    # every detection kept (a 6-iteration model is not confident): predict below must have something to check
+    keep_all = TINY_OPTS + ("MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "TEST.DETECTIONS_PER_IMAGE", "10")
     proc = _train(tiny_data, team_stack, tmp_path, "team-detector", "--max-iter", "6", "--eval-period", "3",
-                  "--output-dir", str(tmp_path / "out"))
+                  "--output-dir", str(tmp_path / "out"), "--opts", " ".join(keep_all))
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_id = json.loads((tmp_path / "out" / "mlflow_run.json").read_text())["run_id"]
 
