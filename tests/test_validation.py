@@ -120,6 +120,8 @@ def _distributed_loss(cfg, datasets, weights_path, out_path):
     if comm.is_main_process():
         with open(out_path, "w") as fh:
             json.dump({"losses": losses, "shards": gathered}, fh)
+    comm.synchronize()
+    torch.distributed.destroy_process_group()  # in order: left to the exit, gloo's threads can abort a process
 
 
 @pytest.mark.slow

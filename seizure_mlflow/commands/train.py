@@ -185,8 +185,20 @@ def train(cfg, plan: Plan, run_id: str, extra_hooks=None, job: Job | None = None
     if launcher is not None or params.num_processes * params.num_machines == 1:
         _train_worker(*worker_args, extra_hooks=extra_hooks)
     else:
-        launch(_train_worker, params.num_processes, num_machines=params.num_machines,
+        launch(_launched_worker, params.num_processes, num_machines=params.num_machines,
                machine_rank=params.machine_rank, dist_url=params.dist_url, args=worker_args)
+
+
+def _launched_worker(*args) -> None:
+    """:func:`_train_worker` in a process Detectron2's ``launch`` started; the process group is then taken down in
+    order (left to the interpreter's exit, gloo's threads can abort the process: "terminate called without an
+    active exception")."""
+    import torch.distributed as dist
+    from detectron2.utils import comm
+
+    _train_worker(*args)
+    comm.synchronize()
+    dist.destroy_process_group()
 
 
 def _train_worker(cfg, run_id: str, tracking_uri: str, datasets: Datasets, resume: bool = False,
