@@ -40,21 +40,23 @@ class Rule:
             return False
 
 
-def _is_int(value: Any) -> bool:
+def is_int(value: Any) -> bool:
+    """An integer, and not a bool (JSON's and YAML's ``true`` is no count)."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
+    """A finite int or float, and not a bool."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-POSITIVE_INT = Rule(lambda v: _is_int(v) and v > 0, "a positive integer")
-NON_NEGATIVE_INT = Rule(lambda v: _is_int(v) and v >= 0, "an integer >= 0")
-POSITIVE_NUMBER = Rule(lambda v: _is_number(v) and v > 0, "a positive number")
-NON_NEGATIVE_NUMBER = Rule(lambda v: _is_number(v) and v >= 0, "a number >= 0")
-POSITIVE_SIZE = Rule(lambda v: _is_number(v) and v > 0, "a positive size")
+POSITIVE_INT = Rule(lambda v: is_int(v) and v > 0, "a positive integer")
+NON_NEGATIVE_INT = Rule(lambda v: is_int(v) and v >= 0, "an integer >= 0")
+POSITIVE_NUMBER = Rule(lambda v: is_number(v) and v > 0, "a positive number")
+NON_NEGATIVE_NUMBER = Rule(lambda v: is_number(v) and v >= 0, "a number >= 0")
+POSITIVE_SIZE = Rule(lambda v: is_number(v) and v > 0, "a positive size")
 POSITIVE_SIZES = Rule(lambda v: len(v) > 0 and all(POSITIVE_SIZE(x) for x in v), "positive sizes")
-SEED = Rule(lambda v: _is_int(v) and 0 <= v < 2**31, "an integer from 0 to 2**31 - 1")
+SEED = Rule(lambda v: is_int(v) and 0 <= v < 2**31, "an integer from 0 to 2**31 - 1")
 FRAMES = Rule(lambda v: v == "auto" or (isinstance(v, str) and v.isascii() and v.isdigit()) or NON_NEGATIVE_INT(v),
               "auto, 0 (the whole set) or a number of frames")
 BOOL = Rule(lambda v: isinstance(v, bool), "true or false")

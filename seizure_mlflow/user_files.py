@@ -14,7 +14,6 @@ Every refusal is a :class:`~seizure_mlflow.errors.UserError` (exit 2) raised bef
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import pickle
@@ -95,45 +94,31 @@ def check_weights_file(path: str | os.PathLike, param: str = "weights") -> None:
         except UserError as exc:
             raise type(exc)(exc.detail, param=param) from None
         return
-    try:
-        torch.load(source, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError as exc:
-        if "mmap" not in str(exc) and "zip" not in str(exc):
-            raise UserError(f"{source}: not a readable weights file ({str(exc).splitlines()[0]})", param=param) from None
-        _torch_load_in_memory(source, param)  # an old (non-zip) torch file cannot be memory-mapped
-    except pickle.UnpicklingError as exc:
-        raise UnsafeFileError(f"{source}: refused to load it: it holds more than tensors and numbers "
-                              f"({str(exc).splitlines()[0][:200]}); a pickled object can run code as you",
-                              param=param) from None
-    except (OSError, EOFError, ValueError) as exc:
-        raise UserError(f"{source}: not a readable weights file ({exc})", param=param) from None
+    for mmap in (True, False):  # tensors memory-mapped, not read; an old (non-zip) torch file cannot be mapped
+        try:
+            torch.load(source, map_location="cpu", weights_only=True, mmap=mmap)
+            return
+        except pickle.UnpicklingError as exc:
+            raise UnsafeFileError(f"{source}: refused to load it: it holds more than tensors and numbers "
+                                  f"({str(exc).splitlines()[0][:200]}); a pickled object can run code as you",
+                                  param=param) from None
+        except RuntimeError as exc:
+            if not mmap or ("mmap" not in str(exc) and "zip" not in str(exc)):
+                raise UserError(f"{source}: not a readable weights file ({str(exc).splitlines()[0]})",
+                                param=param) from None
+        except (OSError, EOFError, ValueError) as exc:
+            raise UserError(f"{source}: not a readable weights file ({exc})", param=param) from None
 
 
-def _torch_load_in_memory(source: str, param: str) -> None:
-    import torch
-
-    try:
-        torch.load(source, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise UnsafeFileError(f"{source}: refused to load it: it holds more than tensors and numbers "
-                              f"({str(exc).splitlines()[0][:200]})", param=param) from None
-    except (OSError, EOFError, ValueError, RuntimeError) as exc:
-        raise UserError(f"{source}: not a readable weights file ({str(exc).splitlines()[0]})", param=param) from None
-
-
-class _SafeLoaderWithNames(yaml.SafeLoader):
-    """``yaml.SafeLoader``; a Python tag fails in the constructor with the file's line (see :func:`read_yaml`)."""
-
-
-def read_yaml(path: str | os.PathLike, param: str, text: str | None = None) -> Any:
+def read_yaml(path: str | os.PathLike, param: str) -> Any:
     """A YAML file through ``yaml.safe_load``; a Python tag or bad YAML is a :class:`UserError` naming the file."""
     source = str(path)
     try:
-        content = Path(path).read_text() if text is None else text
+        content = Path(path).read_text()
     except OSError as exc:
         raise UserError(f"{source}: cannot read it ({exc.strerror or exc})", param=param) from None
     try:
-        return yaml.load(io.StringIO(content), Loader=_SafeLoaderWithNames)  # noqa: S506 (a SafeLoader)
+        return yaml.safe_load(content)
     except yaml.constructor.ConstructorError as exc:
         raise UnsafeFileError(_python_tag_message(source, exc), param=param) from None
     except yaml.YAMLError as exc:

@@ -1,14 +1,12 @@
 """``predict``: plan (every check, before the model is loaded) -> run the model -> write the results whole.
 
-Outputs: the results JSON at ``output`` (and, for a video, ``overlay``), each written to a temporary file and
-renamed; an existing file there is replaced only with ``force`` (it may be the user's).
+Outputs: the results JSON at ``output``, written to a temporary file and renamed (and, for a video, the
+``overlay`` video); an existing file at either is replaced only with ``force`` (it may be the user's).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,6 +55,7 @@ def plan_predict(request: PredictRequest) -> PredictPlan:
 
 def run_predict(plan: PredictPlan) -> tuple[list[dict], str]:
     """Load the model, predict, write the results; returns them and what was predicted, in words."""
+    from seizure_mlflow.data.staging import write_atomically
     from seizure_mlflow.inference.files import predict_images, predict_video
     from seizure_mlflow.registry.uris import detector_from_uri
 
@@ -69,18 +68,5 @@ def run_predict(plan: PredictPlan) -> tuple[list[dict], str]:
         root = Path(request.input) if Path(request.input).is_dir() else Path(request.input).parent
         results = predict_images(detector, plan.images, root, request.batch_size)
         what = f"{len(plan.images)} images"
-    write_json_atomically(request.output, results)
+    write_atomically(request.output, lambda fh: json.dump(results, fh), binary=False)
     return results, what
-
-
-def write_json_atomically(path: str, data) -> None:
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

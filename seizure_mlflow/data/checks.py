@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from typing import Any
 
 from PIL import Image
 
+from seizure_mlflow.config import is_int, is_number
 from seizure_mlflow.data.video_identity import count_videos
 from seizure_mlflow.errors import DatasetError
 
@@ -150,14 +150,6 @@ def file_digest(path: str | os.PathLike) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def check_segmentation(seg: Any, where: str, problems: _Problems) -> None:
     """A polygon list (each ``[x1, y1, x2, y2, ...]`` with >= 3 points and non-zero area) or an RLE dict."""
     if isinstance(seg, dict):
@@ -168,7 +160,7 @@ def check_segmentation(seg: Any, where: str, problems: _Problems) -> None:
         problems.add(f"{where}: segmentation must be a non-empty list of polygons or an RLE object")
         return
     for k, poly in enumerate(seg):
-        if not isinstance(poly, list) or not all(_is_number(v) for v in poly):
+        if not isinstance(poly, list) or not all(is_number(v) for v in poly):
             problems.add(f"{where}: polygon {k} must be a flat list of numbers [x1, y1, x2, y2, ...]")
         elif len(poly) % 2 or len(poly) < 6:
             problems.add(f"{where}: polygon {k} has {len(poly)} coordinates; it needs an even number, >= 6 (3 points)")
@@ -233,7 +225,7 @@ def _check_categories(categories: list, problems: "_Problems") -> dict[int, str]
     category_ids: dict[int, str] = {}
     for i, cat in enumerate(categories):
         where = f"categories[{i}]"
-        if not isinstance(cat, dict) or not _is_int(cat.get("id")) or not isinstance(cat.get("name"), str) or not cat["name"].strip():
+        if not isinstance(cat, dict) or not is_int(cat.get("id")) or not isinstance(cat.get("name"), str) or not cat["name"].strip():
             problems.add(f"{where}: needs an integer 'id' and a non-empty 'name'")
             continue
         if cat["id"] in category_ids:
@@ -255,7 +247,7 @@ def _check_images(images: list, image_root: str, check_files: bool, problems: "_
     missing_files = 0
     root_real = os.path.realpath(image_root) if check_files else ""
     for i, img in enumerate(images):
-        if not isinstance(img, dict) or not _is_int(img.get("id")):
+        if not isinstance(img, dict) or not is_int(img.get("id")):
             problems.add(f"images[{i}]: needs an integer 'id'")
             continue
         where = f"images[{i}] (id {img['id']})"
@@ -265,7 +257,7 @@ def _check_images(images: list, image_root: str, check_files: bool, problems: "_
         if not isinstance(img.get("file_name"), str) or not img["file_name"]:
             problems.add(f"{where}: needs a 'file_name'")
             continue
-        if not (_is_int(img.get("width")) and _is_int(img.get("height")) and img["width"] > 0 and img["height"] > 0):
+        if not (is_int(img.get("width")) and is_int(img.get("height")) and img["width"] > 0 and img["height"] > 0):
             problems.add(f"{where}: needs positive integer 'width' and 'height'")
             continue
         image_sizes[img["id"]] = (img["width"], img["height"])
@@ -294,7 +286,7 @@ def _check_annotations(annotations: list, image_sizes: dict, category_ids: dict,
     annotation_ids: set[int] = set()
     annotated_images: set[int] = set()
     for i, ann in enumerate(annotations):
-        if not isinstance(ann, dict) or not _is_int(ann.get("id")):
+        if not isinstance(ann, dict) or not is_int(ann.get("id")):
             problems.add(f"annotations[{i}]: needs an integer 'id'")
             continue
         where = f"annotations[{i}] (id {ann['id']})"
@@ -310,7 +302,7 @@ def _check_annotations(annotations: list, image_sizes: dict, category_ids: dict,
                          f"(categories: {sorted(category_ids)})")
         width, height = image_sizes[ann["image_id"]]
         bbox = ann.get("bbox")
-        if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(is_number(v) for v in bbox)):
             problems.add(f"{where}: bbox must be [x, y, width, height] numbers, got {bbox!r}")
         elif bbox[2] <= 0 or bbox[3] <= 0:
             problems.add(f"{where}: degenerate bbox {bbox} (width and height must be > 0)")

@@ -11,8 +11,9 @@ import socket
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import IO, Callable, Iterator
 
+from seizure_mlflow.data.checks import is_inside
 from seizure_mlflow.errors import UserError
 
 
@@ -84,13 +85,14 @@ def staged_folder(destination: str | os.PathLike, command: str, force: bool = Fa
 def _replace_own_files(destination: Path, staged: Path, old_marker: dict) -> None:
     """Remove the files ``old_marker`` lists from ``destination`` (and folders they leave empty), then move the
     staged files in; the marker last, so that an interruption leaves the old marker over what it lists."""
+    root_real = os.path.realpath(destination)
     for name in old_marker["files"]:
         path = destination / name
-        if _is_inside(path, destination) and (path.is_file() or path.is_symlink()):
+        if is_inside(path, root_real) and (path.is_file() or path.is_symlink()):
             path.unlink()
     for name in sorted({str(Path(n).parent) for n in old_marker["files"]}, key=lambda n: -n.count("/")):
         folder = destination / name
-        while folder != destination and _is_inside(folder, destination) and folder.is_dir() \
+        while folder != destination and is_inside(folder, root_real) and folder.is_dir() \
                 and not any(folder.iterdir()):
             folder.rmdir()
             folder = folder.parent
@@ -103,8 +105,22 @@ def _replace_own_files(destination: Path, staged: Path, old_marker: dict) -> Non
     shutil.rmtree(staged, ignore_errors=True)
 
 
-def _is_inside(path: Path, folder: Path) -> bool:
-    return os.path.realpath(path).startswith(os.path.realpath(folder) + os.sep)
+def write_atomically(path: str | os.PathLike, write: Callable[[IO], None], binary: bool = True) -> None:
+    """``write(fh)`` into a temporary file beside ``path``, flushed to disk, then renamed to ``path``: a reader sees
+    the old file or the new one, never a part. On failure the temporary file is removed, ``path`` is as it was
+    and the error is raised."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}-", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb" if binary else "w") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _nearest_existing(path: Path) -> Path:

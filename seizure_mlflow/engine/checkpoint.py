@@ -17,11 +17,11 @@ import errno
 import logging
 import os
 import shutil
-import tempfile
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
+from seizure_mlflow.data.staging import write_atomically
 from seizure_mlflow.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -43,19 +43,10 @@ def save_atomically(data, path: str, expected_bytes: int = 0) -> None:
     """``torch.save(data)`` to a temporary file beside ``path``, then renamed to ``path``: a reader sees the old
     file or the new one, never a part. On failure the temporary file is removed and ``path`` is as it was."""
     folder = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}-", suffix=".tmp", dir=folder)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(data, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(exc, (OSError, RuntimeError)) and _looks_like_no_space(exc, folder, expected_bytes):
+        write_atomically(path, lambda fh: torch.save(data, fh))
+    except (OSError, RuntimeError) as exc:
+        if _looks_like_no_space(exc, folder, expected_bytes):
             raise DiskFullError(f"disk full: could not write {os.path.basename(path)} in {folder} "
                                 f"({_megabytes(_free_bytes(folder))} free, a checkpoint needs about "
                                 f"{_megabytes(expected_bytes)}); the previous checkpoint there is intact. Free some "
@@ -125,11 +116,8 @@ class SafeCheckpointer(DetectionCheckpointer):
         self.tag_last_checkpoint(basename)
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
-        path = os.path.join(self.save_dir, "last_checkpoint")
-        tmp = f"{path}.tmp"
-        with open(tmp, "w") as fh:
-            fh.write(last_filename_basename)
-        os.replace(tmp, path)
+        write_atomically(os.path.join(self.save_dir, "last_checkpoint"), lambda fh: fh.write(last_filename_basename),
+                         binary=False)
 
 
 class BestCheckpoint:
