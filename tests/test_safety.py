@@ -136,19 +136,18 @@ def test_a_python_tag_in_a_sweep_space_is_refused(data, tmp_path, tracking, caps
     assert not marker.exists() and _no_run_exists() and not (tmp_path / "optuna.db").exists()
 
 
-def test_truth_and_masks_files_are_read_as_json_only(tmp_path):
-    """JSON builds data only; what looks like a payload is a string, and a broken file is a clear error."""
+def test_truth_and_masks_files_go_through_the_json_reader(tmp_path):
+    """Truth and masks are JSON (which builds data only), read by the one reader: a broken file is a clear error
+    naming it and the parameter."""
+    from seizure_mlflow.commands.trace import read_truth
     from seizure_mlflow.motion.sources import TrueMaskSource
-    from seizure_mlflow.user_files import read_json
 
-    marker = tmp_path / "PWNED"
-    payload = tmp_path / "truth.json"
-    payload.write_text(json.dumps({"clip": {"__reduce__": f"os.system('touch {marker}')"}}))
-    assert read_json(payload, param="truth") == {"clip": {"__reduce__": f"os.system('touch {marker}')"}}
     (tmp_path / "masks.json").write_text("{'not': json}")
     with pytest.raises(UserError, match=r"^masks: .*masks.json: cannot read it as JSON"):
         TrueMaskSource(tmp_path / "masks.json")
-    assert not marker.exists()
+    (tmp_path / "truth.json").write_text("[" * 100_000)  # nested past the parser's recursion limit
+    with pytest.raises(UserError, match=r"^truth: .*truth.json: cannot read it as JSON"):
+        read_truth(str(tmp_path / "truth.json"), [tmp_path / "clip.mp4"])
 
 
 def _model_zoo_style_pickle(state: dict[str, torch.Tensor], path: Path, caffe2: bool) -> None:

@@ -17,6 +17,7 @@ import errno
 import logging
 import os
 import shutil
+from dataclasses import dataclass
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
@@ -120,16 +121,15 @@ class SafeCheckpointer(DetectionCheckpointer):
                          binary=False)
 
 
+@dataclass(frozen=True)
 class BestCheckpoint:
     """What ``ResumableBestCheckpointer`` saved as ``model_best.pth``: its iteration (iterations completed when its
     validation value was computed), that value and the model weights (memory-mapped, read when used)."""
 
-    def __init__(self, path: str, iteration: int, value: float, weights: dict) -> None:
-        self.path, self.iteration, self.value, self.weights = path, iteration, value, weights
-
-    @property
-    def val_total_loss(self) -> float:
-        return self.value
+    path: str
+    iteration: int
+    value: float
+    weights: dict
 
 
 def read_best_checkpoint(path: str) -> BestCheckpoint | None:
