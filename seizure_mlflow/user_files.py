@@ -84,13 +84,29 @@ def read_weights_pickle(path: str | os.PathLike) -> dict:
 
 def check_weights_file(path: str | os.PathLike, param: str = "weights") -> None:
     """Before any run exists: a local weights file is one that loads as data. ``.pkl`` through
-    :func:`read_weights_pickle`; torch formats with ``weights_only=True`` (tensors memory-mapped, not read)."""
+    :func:`read_weights_pickle`; torch formats with ``weights_only=True`` (tensors memory-mapped, not read). A file
+    that passed is not read again while it is unchanged (the trainer's loader refuses a payload on its own)."""
+    source = str(path)
+    try:
+        stat = os.stat(source)
+    except OSError as exc:
+        raise UserError(f"{source}: cannot read it ({exc.strerror or exc})", param=param) from None
+    seen = (os.path.realpath(source), stat.st_mtime_ns, stat.st_size)
+    if seen in _CHECKED_WEIGHTS:  # one read per file: a sweep builds a config at every dimension's edges
+        return
+    _check_weights_content(source, param)
+    _CHECKED_WEIGHTS.add(seen)
+
+
+_CHECKED_WEIGHTS: set[tuple[str, int, int]] = set()  # (real path, mtime, size) of weights files that passed
+
+
+def _check_weights_content(source: str, param: str) -> None:
     import torch
 
-    source = str(path)
     if source.endswith(".pkl"):
         try:
-            read_weights_pickle(path)
+            read_weights_pickle(source)
         except UserError as exc:
             raise type(exc)(exc.detail, param=param) from None
         return
