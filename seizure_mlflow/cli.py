@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import logging
+import math
 import os
 import sys
 from typing import Sequence
@@ -75,8 +76,47 @@ def cmd_train(args) -> int:
     return 0
 
 
+def strict(kind):
+    """An argparse type for ``int`` or ``float`` that takes what a person means by a number only: ASCII digits
+    (``int()`` also takes ``"٣"``) and finite values (``float()`` also takes ``"nan"``, ``"inf"`` and ``"1e999"``)."""
+    def parse(text: str):
+        if not text.isascii():
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number (write it in ASCII digits)")
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if kind is float and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def registered_model_name(text: str) -> str:
+    """An argparse type: a name MLflow's registry accepts (see :func:`seizure_mlflow.config.is_model_name`)."""
+    from seizure_mlflow.config import MODEL_NAME
+
+    if not MODEL_NAME(text):
+        raise argparse.ArgumentTypeError(f"must be {MODEL_NAME.expected}, got {text!r}")
+    return text
+
+
+def _strict_numbers(parser: argparse.ArgumentParser) -> None:
+    """Every ``type=int``/``type=float`` option of ``parser`` and its subcommands read by :func:`strict`."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for subparser in dict.fromkeys(action.choices.values()):
+                _strict_numbers(subparser)
+        elif action.type in (int, float):
+            action.type = strict(action.type)
+
+
 def optional(kind):
     """An argparse type that reads an empty value (an MLproject parameter left at "") as None."""
+    kind = strict(kind) if kind in (int, float) else kind
+
     def parse(text: str):
         return None if text.strip() == "" else kind(text)
 
@@ -306,7 +346,7 @@ def _add_promote(sub) -> None:
                        description="Compare the challenger with the champion on one test set and move the champion "
                                    "alias only if the challenger is strictly better. Without --test-json the values "
                                    "recorded by earlier evaluations are compared (only if from the same test set).")
-    p.add_argument("--model-name", required=True)
+    p.add_argument("--model-name", required=True, type=registered_model_name)
     p.add_argument("--metric", default=DEFAULT_METRIC)
     p.add_argument("--test-json", default="")
     p.add_argument("--test-images", default="")
@@ -335,6 +375,7 @@ def _add_predict(sub) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--overlay", default="", help="with a video input: also write this video with detections drawn")
     p.add_argument("--force", action="store_true", help="replace an existing --output (or --overlay) file")
+    p.add_argument("--accept-short-video", action="store_true", help="use a video that ends before the frames its container declares (cut short), with a warning")
     p.set_defaults(func=cmd_predict)
 
 
@@ -342,7 +383,8 @@ def cmd_predict(args) -> int:
     from seizure_mlflow.commands.predict import PredictRequest, plan_predict, run_predict
 
     plan = plan_predict(PredictRequest(model_uri=args.model_uri, input=args.input, output=args.output,
-                                       batch_size=args.batch_size, overlay=args.overlay, force=args.force))
+                                       batch_size=args.batch_size, overlay=args.overlay, force=args.force,
+                                       accept_short_video=args.accept_short_video))
     results, what = run_predict(plan)
     print(f"{len(results)} detections in {what} -> {args.output}")
     return 0
@@ -382,6 +424,7 @@ def _add_trace(sub) -> None:
     p.add_argument("--overlay", action="store_true", help="also write overlay.mp4 (the video with the patient's mask "
                                                          "and the running index; kept local, never logged)")
     p.add_argument("--no-mlflow", action="store_true", help="do not record an MLflow run")
+    p.add_argument("--accept-short-video", action="store_true", help="use a video that ends before the frames its container declares (cut short), with a warning")
     p.set_defaults(func=cmd_trace)
 
 
@@ -397,7 +440,8 @@ def cmd_trace(args) -> int:
     rhythm = replace(RhythmSettings(), threshold=args.threshold, min_duration_s=args.min_duration,
                      window_s=args.window, step_s=args.step)
     options = TraceOptions(fps=args.fps, method=args.method, region=args.region, rhythm=rhythm,
-                           min_score=args.min_score, batch_size=args.batch_size)
+                           min_score=args.min_score, batch_size=args.batch_size,
+                           accept_short_video=args.accept_short_video)
     request = TraceRequest(input=args.input, output=args.output, model_uri=args.model_uri, masks=args.masks,
                            truth=args.truth, options=options, overlay=args.overlay, log_to_mlflow=not args.no_mlflow)
     summary = run_trace(plan_trace(request))
@@ -447,6 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_predict(sub)
     _add_trace(sub)
     _add_bundle(sub)
+    _strict_numbers(parser)
     return parser
 
 
@@ -482,9 +527,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(levelname)s %(message)s",
                         datefmt="%H:%M:%S")
-    args = build_parser().parse_args(argv)
     try:
-        from seizure_mlflow.tracking.run import bound_http_retries, check_tracking_server
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # argparse has printed the usage and the error (or --help): its status, returned
+        return exc.code if isinstance(exc.code, int) else 2
+    try:
+        from seizure_mlflow.tracking.stores import bound_http_retries, check_tracking_server
 
         bound_http_retries()
         if needs_tracking_server(args):

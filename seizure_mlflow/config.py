@@ -62,6 +62,27 @@ FRAMES = Rule(lambda v: v == "auto" or (isinstance(v, str) and v.isascii() and v
 BOOL = Rule(lambda v: isinstance(v, bool), "true or false")
 
 
+def is_model_name(value: Any) -> bool:
+    """A name MLflow's registry accepts (its own rule: not empty, no '/' or ':', not a path such as '..')."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.validation import _validate_model_name
+
+    try:
+        _validate_model_name(value)
+    except MlflowException:
+        return False
+    return isinstance(value, str) and value == value.strip()
+
+
+MODEL_NAME = Rule(is_model_name, "a registered model name (not empty, no '/' or ':', not a path, no spaces around)")
+DEVICE_KEY = Rule(lambda v: v == "cpu" or (v.split(":")[0] == "cuda" and _cuda_device_exists(v)),
+                  "cpu, or cuda (or cuda:N) on a machine with that GPU")
+# Memory model of a training batch: Mask R-CNN R50-FPN needs about 1.6 KB per input pixel per image in training
+# (Detectron2's model zoo: 3.4 GB for two ~1 Mpx images); a quarter of it is a floor no model of this family stays
+# under, so a batch whose floor exceeds the device's memory is refused before it is tried.
+TRAINING_BYTES_PER_PIXEL_FLOOR = 400
+
+
 def _param(default: Any, help: str, searchable: bool = True, keys: dict[str, Callable] | None = None,
            rule: Rule | None = None, **extra: Any) -> Any:
     """A ``main`` parameter: its default, its ``--help`` text, how the command line reads it, whether a sweep may
@@ -113,7 +134,8 @@ class TrainParams:
     device: str = _param("auto", "auto, cpu or cuda (default %(default)s)", choices=DEVICES,
                          keys={"MODEL.DEVICE": lambda v: resolve_device(v)})
     seed: int = _param(7, "random seed (default %(default)s)", keys={"SEED": _same}, rule=SEED)
-    model_name: str = _param(DEFAULT_MODEL_NAME, "registered model name (default %(default)s)", searchable=False)
+    model_name: str = _param(DEFAULT_MODEL_NAME, "registered model name (default %(default)s)", searchable=False,
+                             rule=MODEL_NAME)
     opts: tuple[str, ...] = _param(tuple, "extra Detectron2 overrides 'KEY VALUE ...', applied last", searchable=False)
     num_processes: int = _param(1, "training processes on this machine (one per GPU; Detectron2's launch)",
                                 searchable=False, rule=POSITIVE_INT)
@@ -163,7 +185,6 @@ class TrainParams:
                  f"one), got {self.dist_url!r}")
         _require(self.log_checkpoints in LOG_CHECKPOINTS,
                  f"log_checkpoints must be one of {', '.join(LOG_CHECKPOINTS)}; got {self.log_checkpoints!r}")
-        _require(bool(self.model_name.strip()), "model_name must not be empty")
         _require(len(self.opts) % 2 == 0,
                  f"opts must be KEY VALUE pairs; got an odd number of items: {' '.join(self.opts)!r}")
         for json_key, images_key in (("train_json", "train_images"), ("val_json", "val_images"),
@@ -246,6 +267,15 @@ def params_from_text(values: dict[str, str]) -> TrainParams:
                "opts": lambda name, text: tuple(shlex.split(text))}
     parsed = {f.name: parsers[param_kind(f)](f.name, values[f.name]) for f in param_fields() if f.name in values}
     return TrainParams(**parsed)
+
+
+def _cuda_device_exists(device: str) -> bool:
+    import torch
+
+    index = device.partition(":")[2]
+    if index and not (index.isascii() and index.isdigit()):
+        return False
+    return torch.cuda.is_available() and int(index or 0) < torch.cuda.device_count()
 
 
 def resolve_device(device: str) -> str:
@@ -410,6 +440,7 @@ _KEY_RULES: dict[str, Rule] = {
     "INPUT.MAX_SIZE_TEST": POSITIVE_SIZE,
     "MODEL.RPN.BATCH_SIZE_PER_IMAGE": POSITIVE_INT,
     "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE": POSITIVE_INT,
+    "MODEL.DEVICE": DEVICE_KEY,
 }
 
 
@@ -450,8 +481,36 @@ def check_config(cfg, params: TrainParams) -> None:
         problems.append(f"SOLVER.IMS_PER_BATCH {cfg.SOLVER.IMS_PER_BATCH} is not divisible by the job's {processes} "
                         "processes (num_processes x num_machines, or a launcher's WORLD_SIZE; each process takes an "
                         "equal share of a batch)")
+    if not problems:
+        problems += _batch_memory_problems(cfg, processes)
     if problems:
         raise ConfigError("; ".join(problems), param="opts" if keys & from_opts else None)
+
+
+def _batch_memory_problems(cfg, processes: int) -> list[str]:
+    """A training batch whose memory floor (:data:`TRAINING_BYTES_PER_PIXEL_FLOOR` per pixel of each image at the
+    shortest training size) exceeds the memory of the device one process trains on."""
+    per_process = cfg.SOLVER.IMS_PER_BATCH // processes
+    short = max(cfg.INPUT.MIN_SIZE_TRAIN)
+    floor = per_process * short * min(short, cfg.INPUT.MAX_SIZE_TRAIN) * TRAINING_BYTES_PER_PIXEL_FLOOR
+    memory, what = device_memory(cfg.MODEL.DEVICE)
+    if floor <= memory:
+        return []
+    return [f"SOLVER.IMS_PER_BATCH {cfg.SOLVER.IMS_PER_BATCH} ({per_process} images per process at "
+            f"{short} px) needs at least {floor / 2**30:.1f} GiB in training, and {what} has {memory / 2**30:.1f} GiB; "
+            f"lower ims_per_batch (at most {max(1, int(memory // (floor / per_process)) * processes)} here) or min_size"]
+
+
+def device_memory(device: str) -> tuple[int, str]:
+    """``(bytes, words)``: the memory one process trains in (the GPU's, or this machine's RAM)."""
+    if device.startswith("cuda"):
+        import torch
+
+        index = int(device.partition(":")[2] or 0)
+        return torch.cuda.get_device_properties(index).total_memory, f"GPU {index}"
+    import psutil
+
+    return psutil.virtual_memory().total, "this machine's RAM"
 
 
 def _check_weights(weights: str, param: str) -> None:

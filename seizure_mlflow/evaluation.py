@@ -15,7 +15,6 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
 from detectron2.data import DatasetCatalog
@@ -24,6 +23,7 @@ from tqdm import tqdm
 
 from seizure_mlflow.data.catalog import register_coco
 from seizure_mlflow.data.checks import CocoSummary
+from seizure_mlflow.data.frames import read_frame
 from seizure_mlflow.errors import DatasetError
 
 logger = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ def evaluate_detector(detector, test: CocoSummary, output_dir: str | os.PathLike
     batch = detector.batch_size
     for start in tqdm(range(0, len(records), batch), desc="evaluate", unit="batch", disable=not progress):
         chunk = records[start:start + batch]
-        images = [cv2.imread(r["file_name"], cv2.IMREAD_COLOR) for r in chunk]
+        images = [read_frame(r["file_name"]) for r in chunk]
         instances = detector.predict_instances(images)
         evaluator.process(chunk, [{"instances": i} for i in instances])
     results = evaluator.evaluate() or {}

@@ -101,6 +101,25 @@ def check_weights_file(path: str | os.PathLike, param: str = "weights") -> None:
 _CHECKED_WEIGHTS: set[tuple[str, int, int]] = set()  # (real path, mtime, size) of weights files that passed
 
 
+def fetch_weights(url: str, param: str = "weights") -> str:
+    """Before any run exists: download weights given as a URL into the cache Detectron2's checkpointer reads
+    (``PathManager``; a second call reads the cached file), and check them as :func:`check_weights_file` does.
+    Returns the local path. An unreachable address is a :class:`UserError` naming it without credentials."""
+    import urllib.parse
+
+    from detectron2.utils.file_io import PathManager
+
+    parsed = urllib.parse.urlsplit(url)
+    shown = f"{parsed.scheme}://{parsed.hostname or ''}{':' + str(parsed.port) if parsed.port else ''}{parsed.path}"
+    try:
+        local = PathManager.get_local_path(url)
+    except Exception as exc:  # iopath raises what urllib, requests or a handler raise: all mean "not fetched"
+        raise UserError(f"could not download {shown} ({type(exc).__name__}: {str(exc)[:200]}); check the address and "
+                        "the network, or download the file and give its path", param=param) from None
+    check_weights_file(local, param=param)
+    return local
+
+
 def _check_weights_content(source: str, param: str) -> None:
     import torch
 

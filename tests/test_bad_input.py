@@ -43,7 +43,7 @@ def _first_train_image(data) -> tuple[dict, Path]:
 
 
 @pytest.mark.parametrize("how,message", [
-    ("text", "is not a readable image"),
+    ("text", "frame_000000.png: not a readable image (its bytes are no PNG, JPEG"),
     ("empty", "is empty (0 bytes)"),
     ("outside", "leads outside the image folder"),
 ])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -48,6 +49,14 @@ def _edit(fn):
     return data
 
 
+def _rle(size=(10, 20), counts=None) -> dict:
+    from pycocotools import mask as mask_util
+
+    mask = np.zeros((10, 20), np.uint8, order="F")
+    mask[1:6, 1:6] = 1
+    rle = mask_util.encode(mask)
+    return {"size": list(size), "counts": counts if counts is not None else rle["counts"].decode()}
+
 MALFORMED = [
     ("empty file", "", "file is empty"),
     ("not json", "{images: [}", "not valid JSON (line 1"),
@@ -56,18 +65,18 @@ MALFORMED = [
     ("empty images", _edit(lambda d: d.update(images=[], annotations=[])), "'images' is empty"),
     ("empty categories", _edit(lambda d: d.update(categories=[])), "'categories' is empty"),
     ("duplicate image id", _edit(lambda d: d["images"].append(dict(d["images"][0]))), "images[2] (id 1): duplicate image id"),
-    ("image without size", _edit(lambda d: d["images"][0].pop("width")), "images[0] (id 1): needs positive integer 'width'"),
+    ("image without size", _edit(lambda d: d["images"][0].pop("width")), "images[0] (id 1): width: missing; it must be an integer from 1 to"),
     ("image file missing", _edit(lambda d: d["images"][1].update(file_name="gone.png")), "image file 'gone.png' not found"),
     ("unknown image id", _edit(lambda d: d["annotations"][0].update(image_id=9)), "annotations[0] (id 1): image_id 9 is not an image"),
     ("unknown category id", _edit(lambda d: d["annotations"][0].update(category_id=5)), "category_id 5 is not a category in this file"),
     ("duplicate annotation id", _edit(lambda d: d["annotations"].append(dict(d["annotations"][0]))), "annotations[1] (id 1): duplicate annotation id"),
     ("zero-width bbox", _edit(lambda d: d["annotations"][0].update(bbox=[1, 1, 0, 5])), "degenerate bbox [1, 1, 0, 5]"),
     ("bbox outside image", _edit(lambda d: d["annotations"][0].update(bbox=[15, 1, 30, 5])), "lies outside its 20x10 image"),
-    ("bbox wrong length", _edit(lambda d: d["annotations"][0].update(bbox=[1, 1, 5])), "bbox must be [x, y, width, height]"),
-    ("polygon too short", _edit(lambda d: d["annotations"][0].update(segmentation=[[1, 1, 5, 5]])), "polygon 0 has 4 coordinates"),
+    ("bbox wrong length", _edit(lambda d: d["annotations"][0].update(bbox=[1, 1, 5])), "bbox: has 3 items; it needs at least 4"),
+    ("polygon too short", _edit(lambda d: d["annotations"][0].update(segmentation=[[1, 1, 5, 5]])), "segmentation[0]: has 4 items; it needs at least 6 (a polygon"),
     ("polygon odd length", _edit(lambda d: d["annotations"][0].update(segmentation=[[1, 1, 5, 5, 6, 6, 7]])), "needs an even number"),
     ("polygon zero area", _edit(lambda d: d["annotations"][0].update(segmentation=[[1, 1, 2, 2, 3, 3]])), "polygon 0 has zero area"),
-    ("bad RLE", _edit(lambda d: d["annotations"][0].update(segmentation={"counts": "abc"})), "RLE segmentation needs 'size'"),
+    ("bad RLE", _edit(lambda d: d["annotations"][0].update(segmentation={"counts": "abc"})), "segmentation.size: missing; it must be [height, width] of its image"),
     ("duplicate category name", _edit(lambda d: d["categories"].append({"id": 2, "name": "patient"})), "duplicate category name 'patient'"),
     ("no annotations", _edit(lambda d: d.update(annotations=[])), "'annotations' is empty"),
     ("category names differing in case", _edit(lambda d: d["categories"].append({"id": 2, "name": " Patient"})),
@@ -79,12 +88,40 @@ MALFORMED = [
     ("symlink pointing out", _edit(lambda d: d["images"][1].update(file_name="link.png")),
      "images[1] (id 2): file_name 'link.png' leads outside the image folder"),
     ("text file named .png", _edit(lambda d: d["images"][1].update(file_name="notes.png")),
-     "images[1] (id 2): {root}/notes.png is not a readable image"),
+     "images[1] (id 2): {root}/notes.png: not a readable image"),
     ("0-byte frame", _edit(lambda d: d["images"][1].update(file_name="empty.png")),
      "images[1] (id 2): image file {root}/empty.png is empty (0 bytes)"),
     ("frame of another size", _edit(lambda d: d["images"][1].update(file_name="big.png")),
      "images[1] (id 2): {root}/big.png is 32x24 (PNG) but the COCO file says 20x10"),
+    # Records that passed the old checks and then crashed a started run, or were trained on silently.
+    ("RLE with iscrowd 0 (CVAT brush masks)", _edit(lambda d: d["annotations"][0].update(segmentation=_rle(), iscrowd=0)),
+     "annotations[0] (id 1): segmentation: an RLE mask with iscrowd 0: COCO (and Detectron2) read RLE as a crowd region"),
+    ("missing segmentation", _edit(lambda d: d["annotations"][0].pop("segmentation")),
+     "annotations[0] (id 1): segmentation: missing"),
+    ("negative uncompressed RLE counts", _edit(lambda d: d["annotations"][0].update(segmentation={"size": [10, 20], "counts": [5, -3, 10]}, iscrowd=1)),
+     "annotations[0] (id 1): segmentation.counts[1]: input should be greater than or equal to 0"),
+    ("uncompressed RLE counts of another total", _edit(lambda d: d["annotations"][0].update(segmentation={"size": [10, 20], "counts": [5, 3, 10]}, iscrowd=1)),
+     "RLE counts cover 18 pixels, but its size [10, 20] has 200"),
+    ("string area", _edit(lambda d: d["annotations"][0].update(area="big")), "annotations[0] (id 1): area: input should be a valid number, got 'big'"),
+    ("NaN area", _edit(lambda d: d["annotations"][0].update(area=float("nan"))), "annotations[0] (id 1): area: input should be a finite number"),
+    ("negative area", _edit(lambda d: d["annotations"][0].update(area=-5)), "annotations[0] (id 1): area: input should be greater than or equal to 0"),
+    ("polygon at 1e9", _edit(lambda d: d["annotations"][0].update(segmentation=[[-1e9, -1e9, 1e9, -1e9, 1e9, 1e9]])),
+     "annotations[0] (id 1): segmentation: polygon 0 reaches (-1e+09, -1e+09)-(1e+09, 1e+09), outside its 20x10 image"),
+    ("RLE of another size", _edit(lambda d: d["annotations"][0].update(segmentation=_rle(size=[5, 5]), iscrowd=1)),
+     "annotations[0] (id 1): segmentation: RLE size [5, 5] is not its image's [height, width] [10, 20]"),
+    ("garbage RLE counts", _edit(lambda d: d["annotations"][0].update(segmentation=_rle(counts="zzzz!!!"), iscrowd=1)),
+     "segmentation: RLE counts is not a compressed COCO RLE string"),
+    ("RLE counts of another total", _edit(lambda d: d["annotations"][0].update(segmentation=_rle(counts="0\\1"), iscrowd=1)),
+     "segmentation: RLE counts cover"),
+    ("iscrowd 'yes'", _edit(lambda d: d["annotations"][0].update(iscrowd="yes")), "annotations[0] (id 1): iscrowd: input should be a valid integer, got 'yes'"),
+    ("iscrowd 2", _edit(lambda d: d["annotations"][0].update(iscrowd=2)), "annotations[0] (id 1): iscrowd: input should be less than or equal to 1"),
+    ("category_id true", _edit(lambda d: d["annotations"][0].update(category_id=True)), "annotations[0] (id 1): category_id: input should be a valid integer, got True"),
+    ("image id true", _edit(lambda d: d["images"][1].update(id=True)), "images[1]: id: input should be a valid integer, got True"),
+    ("NUL in file_name", _edit(lambda d: d["images"][1].update(file_name="b\x00.png")), "images[1] (id 2): file_name: has a control character"),
+    ("blank category name", _edit(lambda d: d["categories"][0].update(name="  ")), "categories[0] (id 1): name: is blank"),
+    ("bbox of strings", _edit(lambda d: d["annotations"][0].update(bbox=["1", 1, 5, 5])), "annotations[0] (id 1): bbox[0]: input should be a valid number, got '1'"),
 ]
+
 
 
 @pytest.mark.parametrize("data,expected", [(d, e) for _, d, e in MALFORMED], ids=[c for c, _, _ in MALFORMED])

@@ -19,7 +19,8 @@ from seizure_mlflow.errors import ConfigError
     (dict(opts=("SOLVER.BASE_LR",)), "opts must be KEY VALUE pairs"),
     (dict(train_json="t.json"), "train_json and train_images go together"),
     (dict(train_json="t.json", train_images="imgs"), "give both a training set"),
-    (dict(model_name=" "), "model_name must not be empty"),
+    (dict(model_name=" "), "model_name must be a registered model name"),
+    (dict(model_name="team/probe"), r"model_name must be a registered model name \(not empty, no '/' or ':'.*got 'team/probe'"),
 ])
 def test_invalid_params(changes, message):
     with pytest.raises(ConfigError, match=message):

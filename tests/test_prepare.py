@@ -353,3 +353,39 @@ def test_category_spellings_are_an_error_or_one_class_when_asked(exports, tmp_pa
     names = {c["name"] for split in ("train", "val", "test")
              for c in json.loads((tmp_path / "b" / f"{split}.json").read_text())["categories"]}
     assert names == {"patient", "caregiver"}
+
+
+def test_cvat_brush_masks_become_polygons_of_the_same_mask(exports, tmp_path):
+    """RLE masks marked iscrowd 0 (CVAT's brush masks) are single objects: prepare writes them as polygons that
+    rasterize to the same pixels, and the result passes the checks that refuse RLE with iscrowd 0."""
+    from pycocotools import mask as mask_util
+
+    from seizure_mlflow.data.masks import decode_segmentation
+
+    path = exports / "video_01.json"
+    data = json.loads(path.read_text())
+    image_sizes = {i["id"]: (i["height"], i["width"]) for i in data["images"]}
+    originals = {}
+    for ann in data["annotations"]:
+        mask = decode_segmentation(ann["segmentation"], *image_sizes[ann["image_id"]])
+        rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
+        ann["segmentation"] = {"size": rle["size"], "counts": rle["counts"].decode()}
+        ann["iscrowd"] = 0
+        originals[ann["id"]] = mask
+    path.write_text(json.dumps(data))
+    out = _prepare(exports, tmp_path / "out").output
+    converted = 0
+    for split in ("train", "val", "test"):
+        d = json.loads((out / f"{split}.json").read_text())
+        images = {i["id"]: i for i in d["images"]}
+        for ann in d["annotations"]:
+            image = images[ann["image_id"]]
+            if image["video_id"] != "video_01":
+                continue
+            assert isinstance(ann["segmentation"], list) and ann["iscrowd"] == 0
+            mask = decode_segmentation(ann["segmentation"], image["height"], image["width"])
+            original = next(m for k, m in originals.items() if m.shape == mask.shape and (m & mask).sum() and
+                            (m & mask).sum() / (m | mask).sum() > 0.99)
+            assert (original & mask).sum() / (original | mask).sum() > 0.99
+            converted += 1
+    assert converted == len(originals)

@@ -137,9 +137,16 @@ def clip(tmp_path_factory) -> Path:
     masks["images"] = [im for im in masks["images"] if im["id"] in keep]
     masks["annotations"] = [a for a in masks["annotations"] if a["image_id"] in keep]
     (root / "clip.json").write_text(json.dumps(masks))
+    other_camera = {**masks, "images": [{**im, "width": 160, "height": 120} for im in masks["images"]]}
+    (root / "other_camera.json").write_text(json.dumps(other_camera))
+    other_night = {**masks, "images": [{**im, "frame_id": im["frame_id"] + 150} for im in masks["images"]]}
+    (root / "other_night.json").write_text(json.dumps(other_night))
     no_patient = {**masks, "annotations": [a for a in masks["annotations"] if a["category_id"] != 1]}
     (root / "no_patient.json").write_text(json.dumps(no_patient))
     write_video(root / "short.mp4", frames[:50], fps=FPS)
+    write_video(root / "whole.mkv", frames, fps=FPS)
+    data = (root / "whole.mkv").read_bytes()
+    (root / "cut.mkv").write_bytes(data[: len(data) * 9 // 10])  # a copy interrupted: the header says 6 s
     (root / "broken.mp4").write_bytes(b"this is not a video")
     return root
 
@@ -178,12 +185,25 @@ def test_frame_difference_is_the_cheap_option(clip, tmp_path):
     (["--input", "{clip}/clip.mp4", "--masks", "{clip}/clip.json", "--threshold", "1.5"], "--threshold: must be between 0 and 1"),
     (["--input", "{clip}/clip.mp4", "--masks", "{clip}/clip.json", "--fps", "30"], "above the frame rate"),
     (["--input", "{clip}/clip.mp4", "--masks", "{clip}/missing.json"], "--masks:"),
+    (["--input", "{clip}/cut.mkv", "--masks", "{clip}/clip.json"], "cut.mkv ended after "),
+    (["--input", "{clip}/clip.mp4", "--masks", "{clip}/clip.json", "--fps", "nan"], "--fps: must be a finite number"),
+    (["--input", "{clip}/clip.mp4", "--masks", "{clip}/other_camera.json"], "are these the masks of another video?"),
+    (["--input", "{clip}/clip.mp4", "--masks", "{clip}/other_night.json"], "frame_id 299 is outside"),
 ])
 def test_bad_input_is_a_clear_error_and_writes_nothing(clip, tmp_path, capsys, case, message):
     out = tmp_path / "out"
     assert _trace(*[a.format(clip=clip) for a in case], "--output", str(out)) == 2
     assert message in capsys.readouterr().err
     assert not out.exists() and list(tmp_path.iterdir()) == []  # nothing half-written beside it either
+
+
+def test_a_video_cut_short_is_traced_only_when_accepted_and_then_with_a_warning(clip, tmp_path, caplog):
+    out = tmp_path / "out"
+    assert _trace("--input", str(clip / "cut.mkv"), "--masks", str(clip / "clip.json"), "--output", str(out),
+                  "--accept-short-video") == 0
+    frames = len(pd.read_csv(out / "trace.csv"))
+    assert 100 <= frames < 150
+    assert f"cut.mkv ended after {frames / FPS:.1f} s of the 6.0 s its container declares" in caplog.text
 
 
 def test_a_model_uri_that_does_not_exist_is_a_clear_error(clip, tracking, tmp_path, capsys):
@@ -295,3 +315,57 @@ def test_mlflow_run_trace_with_a_model_trained_through_main(tiny_data, trace_sam
         assert run.data.params["trace.model_name"] == "trace-detector" and run.data.params["trace.model_version"] == "1"
         assert {f.path for f in client.list_artifacts(run.info.run_id)} == {"trace.csv", "events.json", "trace.png"}
         assert run.data.metrics["processing_fps"] > 0
+
+
+def _variable_rate_copy(video: Path, masks: Path, truth: list[dict], out: Path) -> tuple[Path, Path]:
+    """``video`` as a variable-frame-rate Matroska file, as a webcam dropping frames writes it: every 3rd frame
+    dropped outside the episodes (2 s around each), each kept frame at its original time; its masks renumbered."""
+    from fractions import Fraction
+
+    import av
+
+    def in_episode(t: float) -> bool:
+        return any(e["start"] - 2 <= t <= e["end"] + 2 for e in truth)
+
+    with av.open(str(video)) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    kept = [i for i in range(len(frames)) if in_episode(i / FPS) or i % 3 != 2]
+    path = out / f"{video.stem}.mkv"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=int(FPS))
+        stream.width, stream.height, stream.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 1000)
+        stream.options = {"qscale": "2"}
+        for i in kept:
+            frame = av.VideoFrame.from_ndarray(frames[i], format="rgb24")
+            frame.pts, frame.time_base = round(i * 1000 / FPS), Fraction(1, 1000)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    coco = json.loads(masks.read_text())
+    new_index = {old: new for new, old in enumerate(kept)}
+    coco["images"] = [{**im, "frame_id": new_index[im["frame_id"]]} for im in coco["images"] if im["frame_id"] in new_index]
+    ids = {im["id"] for im in coco["images"]}
+    coco["annotations"] = [a for a in coco["annotations"] if a["image_id"] in ids]
+    (out / f"{video.stem}.json").write_text(json.dumps(coco))
+    return path, out / f"{video.stem}.json"
+
+
+@pytest.mark.slow
+def test_variable_frame_rate_video_keeps_its_times(trace_sample, tmp_path):
+    """A third of the frames dropped between the episodes: the episodes are found at the times of the constant-rate
+    original (trace times come from each frame's timestamp, not from its index over the average rate)."""
+    truth = json.loads((trace_sample / "truth.json").read_text())["trace_00"]
+    video, masks = _variable_rate_copy(trace_sample / "videos" / "trace_00.mp4", trace_sample / "masks" / "trace_00.json",
+                                       truth, tmp_path)
+    events = {}
+    for name, (v, m) in {"constant": (trace_sample / "videos" / "trace_00.mp4", trace_sample / "masks" / "trace_00.json"),
+                         "variable": (video, masks)}.items():
+        assert _trace("--input", str(v), "--masks", str(m), "--output", str(tmp_path / name)) == 0
+        events[name] = json.loads((tmp_path / name / "events.json").read_text())["events"]
+    assert len(events["variable"]) == len(events["constant"]) == len(truth)
+    for constant, variable in zip(events["constant"], events["variable"]):
+        assert abs(constant["start"] - variable["start"]) <= 0.2 and abs(constant["end"] - variable["end"]) <= 0.2
+    table = pd.read_csv(tmp_path / "variable" / "trace.csv")
+    assert abs(table["time"].iloc[-1] - pd.read_csv(tmp_path / "constant" / "trace.csv")["time"].iloc[-1]) <= 0.1

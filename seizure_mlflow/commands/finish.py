@@ -167,10 +167,11 @@ def log_validation_images(detector, val: CocoSummary, run_id: str, count: int = 
 
     import cv2
 
+    from seizure_mlflow.data.frames import read_frame
     from seizure_mlflow.inference.files import draw_detections
 
     images = json.loads(Path(val.json_path).read_text())["images"][:count]
-    frames = [cv2.imread(os.path.join(val.image_root, img["file_name"]), cv2.IMREAD_COLOR) for img in images]
+    frames = [read_frame(os.path.join(val.image_root, img["file_name"])) for img in images]
     with tempfile.TemporaryDirectory() as tmp:
         for k, (frame, detections) in enumerate(zip(frames, detector.predict(frames))):
             path = os.path.join(tmp, f"val_{k}.png")

@@ -21,6 +21,7 @@ class PredictRequest:
     batch_size: int = 8
     overlay: str = ""
     force: bool = False
+    accept_short_video: bool = False
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,8 @@ def run_predict(plan: PredictPlan) -> tuple[list[dict], str]:
     request = plan.request
     detector = detector_from_uri(request.model_uri)
     if plan.video:
-        results = predict_video(detector, Path(request.input), request.batch_size, overlay=request.overlay or None)
+        results = predict_video(detector, Path(request.input), request.batch_size, overlay=request.overlay or None,
+                                accept_short=request.accept_short_video)
         what = f"{len({r['frame_index'] for r in results})} frames with detections"
     else:
         root = Path(request.input) if Path(request.input).is_dir() else Path(request.input).parent

@@ -124,6 +124,8 @@ def plan_trace(request: TraceRequest) -> TracePlan:
     truth = read_truth(request.truth, videos) if request.truth else None
     if request.masks:
         sources = [TrueMaskSource(f) for f in _mask_files(request.masks, videos)]
+        for video, source in zip(videos, sources):
+            source.check_video(video)
         return TracePlan(request, videos, sources, truth, None)
     from seizure_mlflow.registry.uris import detector_from_uri, registered_version
 

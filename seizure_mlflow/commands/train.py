@@ -30,8 +30,9 @@ from seizure_mlflow.data.staging import check_output_folder
 from seizure_mlflow.distributed import Job, run_as_job
 from seizure_mlflow.engine.stopping import write_stop
 from seizure_mlflow.errors import UserError
-from seizure_mlflow.tracking.run import check_tracking_server
 from seizure_mlflow.tracking.run_scope import RUN_FILE, TrainingRun, with_output_dir
+from seizure_mlflow.tracking.stores import check_tracking_server
+from seizure_mlflow.user_files import fetch_weights
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +102,8 @@ def plan_run(params: TrainParams, sample_dir: str = DEFAULT_SAMPLE_DIR, tracking
         check_same_categories(datasets.train, test)
     resume_run_id = run_to_resume(params.output_dir) if params.resume and tracking else None
     cfg = build_config(params, num_classes=len(datasets.train.categories), output_dir="")
+    if "://" in cfg.MODEL.WEIGHTS and not params.resume:
+        fetch_weights(cfg.MODEL.WEIGHTS, param="opts" if "MODEL.WEIGHTS" in params.opts[0::2] else "weights")
     categories = [{"id": cid, "name": name} for cid, name in datasets.train.categories]
     return Plan(params, datasets, test, cfg, categories, resume_run_id)
 

@@ -19,9 +19,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
-
-from seizure_mlflow.config import is_int, is_number
+from seizure_mlflow.data import coco_schema
+from seizure_mlflow.data.frames import FrameError, read_header
 from seizure_mlflow.data.video_identity import count_videos
 from seizure_mlflow.errors import DatasetError
 
@@ -29,7 +28,6 @@ logger = logging.getLogger(__name__)
 
 MAX_REPORTED = 12
 IMAGE_CHECK_WORKERS = 8
-READABLE_FORMATS = {"PNG", "JPEG", "BMP", "TIFF", "WEBP", "PPM"}
 
 
 @dataclass(frozen=True)
@@ -110,19 +108,15 @@ def is_inside(path: str | os.PathLike, root_real: str) -> bool:
 
 
 def read_image_header(path: str) -> tuple[str, int, int]:
-    """``(format, width, height)`` from an image file's header only (no pixel data is decoded).
-
-    Raises ``OSError``/``ValueError`` (Pillow's ``UnidentifiedImageError`` among them) when the file is not
-    an image in a format Pillow and OpenCV both read.
-    """
-    with Image.open(path) as image:
-        if image.format not in READABLE_FORMATS:
-            raise ValueError(f"format {image.format} is not one OpenCV reads for training")
-        return image.format, image.width, image.height
+    """``(format, width, height)`` of a frame as it is shown (see :mod:`seizure_mlflow.data.frames`), from its
+    header and last bytes only; raises :class:`~seizure_mlflow.data.frames.FrameError` if it is unusable."""
+    header = read_header(path)
+    return header.format, header.width, header.height
 
 
 def check_image_headers(frames: list[tuple[str, str, tuple[int, int]]], workers: int = IMAGE_CHECK_WORKERS) -> list[str]:
-    """Problems with ``(where, path, (width, height))`` frames: not an image, or not the size the COCO file says.
+    """Problems with ``(where, path, (width, height))`` frames: not an image, cut short, too large, or not the size
+    the COCO file says (after the frame's EXIF orientation, as every reader of the package applies it).
 
     Headers are read in ``workers`` threads (file reads dominate; on network storage this matters most).
     """
@@ -131,13 +125,18 @@ def check_image_headers(frames: list[tuple[str, str, tuple[int, int]]], workers:
         try:
             if os.path.getsize(path) == 0:
                 return f"{where}: image file {path} is empty (0 bytes)"
-            image_format, actual_w, actual_h = read_image_header(path)
-        except (OSError, ValueError, SyntaxError) as exc:
-            return f"{where}: {path} is not a readable image ({exc})"
-        if (actual_w, actual_h) != (width, height):
-            return (f"{where}: {path} is {actual_w}x{actual_h} ({image_format}) but the COCO file says "
-                    f"{width}x{height}; re-export the annotations or the frame")
-        return None
+            header = read_header(path, where=path)
+        except (FrameError, OSError) as exc:
+            return f"{where}: {exc}"
+        if (header.width, header.height) == (width, height):
+            return None
+        if header.turned and (header.height, header.width) == (width, height):
+            return (f"{where}: {path} is shown {header.width}x{header.height}: its EXIF orientation ({header.orientation}) "
+                    f"turns the stored {width}x{height} pixels, and the COCO file gives the stored size. Every reader "
+                    "here applies the orientation, as annotation tools show it; if the annotations were drawn on the "
+                    "stored pixels, remove the tag (e.g. `exiftool -Orientation= -n FILE`), else re-export the sizes")
+        return (f"{where}: {path} is {header.width}x{header.height} ({header.format}) but the COCO file says "
+                f"{width}x{height}; re-export the annotations or the frame")
 
     if len(frames) < 64:
         return [m for m in map(check, frames) if m]
@@ -148,30 +147,6 @@ def check_image_headers(frames: list[tuple[str, str, tuple[int, int]]], workers:
 def file_digest(path: str | os.PathLike) -> str:
     """Short SHA-256 of a file's bytes: names a dataset version without naming its path."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
-
-
-def check_segmentation(seg: Any, where: str, problems: _Problems) -> None:
-    """A polygon list (each ``[x1, y1, x2, y2, ...]`` with >= 3 points and non-zero area) or an RLE dict."""
-    if isinstance(seg, dict):
-        if not (isinstance(seg.get("size"), list) and len(seg["size"]) == 2 and "counts" in seg):
-            problems.add(f"{where}: RLE segmentation needs 'size' [h, w] and 'counts'")
-        return
-    if not isinstance(seg, list) or not seg:
-        problems.add(f"{where}: segmentation must be a non-empty list of polygons or an RLE object")
-        return
-    for k, poly in enumerate(seg):
-        if not isinstance(poly, list) or not all(is_number(v) for v in poly):
-            problems.add(f"{where}: polygon {k} must be a flat list of numbers [x1, y1, x2, y2, ...]")
-        elif len(poly) % 2 or len(poly) < 6:
-            problems.add(f"{where}: polygon {k} has {len(poly)} coordinates; it needs an even number, >= 6 (3 points)")
-        elif _polygon_area(poly) <= 0.0:
-            problems.add(f"{where}: polygon {k} has zero area (all points on a line or identical)")
-
-
-def _polygon_area(poly: list[float]) -> float:
-    xs, ys = poly[0::2], poly[1::2]
-    n = len(xs)
-    return abs(sum(xs[i] * ys[(i + 1) % n] - xs[(i + 1) % n] * ys[i] for i in range(n))) / 2.0
 
 
 def check_coco(json_path: str | os.PathLike, image_root: str | os.PathLike, *, check_files: bool = True) -> CocoSummary:
@@ -222,58 +197,57 @@ def check_coco_data(data: dict[str, Any], json_path: str, image_root: str, *, ch
 
 def _check_categories(categories: list, problems: "_Problems") -> dict[int, str]:
     """``{id: name}`` of the well-formed categories; every bad one reported."""
+    valid, messages = coco_schema.record_problems("categories", categories)
+    for message in messages:
+        problems.add(message)
     category_ids: dict[int, str] = {}
-    for i, cat in enumerate(categories):
-        where = f"categories[{i}]"
-        if not isinstance(cat, dict) or not is_int(cat.get("id")) or not isinstance(cat.get("name"), str) or not cat["name"].strip():
-            problems.add(f"{where}: needs an integer 'id' and a non-empty 'name'")
-            continue
-        if cat["id"] in category_ids:
-            problems.add(f"{where}: duplicate category id {cat['id']}")
-        elif cat["name"] in category_ids.values():
-            problems.add(f"{where}: duplicate category name {cat['name']!r}")
-        elif (same := [n for n in category_ids.values() if category_key(n) == category_key(cat["name"])]):
-            problems.add(f"{where}: category name {cat['name']!r} differs from {same[0]!r} only in case or spaces; "
+    for i, cat in valid.items():
+        where = coco_schema.where("categories", i, categories[i])
+        if cat.id in category_ids:
+            problems.add(f"{where}: duplicate category id {cat.id}")
+        elif cat.name in category_ids.values():
+            problems.add(f"{where}: duplicate category name {cat.name!r}")
+        elif (same := [n for n in category_ids.values() if category_key(n) == category_key(cat.name)]):
+            problems.add(f"{where}: category name {cat.name!r} differs from {same[0]!r} only in case or spaces; "
                          "use one spelling")
-        category_ids[cat["id"]] = cat["name"]
+        category_ids[cat.id] = cat.name
     return category_ids
 
 
 def _check_images(images: list, image_root: str, check_files: bool, problems: "_Problems") -> dict[int, tuple[int, int]]:
-    """``{id: (width, height)}`` of the well-formed images; paths kept inside ``image_root``, files and their
+    """``{id: (width, height)}`` of the images (None for a malformed one, already reported); paths kept inside ``image_root``, files and their
     headers checked (with ``check_files``); every bad one reported."""
+    valid, messages = coco_schema.record_problems("images", images)
+    for message in messages:
+        problems.add(message)
     image_sizes: dict[int, tuple[int, int]] = {}
     to_read: list[tuple[str, str, tuple[int, int]]] = []  # (where, path, (width, height)) of each frame to read
     missing_files = 0
     root_real = os.path.realpath(image_root) if check_files else ""
-    for i, img in enumerate(images):
-        if not isinstance(img, dict) or not is_int(img.get("id")):
-            problems.add(f"images[{i}]: needs an integer 'id'")
+    for i, img in enumerate(images):  # a record already reported keeps its id, so that no annotation is blamed for it
+        if i not in valid:
+            if isinstance(img, dict) and type(img.get("id")) is int:
+                image_sizes.setdefault(img["id"], None)
             continue
-        where = f"images[{i}] (id {img['id']})"
-        if img["id"] in image_sizes:
+        img = valid[i]
+        where = coco_schema.where("images", i, images[i])
+        if img.id in image_sizes:
             problems.add(f"{where}: duplicate image id")
             continue
-        if not isinstance(img.get("file_name"), str) or not img["file_name"]:
-            problems.add(f"{where}: needs a 'file_name'")
-            continue
-        if not (is_int(img.get("width")) and is_int(img.get("height")) and img["width"] > 0 and img["height"] > 0):
-            problems.add(f"{where}: needs positive integer 'width' and 'height'")
-            continue
-        image_sizes[img["id"]] = (img["width"], img["height"])
+        image_sizes[img.id] = (img.width, img.height)
         if not check_files:
             continue
-        path = os.path.join(image_root, img["file_name"])
-        if os.path.isabs(img["file_name"]) or not is_inside(path, root_real):
-            problems.add(f"{where}: file_name {img['file_name']!r} leads outside the image folder {image_root} "
+        path = os.path.join(image_root, img.file_name)
+        if os.path.isabs(img.file_name) or not is_inside(path, root_real):
+            problems.add(f"{where}: file_name {img.file_name!r} leads outside the image folder {image_root} "
                          "(an absolute path, '..', or a symbolic link pointing out); file names must be relative "
                          "paths inside the image folder")
         elif not os.path.isfile(path):
             missing_files += 1
             if missing_files <= 3:
-                problems.add(f"{where}: image file {img['file_name']!r} not found under {image_root}")
+                problems.add(f"{where}: image file {img.file_name!r} not found under {image_root}")
         else:
-            to_read.append((where, path, (img["width"], img["height"])))
+            to_read.append((where, path, (img.width, img.height)))
     if missing_files > 3:
         problems.add(f"{missing_files} image files in all are missing under {image_root}; is it the right folder?")
     for message in check_image_headers(to_read):
@@ -282,34 +256,35 @@ def _check_images(images: list, image_root: str, check_files: bool, problems: "_
 
 
 def _check_annotations(annotations: list, image_sizes: dict, category_ids: dict, problems: "_Problems") -> set[int]:
-    """The ids of the images that have an annotation; every bad annotation (ids, bbox, segmentation) reported."""
+    """The ids of the images that have an annotation; every bad annotation (fields, references, bbox and
+    segmentation against its image) reported."""
+    valid, messages = coco_schema.record_problems("annotations", annotations)
+    for message in messages:
+        problems.add(message)
     annotation_ids: set[int] = set()
     annotated_images: set[int] = set()
-    for i, ann in enumerate(annotations):
-        if not isinstance(ann, dict) or not is_int(ann.get("id")):
-            problems.add(f"annotations[{i}]: needs an integer 'id'")
-            continue
-        where = f"annotations[{i}] (id {ann['id']})"
-        if ann["id"] in annotation_ids:
+    for i, ann in valid.items():
+        where = coco_schema.where("annotations", i, annotations[i])
+        if ann.id in annotation_ids:
             problems.add(f"{where}: duplicate annotation id")
-        annotation_ids.add(ann["id"])
-        if ann.get("image_id") not in image_sizes:
-            problems.add(f"{where}: image_id {ann.get('image_id')!r} is not an image in this file")
+        annotation_ids.add(ann.id)
+        if ann.image_id not in image_sizes:
+            problems.add(f"{where}: image_id {ann.image_id!r} is not an image in this file")
             continue
-        annotated_images.add(ann["image_id"])
-        if ann.get("category_id") not in category_ids:
-            problems.add(f"{where}: category_id {ann.get('category_id')!r} is not a category in this file "
+        annotated_images.add(ann.image_id)
+        if image_sizes[ann.image_id] is None:
+            continue
+        if ann.category_id not in category_ids:
+            problems.add(f"{where}: category_id {ann.category_id!r} is not a category in this file "
                          f"(categories: {sorted(category_ids)})")
-        width, height = image_sizes[ann["image_id"]]
-        bbox = ann.get("bbox")
-        if not (isinstance(bbox, list) and len(bbox) == 4 and all(is_number(v) for v in bbox)):
-            problems.add(f"{where}: bbox must be [x, y, width, height] numbers, got {bbox!r}")
-        elif bbox[2] <= 0 or bbox[3] <= 0:
-            problems.add(f"{where}: degenerate bbox {bbox} (width and height must be > 0)")
-        elif bbox[0] < -1 or bbox[1] < -1 or bbox[0] + bbox[2] > width + 1 or bbox[1] + bbox[3] > height + 1:
-            problems.add(f"{where}: bbox {bbox} lies outside its {width}x{height} image")
-        if "segmentation" in ann:
-            check_segmentation(ann["segmentation"], where, problems)
+        width, height = image_sizes[ann.image_id]
+        x, y, w, h = ann.bbox
+        if w <= 0 or h <= 0:
+            problems.add(f"{where}: degenerate bbox {annotations[i]['bbox']} (width and height must be > 0)")
+        elif x < -1 or y < -1 or x + w > width + 1 or y + h > height + 1:
+            problems.add(f"{where}: bbox {annotations[i]['bbox']} lies outside its {width}x{height} image")
+        for message in coco_schema.segmentation_problems(ann, width, height):
+            problems.add(f"{where}: segmentation: {message}")
     return annotated_images
 
 def check_same_categories(reference: CocoSummary, other: CocoSummary) -> None:

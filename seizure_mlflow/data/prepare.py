@@ -24,10 +24,12 @@ from typing import Any
 
 import numpy as np
 from pycocotools import mask as mask_util
+from pydantic import ValidationError
 from tqdm import tqdm
 
+from seizure_mlflow.data import coco_schema
 from seizure_mlflow.data.checks import category_key, check_coco_data, is_inside, load_coco_json
-from seizure_mlflow.data.masks import segmentation_to_rle
+from seizure_mlflow.data.masks import decode_segmentation, mask_to_polygons, segmentation_to_rle
 from seizure_mlflow.data.staging import check_output_folder, check_replaceable, staged_folder
 from seizure_mlflow.data.video import VIDEO_SUFFIXES, extract_frames, frame_count, write_png
 from seizure_mlflow.errors import DatasetError, UserError
@@ -65,7 +67,8 @@ def frame_index(image: dict[str, Any]) -> int | None:
 
 
 def normalise_export(data: dict[str, Any], json_path: str) -> dict[str, Any]:
-    """Drop the background category labelme writes; fill missing ``bbox``/``area`` from the segmentation."""
+    """Drop the background category labelme writes; turn RLE masks marked ``iscrowd: 0`` (CVAT's brush masks)
+    into polygons, as COCO defines single objects; fill missing ``bbox``/``area`` from the segmentation."""
     categories = data.get("categories")
     if isinstance(categories, list):
         background = {c.get("id") for c in categories if isinstance(c, dict) and str(c.get("name", "")).lower() in BACKGROUND_NAMES}
@@ -75,6 +78,8 @@ def normalise_export(data: dict[str, Any], json_path: str) -> dict[str, Any]:
                 data["annotations"] = [a for a in data["annotations"] if not isinstance(a, dict) or a.get("category_id") not in background]
     sizes = {img.get("id"): (img.get("height"), img.get("width")) for img in data.get("images", []) if isinstance(img, dict)}
     for ann in data.get("annotations", []) if isinstance(data.get("annotations"), list) else []:
+        if isinstance(ann, dict):
+            _rle_object_to_polygons(ann, sizes.get(ann.get("image_id")))
         if not isinstance(ann, dict) or ("bbox" in ann and "area" in ann):
             continue
         seg, size = ann.get("segmentation"), sizes.get(ann.get("image_id"))
@@ -88,6 +93,23 @@ def normalise_export(data: dict[str, Any], json_path: str) -> dict[str, Any]:
         ann.setdefault("area", float(mask_util.area(rle)))
     return data
 
+
+def _rle_object_to_polygons(ann: dict, size: tuple | None) -> None:
+    """An RLE segmentation with ``iscrowd`` 0 as polygons (in place), when the RLE is whole (its counts cover its
+    image exactly); a broken one is left for the checks to report."""
+    seg = ann.get("segmentation")
+    if not isinstance(seg, dict) or ann.get("iscrowd", 0) != 0 or not size or not all(type(v) is int for v in size):
+        return
+    try:
+        annotation = coco_schema.Annotation.model_validate({**ann, "bbox": ann.get("bbox", [0, 0, 1, 1])})
+    except ValidationError:
+        return
+    height, width = size
+    if [p for p in coco_schema.segmentation_problems(annotation, width, height) if "iscrowd 0" not in p]:
+        return
+    polygons = mask_to_polygons(decode_segmentation(seg, height, width))
+    if polygons:
+        ann["segmentation"] = polygons
 
 
 def discover_videos(input_dir: str | os.PathLike) -> list[Video]:

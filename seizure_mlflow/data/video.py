@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Callable, Iterable
 
@@ -11,6 +12,8 @@ import numpy as np
 from tqdm import tqdm
 
 from seizure_mlflow.errors import DatasetError
+
+logger = logging.getLogger(__name__)
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv")
 
@@ -39,6 +42,13 @@ def frame_count(path: str | os.PathLike) -> int | None:
     """Frames the container declares, or None when it does not say (some AVI/MKV files)."""
     with _open(path) as container:
         return container.streams.video[0].frames or None
+
+
+def frame_size(path: str | os.PathLike) -> tuple[int, int]:
+    """``(width, height)`` of the video's frames, from its stream header."""
+    with _open(path) as container:
+        stream = container.streams.video[0]
+        return stream.codec_context.width, stream.codec_context.height
 
 
 def frame_rate(path: str | os.PathLike) -> float:
@@ -131,22 +141,65 @@ def write_video(path: str | os.PathLike, frames_rgb: Iterable[np.ndarray], fps: 
             writer.write(rgb)
 
 
-def iter_frames(path: str | os.PathLike):
-    """``(index, timestamp_seconds, bgr)`` for every frame, decoded as a stream; and the declared count."""
+class ShortVideoError(DatasetError):
+    """A video that ends before the frames its container declares: a copy or a recording cut short."""
+
+
+def _declared_length(container) -> tuple[int | None, float | None]:
+    """``(frames, seconds)`` the container declares (Matroska gives a duration and no count); None where it does not."""
+    frames = container.streams.video[0].frames or None
+    return frames, (container.duration / av.time_base if container.duration else None)
+
+
+def _cut_short(decoded: int, last_time: float | None, frames: int | None, seconds: float | None, fps: float) -> str:
+    """How a video read to its end falls short of what its container declares ('' when it does not): by its frame
+    count where declared, else by its duration (variable-rate video has fewer frames than duration x rate)."""
+    if frames:
+        return f"{decoded} of the {frames} frames" if decoded < frames - max(2, frames // 100) else ""
+    if seconds and last_time is not None and last_time + 1 / fps < seconds - max(2 / fps, seconds / 100):
+        return f"{last_time + 1 / fps:.1f} s of the {seconds:.1f} s"
+    return ""
+
+
+def iter_frames(path: str | os.PathLike, accept_short: bool = False):
+    """``(frames, expected, fps)``: ``frames`` yields ``(index, timestamp_seconds, bgr)`` for every frame, decoded as
+    a stream (``timestamp_seconds`` is the frame's own presentation time, None where the file gives none);
+    ``expected`` is the number of frames the container declares (or its duration times its rate, or None).
+
+    A video that ends more than 1% (at least 2 frames) before the frames (or, without a count, the duration) its
+    container declares raises :class:`ShortVideoError` at its end, naming what was read and what was declared,
+    unless ``accept_short`` (then a warning says the same).
+    """
     container = _open(path)
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"
+    declared_frames, declared_seconds = _declared_length(container)
+    fps = frame_rate(path)
+    expected = declared_frames or (round(declared_seconds * fps) if declared_seconds else None)
 
     def frames():
+        decoded, first, last = 0, None, None
         with container:
             try:
                 for index, frame in enumerate(container.decode(stream)):
                     timestamp = float(frame.time) if frame.time is not None else None
+                    decoded = index + 1
+                    if timestamp is not None:
+                        first = timestamp if first is None else first
+                        last = timestamp - first
                     yield index, timestamp, frame.to_ndarray(format="bgr24")
             except av.error.FFmpegError as exc:
-                raise DatasetError(f"{path}: decoding failed ({exc})") from None
+                raise DatasetError(f"{path}: decoding failed at frame {decoded} ({exc})") from None
+        short = _cut_short(decoded, last, declared_frames, declared_seconds, fps)
+        if short:
+            message = (f"{path} ended after {short} its container declares: the file is cut short (an "
+                       "interrupted copy or recording?)")
+            if not accept_short:
+                raise ShortVideoError(f"{message}; copy it again, or pass --accept-short-video to use the frames "
+                                      "that are there")
+            logger.warning("%s; using the %d frames there (--accept-short-video)", message, decoded)
 
-    return frames(), (stream.frames or None), frame_rate(path)
+    return frames(), expected, fps
 
 
 def write_png(path: str | os.PathLike, bgr: np.ndarray) -> None:

@@ -33,6 +33,7 @@ from detectron2.utils import comm
 from detectron2.utils.events import CommonMetricPrinter, EventWriter, JSONWriter
 
 from seizure_mlflow.config import VAL_DATASET
+from seizure_mlflow.data.mapper import FrameMapper
 from seizure_mlflow.engine.checkpoint import SafeCheckpointer, check_free_space, state_bytes
 from seizure_mlflow.engine.resume import RandomState, ResumableBestCheckpointer, SkipSampler, StopOnSignal
 from seizure_mlflow.engine.stopping import EarlyStopping, StopsEarly
@@ -116,13 +117,14 @@ class Trainer(StopsEarly, DefaultTrainer):
         """Detectron2's training loader, with a ``TrainingSampler`` seeded from ``cfg.SEED`` whose index
         stream starts after ``skip_iterations`` iterations' worth of images (for an exact resume)."""
         if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
-            return super().build_train_loader(cfg)
+            return build_detection_train_loader(cfg, mapper=FrameMapper(cfg, is_train=True))
         dataset = get_detection_dataset_dicts(cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
         per_process = cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size()
         sampler = SkipSampler(TrainingSampler(len(dataset), seed=cfg.SEED), skip=skip_iterations * per_process)
         # seed: the loader's own generator, so that creating its iterator does not draw from torch's global RNG
         # (which would shift the random stream of a resumed run).
-        return build_detection_train_loader(cfg, dataset=dataset, sampler=sampler, seed=cfg.SEED)
+        return build_detection_train_loader(cfg, dataset=dataset, sampler=sampler, seed=cfg.SEED,
+                                            mapper=FrameMapper(cfg, is_train=True))
 
     def resume_or_load(self, resume: bool = True) -> None:
         """Detectron2's resume, plus the training data stream fast-forwarded to the resumed iteration."""

@@ -37,7 +37,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
-from detectron2.data import DatasetCatalog, DatasetMapper, build_detection_test_loader
+from detectron2.data import DatasetCatalog, build_detection_test_loader
 from detectron2.data import transforms as T
 from detectron2.engine import HookBase
 from detectron2.utils import comm
@@ -45,6 +45,7 @@ from detectron2.utils.events import EventStorage
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from seizure_mlflow.data.mapper import FrameMapper
 from seizure_mlflow.data.val_sample import pilot_size, select_validation_sample, video_groups
 
 logger = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ def build_validation_loader(cfg, dataset_name: str, image_ids: list[int] | None 
 
     Sharded across processes by Detectron2's ``InferenceSampler``.
     """
-    mapper = DatasetMapper(
+    mapper = FrameMapper(
         cfg,
         is_train=True,  # keep annotations: the loss needs them
         augmentations=[T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST, "choice")],

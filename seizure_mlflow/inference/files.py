@@ -34,14 +34,15 @@ def list_images(path: str | Path) -> list[Path]:
 
 def check_images(paths: list[Path]) -> None:
     """Before any work: every file's header reads as an image; all problems listed at once."""
-    from seizure_mlflow.data.checks import MAX_REPORTED, read_image_header
+    from seizure_mlflow.data.checks import MAX_REPORTED
+    from seizure_mlflow.data.frames import FrameError, read_header
 
     problems = []
     for path in paths:
         try:
-            read_image_header(str(path))
-        except (OSError, ValueError, SyntaxError) as exc:
-            problems.append(f"{path}: not a readable image ({exc})")
+            read_header(path, where=str(path))
+        except (FrameError, OSError) as exc:
+            problems.append(str(exc))
     if problems:
         more = f"\n  ... and {len(problems) - MAX_REPORTED} more" if len(problems) > MAX_REPORTED else ""
         raise UserError(f"{len(problems)} input file(s) are not images:\n  - " + "\n  - ".join(problems[:MAX_REPORTED]) + more,
@@ -74,13 +75,15 @@ def _batches(frames: Iterator, size: int):
         yield batch
 
 
-def predict_video(detector, path: Path, batch_size: int = 8, overlay: str | None = None) -> list[dict]:
+def predict_video(detector, path: Path, batch_size: int = 8, overlay: str | None = None,
+                  accept_short: bool = False) -> list[dict]:
     """COCO results per frame of a video decoded as a stream, with ``frame_index`` and ``timestamp`` (s).
 
     ``image_id`` is ``frame_index + 1``. With ``overlay``, a copy of the video with the masks and boxes
-    drawn is written there.
+    drawn is written there. A video cut short is refused at its end, nothing written, unless ``accept_short``
+    (see :func:`~seizure_mlflow.data.video.iter_frames`).
     """
-    frames, total, fps = iter_frames(path)
+    frames, total, fps = iter_frames(path, accept_short=accept_short)
     partial = Path(overlay).with_name(f".{Path(overlay).stem}.partial{Path(overlay).suffix}") if overlay else None
     if partial is not None:
         partial.parent.mkdir(parents=True, exist_ok=True)

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import cv2
 import numpy as np
 import torch
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
+from seizure_mlflow.data.frames import read_frame, read_header
 from seizure_mlflow.data.masks import mask_to_coco
 
 from seizure_mlflow.errors import UserError
@@ -70,9 +70,9 @@ class Detector:
 
 
 def decode_image(data: bytes, where: str = "image") -> np.ndarray:
-    """Encoded PNG/JPEG bytes to a BGR ``uint8`` array; a clear error otherwise."""
-    array = np.frombuffer(data, dtype=np.uint8)
-    image = cv2.imdecode(array, cv2.IMREAD_COLOR) if array.size else None
-    if image is None:
-        raise UserError(f"{where}: not a decodable image (expected PNG or JPEG bytes, got {len(data)} bytes)")
-    return image
+    """Encoded PNG/JPEG bytes to a BGR ``uint8`` array, read as training read its frames
+    (:func:`seizure_mlflow.data.frames.read_frame`); a clear error otherwise."""
+    if not data:
+        raise UserError(f"{where}: not a decodable image (expected PNG or JPEG bytes, got 0 bytes)")
+    read_header(data, where=where)  # a cut-short file is refused, not half-decoded
+    return read_frame(data, where=where)

@@ -118,7 +118,7 @@ def write_overlay(video: Path, result: TraceResult, path: Path) -> None:
     """The video (at the analysed frames) with the patient's mask tinted and the running rhythm index."""
     from seizure_mlflow.data.video import VideoWriter, iter_frames
 
-    frames, _, _ = iter_frames(video)
+    frames, _, _ = iter_frames(video, accept_short=True)  # trace has read it already, and said so if it was short
     wanted = dict(zip(result.table["frame"].tolist(), range(len(result.table))))
     index = result.table["rhythm_index"].to_numpy()
     with VideoWriter(path, result.fps) as writer:

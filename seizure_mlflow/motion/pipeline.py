@@ -41,6 +41,7 @@ class TraceOptions:
     max_width: int = 320
     min_score: float = 0.5
     batch_size: int = 8
+    accept_short_video: bool = False  # trace a video cut short (see seizure_mlflow.data.video.iter_frames)
 
 
 @dataclass
@@ -100,7 +101,7 @@ def trace_video(path: str | Path, source: Callable, options: TraceOptions, keep_
     if warning:
         logger.warning("%s: %s", Path(path).name, warning)
     started = time.perf_counter()
-    frames, declared, source_fps = iter_frames(path)
+    frames, declared, source_fps = iter_frames(path, accept_short=options.accept_short_video)
     fps = options.fps or source_fps
     track = PatientTrack(min_score=options.min_score)
     meter = MotionMeter(options.method, options.cells, options.max_width)
@@ -119,17 +120,18 @@ def trace_video(path: str | Path, source: Callable, options: TraceOptions, keep_
                 rles.append(None if tracked.patient is None else
                             mask_to_rle(tracked.patient))
 
-    batch, next_time = [], 0.0
+    batch = []
+
+    def take(frame) -> None:
+        batch.append(frame)
+        if len(batch) == options.batch_size:
+            analyse(batch)
+            bar.update(len(batch))
+            batch.clear()
+
     with tqdm(total=expected, desc=f"trace {Path(path).name}", unit="frame") as bar:
-        for index, _, bgr in frames:
-            if index / source_fps + 0.5 / source_fps < next_time:
-                continue  # resampling to a lower frame rate: the frame nearest each 1/fps tick
-            next_time += 1 / fps
-            batch.append((index, bgr))
-            if len(batch) == options.batch_size:
-                analyse(batch)
-                bar.update(len(batch))
-                batch = []
+        for tick in analysis_ticks(frames, fps, source_fps):
+            take(tick)
         if batch:
             analyse(batch)
             bar.update(len(batch))
@@ -148,6 +150,28 @@ def trace_video(path: str | Path, source: Callable, options: TraceOptions, keep_
                          windows=None, intervals=[], processing_seconds=time.perf_counter() - started,
                          patient_rles=rles, warning=warning)
     return result.reanalysed()
+
+
+def analysis_ticks(frames, fps: float, source_fps: float):
+    """The frames analysed, one per tick of a regular ``1/fps`` grid, placed by each frame's own timestamp (so that
+    variable-frame-rate video keeps its times): the frame shown within half a source frame of a tick, else, across
+    a gap in the video, the last frame shown (held). ``frames`` yields ``(index, timestamp or None, bgr)``; yields
+    ``(index, bgr)``. On constant-rate video this is every frame (``fps`` = the video's rate) or the nearest one."""
+    step, half = 1 / fps, 0.5 / source_fps
+    next_time, first, previous = 0.0, None, None
+    for index, timestamp, bgr in frames:
+        if timestamp is None:
+            shown_at = index / source_fps
+        else:
+            first = timestamp if first is None else first
+            shown_at = timestamp - first
+        while previous is not None and next_time < shown_at - half:  # a gap: the last frame shown holds
+            yield previous
+            next_time += step
+        if next_time <= shown_at + half:
+            yield index, bgr
+            next_time += step
+        previous = (index, bgr)
 
 
 def _per_frame(windows: Windows, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

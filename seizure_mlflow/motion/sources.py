@@ -64,6 +64,22 @@ class TrueMaskSource:
             raise UserError(f"{self.path}: not a usable COCO masks file ({type(exc).__name__}: {exc})",
                             param="masks") from None
 
+    def check_video(self, video: str | Path) -> None:
+        """Before any work: these masks can be this video's, their images of its frame size and their frames
+        within its length (masks of another camera or another night are refused, not traced)."""
+        from seizure_mlflow.data.video import frame_count, frame_size
+
+        width, height = frame_size(video)
+        other = sorted({(w, h) for h, w in self._size.values()} - {(width, height)})
+        if other:
+            raise UserError(f"{self.path}: its masks are {other[0][0]}x{other[0][1]}, but the frames of {video} are "
+                            f"{width}x{height}; are these the masks of another video?", param="masks")
+        declared = frame_count(video)
+        beyond = sorted(f for f in self._frame_of.values() if f < 0 or (declared is not None and f >= declared))
+        if beyond:
+            raise UserError(f"{self.path}: frame_id {beyond[-1]} is outside {video}, which has {declared} frames "
+                            f"(0-{(declared or 1) - 1}); are these the masks of another video?", param="masks")
+
     def __call__(self, frames: list[tuple[int, np.ndarray]]) -> list[list[Instance]]:
         return [[Instance(name, 1.0, decode_segmentation(segmentation, *size)) for name, segmentation, size in self._anns.get(index, [])]
                 for index, _ in frames]
