@@ -15,9 +15,15 @@ from typing import Iterator
 
 import mlflow
 import pytest
+from hypothesis import settings
 
 from seizure_mlflow.config import TrainParams
 from seizure_mlflow.data.sample import SampleSpec, sample_paths, write_sample_dataset
+
+# Property-based tests (tests/test_fuzz.py): the same inputs on every run unless HYPOTHESIS_PROFILE=explore.
+settings.register_profile("ci", derandomize=True, deadline=None)
+settings.register_profile("explore", derandomize=False, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 REPO = Path(__file__).resolve().parents[1]
 

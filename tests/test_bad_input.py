@@ -137,3 +137,92 @@ def test_commands_fail_fast_when_the_tracking_server_does_not_answer(command, tm
     err = capsys.readouterr().err
     assert code == 2 and f"MLflow tracking server {uri} is unreachable" in err, err
     assert time.time() - started < 20 and not (tmp_path / "r.json").exists()
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--seed", str(2**32)], "seed must be an integer from 0 to 2**31 - 1, got 4294967296"),
+    (["--val-max-images", "²"], "val_max_images must be auto, 0 (the whole set) or a number of frames"),
+    (["--model-name", "team/probe"], "model_name must be a registered model name (not empty, no '/' or ':'"),
+    (["--ims-per-batch", "100000"], "SOLVER.IMS_PER_BATCH 100000 (100000 images per process at 64 px) needs at least"),
+    (["--weights", "https://127.0.0.1:9/weights.pkl"], "--weights: could not download https://127.0.0.1:9/weights.pkl"),
+    (["--lr", "nan"], "lr must be a positive number, got nan"),
+])
+def test_values_are_refused_before_a_run_exists(data, tmp_path, tracking, capsys, extra, message):
+    started = time.time()
+    assert main(_train(data, tmp_path, *extra)) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err, err
+    assert _no_run_exists() and not (tmp_path / "out").exists() and time.time() - started < 30
+
+
+def test_a_device_opts_set_that_this_machine_lacks_is_refused_before_a_run(data, tmp_path, tracking, capsys):
+    import torch
+
+    args = _train(data, tmp_path)
+    device = f"cuda:{torch.cuda.device_count()}"  # one GPU more than there are: none on a CPU machine
+    args[args.index("--opts") + 1] += f" MODEL.DEVICE {device}"
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"MODEL.DEVICE must be cpu, or cuda (or cuda:N) on a machine with that GPU, got '{device}' (set by opts)" in err
+    assert _no_run_exists()
+
+
+@pytest.mark.parametrize("uri,message", [
+    ("sqlite:/mlflow.db", "is not a SQLite store URI: write sqlite:///RELATIVE.db"),
+    ("sqlite:////no/such/folder/mlflow.db", "the folder /no/such/folder does not exist"),
+    ("postgresql://alice:s3cret@127.0.0.1:{port}/mlflow", "the postgresql tracking store postgresql://127.0.0.1:{port} does not answer"),
+])
+def test_a_store_that_cannot_answer_is_one_line_within_seconds(data, tmp_path, monkeypatch, capsys, uri, message):
+    port = _dead_server().rsplit(":", 1)[1]
+    uri = uri.format(port=port)
+    for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        monkeypatch.setenv(key, uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    started = time.time()
+    for command in (_train(data, tmp_path), ["evaluate", "--model-uri", "models:/m@champion"]):
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert message.format(port=port) in err and "Traceback" not in err, err
+        assert "s3cret" not in err and "alice" not in err
+    assert time.time() - started < 20 and not (tmp_path / "out").exists()
+
+
+def test_a_deleted_experiment_is_one_line_for_train_and_evaluate(data, tmp_path, tracking, monkeypatch, capsys):
+    experiment = MlflowClient().create_experiment("study")
+    MlflowClient().delete_experiment(experiment)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "study")
+    (tj, ti) = data["test"]
+    for command in (_train(data, tmp_path), ["evaluate", "--model-uri", "models:/m@champion", "--test-json", tj,
+                                             "--test-images", ti]):
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert f"experiment 'study' (id {experiment}) was deleted: restore it" in err and "Traceback" not in err, err
+    assert MlflowClient().search_runs([experiment]) == []
+
+
+@pytest.mark.slow
+def test_memory_exhaustion_in_training_names_the_batch_and_image_size(data, tmp_path):
+    """A real out-of-memory (the process's address space capped at 5 GiB; a batch of 16 frames at 800 px needs
+    more): one message naming the batch, the size and what to lower, exit 2, the run FAILED, no traceback."""
+    import resource
+    import subprocess
+    import sys
+
+    from conftest import venv_env
+
+    limit = 5 * 2**30
+    args = _train(data, tmp_path, "--ims-per-batch", "16")
+    args[args.index("--min-size") + 1] = "800"
+    args[args.index("--opts") + 1] += " INPUT.MAX_SIZE_TRAIN 1333"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = subprocess.run([sys.executable, "-m", "seizure_mlflow", *args], capture_output=True, text=True, timeout=600,
+                          cwd=tmp_path, env=venv_env(MLFLOW_TRACKING_URI=uri, MLFLOW_REGISTRY_URI=uri),
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit)))
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "error: out of memory in training on cpu" in proc.stderr
+    assert "a batch of 16 images (16 per process) resized to a shorter side of 800 px" in proc.stderr
+    assert "lower ims_per_batch or min_size" in proc.stderr and "Traceback" not in proc.stderr
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert [r.info.status for r in runs] == ["FAILED"]

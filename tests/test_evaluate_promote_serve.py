@@ -239,3 +239,98 @@ def test_rest_serving_answers_photos_and_video_frames(registry):
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
         log.close()
+
+
+def _frames_as(tiny_data, root: Path, kind: str) -> tuple[str, str]:
+    """The test split with every frame re-saved: ``grey8`` (8-bit grey PNG), ``grey16`` (the same grey levels as
+    16-bit PNG, v * 257), ``turned`` (a JPEG whose stored pixels are turned, EXIF orientation 6 showing them
+    upright, as phones write them). Returns the COCO file and the image folder."""
+    import numpy as np
+
+    test_json, test_images = tiny_data["test"]
+    coco = json.loads(Path(test_json).read_text())
+    images = root / kind
+    for image in coco["images"]:
+        picture = Image.open(Path(test_images) / image["file_name"]).convert("RGB")
+        name = Path(image["file_name"]).with_suffix(".jpg" if kind == "turned" else ".png")
+        (images / name).parent.mkdir(parents=True, exist_ok=True)
+        grey = np.asarray(picture.convert("L"))
+        if kind == "grey8":
+            Image.fromarray(grey).save(images / name)
+        elif kind == "grey16":
+            Image.fromarray(grey.astype(np.uint16) * 257).save(images / name)
+        else:
+            exif = Image.Exif()
+            exif[0x0112] = 6  # shown turned back: upright
+            picture.transpose(Image.Transpose.ROTATE_90).save(images / name, quality=95, exif=exif.tobytes())
+        image["file_name"] = str(name)
+    path = root / f"{kind}.json"
+    path.write_text(json.dumps(coco))
+    return str(path), str(images)
+
+
+def test_rotated_and_16_bit_frames_give_the_results_of_their_upright_8_bit_copies(registry, tiny_data, tmp_path):
+    """EXIF-turned and 16-bit frames are legitimate: evaluation and serving read them as the same pixels as their
+    upright 8-bit copies, so every AP and every detection is identical; and training takes them (it crashed on the
+    turned frame's size, and trained on 16-bit grey as white)."""
+    from PIL import ImageOps
+
+    from seizure_mlflow.evaluation import evaluate_detector
+    from seizure_mlflow.registry.uris import detector_from_uri
+
+    sets = {kind: _frames_as(tiny_data, tmp_path, kind) for kind in ("grey8", "grey16", "turned")}
+    # The upright copy of each turned JPEG, as Pillow's own EXIF transpose shows it, stored losslessly.
+    upright = json.loads(Path(sets["turned"][0]).read_text())
+    for image in upright["images"]:
+        shown = ImageOps.exif_transpose(Image.open(Path(sets["turned"][1]) / image["file_name"]))
+        image["file_name"] = str(Path(image["file_name"]).with_suffix(".png"))
+        shown.save(Path(sets["turned"][1]) / image["file_name"])
+    (tmp_path / "upright.json").write_text(json.dumps(upright))
+    sets["upright"] = (str(tmp_path / "upright.json"), sets["turned"][1])
+    with private_tracking_store(registry["root"]):
+        detector = detector_from_uri(f"models:/{NAME}/1")
+        results = {kind: evaluate_detector(detector, check_coco(*paths), tmp_path / f"eval-{kind}", progress=False)
+                   for kind, paths in sets.items()}
+        model = mlflow.pyfunc.load_model(f"models:/{NAME}/1")
+    predictions = {kind: json.loads(Path(r.predictions_path).read_text()) for kind, r in results.items()}
+    assert predictions["upright"] and predictions["grey8"], "the model finds nothing: the comparison would be vacuous"
+    assert predictions["turned"] == predictions["upright"] and predictions["grey16"] == predictions["grey8"]
+    assert results["turned"].metrics == results["upright"].metrics and results["grey16"].metrics == results["grey8"].metrics
+    coco = json.loads(Path(sets["turned"][0]).read_text())
+    first = coco["images"][0]["file_name"]
+    import pandas as pd
+
+    served = model.predict(pd.DataFrame({"image": [
+        (Path(sets["turned"][1]) / first).read_bytes(), (Path(sets["turned"][1]) / Path(first).with_suffix(".png")).read_bytes(),
+        (Path(sets["grey16"][1]) / Path(first).with_suffix(".png")).read_bytes(),
+        (Path(sets["grey8"][1]) / Path(first).with_suffix(".png")).read_bytes()]}))
+    assert served[0] == served[1] and served[2] == served[3]
+    train_json, train_images = sets["turned"]
+    (tmp_path / "train").mkdir()
+    with private_tracking_store(tmp_path / "train"):
+        result = run_training(tiny_params({"train": (train_json, train_images), "val": sets["grey16"]}, tmp_path,
+                                          max_iter=2, eval_period=2, model_name="turned-and-16-bit"))
+    assert result.model_version == "1"
+
+
+def test_predict_refuses_a_video_cut_short_unless_told_to_accept_it(registry, tmp_path):
+    from seizure_mlflow.data.video import write_video
+
+    with av.open(str(_clip())) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    write_video(tmp_path / "whole.avi", frames, fps=25)
+    data = (tmp_path / "whole.avi").read_bytes()
+    (tmp_path / "cut.avi").write_bytes(data[: len(data) * 6 // 10])  # an interrupted copy: the index says 120 frames
+    out, overlay = tmp_path / "cut.json", tmp_path / "overlay.mp4"
+    args = ["predict", "--model-uri", f"models:/{NAME}@champion", "--input", str(tmp_path / "cut.avi"),
+            "--output", str(out), "--overlay", str(overlay)]
+    refused = _cli(registry, *args)
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert "cut.avi ended after " in refused.stderr and "of the 120 frames its container declares" in refused.stderr
+    assert "--accept-short-video" in refused.stderr and "Traceback" not in refused.stderr
+    assert not out.exists() and not overlay.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["cut.avi", "whole.avi"]
+    accepted = _cli(registry, *args, "--accept-short-video")
+    assert accepted.returncode == 0, accepted.stderr[-3000:]
+    assert "cut short" in accepted.stderr
+    read = max(r["frame_index"] for r in json.loads(out.read_text())) + 1
+    assert 40 <= read < 120

@@ -32,6 +32,18 @@ def _read_env(path: Path) -> dict[str, str]:
     return dict(line.removeprefix("export ").split("=", 1) for line in path.read_text().splitlines() if line)
 
 
+def _long_clone(base: Path, length: int = 150) -> Path:
+    """A clone folder under ``base`` whose path is ``length`` characters long (PostgreSQL's socket path would exceed
+    the 107 bytes Unix sockets allow if it lived inside it)."""
+    clone = base / "clones"
+    while length - len(str(clone)) > 42:
+        clone = clone / ("d" * 40)
+    clone = clone / ("c" * (length - len(str(clone)) - 1))
+    assert len(str(clone)) == length
+    clone.mkdir(parents=True)
+    return clone
+
+
 def _pids(root: Path) -> dict[str, str]:
     """The PIDs of the stack's three servers (PostgreSQL's from its own postmaster.pid)."""
     home = Path((root / stack.PG_HOME_FILE).read_text().strip())
@@ -50,7 +62,7 @@ def team_stack(tmp_path_factory):
     # A clone inside a mode-700 folder (like /root or a new Debian home), which the 'postgres' user cannot enter.
     base = Path(tempfile.mkdtemp(prefix="seizure-stack-"))
     assert base.stat().st_mode & 0o777 == 0o700
-    root = base / "clone" / ".stack"
+    root = _long_clone(base) / ".stack"
     ports = {"postgres": free_port(), "s3": free_port(), "mlflow": free_port()}
     argv = ["--dir", str(root), "--pg-port", str(ports["postgres"]), "--s3-port", str(ports["s3"]),
             "--mlflow-port", str(ports["mlflow"])]
@@ -97,12 +109,13 @@ def test_postgres_runs_as_an_ordinary_user_from_a_mode_700_folder(tmp_path):
     if python is None:
         pytest.skip(f"no Python interpreter that the user {user!r} may run")
     base = Path(tempfile.mkdtemp(prefix="seizure-user-stack-"))
+    clone = _long_clone(base)  # the data stays here: PostgreSQL's socket must not (too long a path)
     package = base / "code" / "seizure_mlflow"
     shutil.copytree(Path(stack.__file__).parent, package / "stack", ignore=shutil.ignore_patterns("__pycache__"))
     (package / "__init__.py").touch()
     for path in (base, *base.rglob("*")):
         shutil.chown(path, user)
-    root, port = base / ".stack", free_port()
+    root, port = clone / ".stack", free_port()
     script = (f"from pathlib import Path; from seizure_mlflow.stack import local as s; r = Path({str(root)!r}); "
               f"r.mkdir(); s.start_postgres(r, {port}, 'pw'); print(s.postgres_home(r))")
     as_user = ["runuser", "-u", user, "--", python, "-c"]

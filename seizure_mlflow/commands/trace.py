@@ -19,6 +19,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from seizure_mlflow.config import is_number
 from seizure_mlflow.data.staging import check_output_folder, check_replaceable, staged_folder
 from seizure_mlflow.data.video import VIDEO_SUFFIXES, check_video_readable
 from seizure_mlflow.errors import UserError
@@ -81,10 +82,16 @@ def read_truth(path: str, videos: list[Path]) -> dict[str, list[tuple[float, flo
                         param="truth")
     truth = {}
     for video in videos:
-        intervals = []
-        for k, item in enumerate(document[video.stem]):
-            start, end = (item.get("start"), item.get("end")) if isinstance(item, dict) else (tuple(item) + (None, None))[:2]
-            if not all(isinstance(x, (int, float)) for x in (start, end)) or not 0 <= start < end:
+        intervals, items = [], document[video.stem]
+        if not isinstance(items, list):
+            raise UserError(f"{path}: {video.stem} must be a list of intervals ([] for no seizure), got {items!r}",
+                            param="truth")
+        for k, item in enumerate(items):
+            if isinstance(item, dict):
+                start, end = item.get("start"), item.get("end")
+            else:
+                start, end = (list(item) + [None, None])[:2] if isinstance(item, list) and len(item) == 2 else (None, None)
+            if not all(is_number(x) for x in (start, end)) or not 0 <= start < end:
                 raise UserError(f"{path}: {video.stem}[{k}] = {item!r} is not an interval of seconds with 0 <= start < end",
                                 param="truth")
             intervals.append((float(start), float(end)))

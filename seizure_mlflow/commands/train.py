@@ -28,6 +28,7 @@ from seizure_mlflow.data.datasets import Datasets, check_datasets
 from seizure_mlflow.data.sample import DEFAULT_SAMPLE_DIR
 from seizure_mlflow.data.staging import check_output_folder
 from seizure_mlflow.distributed import Job, run_as_job
+from seizure_mlflow.engine.memory import raise_named
 from seizure_mlflow.engine.stopping import write_stop
 from seizure_mlflow.errors import UserError
 from seizure_mlflow.tracking.run_scope import RUN_FILE, TrainingRun, with_output_dir
@@ -71,7 +72,7 @@ def lead_training(params: TrainParams, sample_dir: str, job: Job, finish) -> Tra
             train(run.cfg, plan, run.run_id, extra_hooks=finish.hooks, job=job)
         except BaseException as exc:
             run.record_failure(exc)  # a failed run keeps its curves
-            raise
+            raise_named(exc, run.cfg)  # memory exhaustion says which setting to lower
         finally:  # the sample it validated on, whether training finished or not
             run.log_validation_sample()
         stop = run.record_stop()

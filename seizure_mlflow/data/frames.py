@@ -2,7 +2,7 @@
 
 A frame is read the same way everywhere, so that the model sees in serving the pixels it was trained on:
 
-* **Orientation**: a JPEG's EXIF orientation is applied (as phones, browsers and annotation tools show the
+* **Orientation**: a JPEG's (or WebP's) EXIF orientation is applied (as phones, browsers and annotation tools show the
   photo); the frame's size is the size after it, and that is the size a COCO record must state.
 * **Bit depth and channels**: 8-bit colour as it is; grey frames become three equal channels; 16-bit grey
   (``I;16``, medical and thermal cameras) is scaled to 8 bits by its top byte, never clipped to white; an
@@ -89,9 +89,10 @@ _TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
 
 
 def _orientation(image: Image.Image) -> int:
-    """The EXIF orientation (1-8) of a JPEG, TIFF or WebP, read from its header. PNG is taken as stored: its EXIF
-    chunk may follow the pixel data, so reading it would mean reading the whole file (and phones do not write it)."""
-    if image.format not in ("JPEG", "TIFF", "WEBP"):
+    """The EXIF orientation (1-8) of a JPEG or WebP, read from its header. Other formats are taken as stored: PNG's
+    EXIF chunk may follow the pixel data (reading it means reading the whole file), and Pillow already turns some
+    TIFFs itself; phones and cameras write the tag in JPEG."""
+    if image.format not in ("JPEG", "WEBP"):
         return 1
     try:
         value = image.getexif().get(_EXIF_ORIENTATION, 1)

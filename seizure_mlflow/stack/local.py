@@ -22,6 +22,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -102,7 +103,7 @@ PG_HOME_FILE = "postgres.home"  # in the stack folder: where PostgreSQL's data, 
 
 
 def postgres_home(root: Path) -> Path:
-    """The folder for PostgreSQL's data (``postgres/``), socket folder (``run/``) and log.
+    """The folder for PostgreSQL's data (``postgres/``) and log (its socket goes to :func:`socket_dir`).
 
     The stack folder itself, unless we are root and the ``postgres`` user cannot enter it (a clone under a
     mode-700 home such as ``/root``): then a folder of that user's own, named after the stack folder, under its
@@ -124,21 +125,35 @@ def postgres_home(root: Path) -> Path:
     return home
 
 
+def _postgres_uid() -> int:
+    return pwd.getpwnam("postgres").pw_uid if _as_root() else os.geteuid()
+
+
 def _give_to_postgres(*paths: Path) -> None:
     if _as_root():
         for path in paths:
             shutil.chown(path, "postgres")
 
 
+def socket_dir(home: Path) -> Path:
+    """Where PostgreSQL's Unix socket goes: a short folder of its own in /tmp, named after ``home``, because a
+    socket's path may not exceed 107 bytes and ``home/run/.s.PGSQL.PORT`` does for a clone whose path is long."""
+    base = Path("/tmp") if os.access("/tmp", os.W_OK) else Path(tempfile.gettempdir())
+    return base / f"seizure-mlflow-pg-{hashlib.sha256(str(home).encode()).hexdigest()[:12]}"
+
+
 def start_postgres(root: Path, port: int, password: str) -> None:
     home = postgres_home(root)
-    data, run, log = home / "postgres", home / "run", home / "postgres.log"
-    run.mkdir(exist_ok=True)
+    data, run, log = home / "postgres", socket_dir(home), home / "postgres.log"
+    run.mkdir(mode=0o700, exist_ok=True)
+    if run.stat().st_uid not in (os.geteuid(), _postgres_uid()):
+        raise SystemExit(f"stack: {run} (PostgreSQL's socket folder) belongs to another user; remove it")
     log.touch()
     _give_to_postgres(home, run, log)
     if not (data / "PG_VERSION").exists():
         data.mkdir(exist_ok=True)
-        pwfile = run / ".pw"
+        pwfile = home / ".pw"
+        pwfile.touch(mode=0o600)
         pwfile.write_text(password)
         _give_to_postgres(data, pwfile)
         done = _as_postgres([_pg_bin("initdb"), "-D", str(data), "-U", PG_USER, "--auth-local=scram-sha-256",
@@ -165,9 +180,11 @@ def start_postgres(root: Path, port: int, password: str) -> None:
 
 
 def stop_postgres(root: Path) -> None:
-    data = postgres_home(root) / "postgres"
+    home = postgres_home(root)
+    data = home / "postgres"
     if (data / "postmaster.pid").exists():
         _as_postgres([_pg_bin("pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"], capture_output=True)
+    shutil.rmtree(socket_dir(home), ignore_errors=True)
 
 
 def _spawn(root: Path, name: str, cmd: list[str], env: dict[str, str]) -> None:
