@@ -167,7 +167,7 @@ def test_pyfunc_input_errors_are_short(trained):
     model = mlflow.pyfunc.load_model("models:/test-detector@champion")
     with pytest.raises(Exception) as err:
         model.predict(pd.DataFrame({"image": [b"not an image" * 1000]}))
-    assert "not a decodable image" in str(err.value) and len(str(err.value)) < 500
+    assert "not a readable image" in str(err.value) and len(str(err.value)) < 500
 
 
 def test_non_finite_loss_stops_training_and_fails_the_run(tiny_data, tmp_path, tracking):
