@@ -75,7 +75,7 @@ def is_model_name(value: Any) -> bool:
 
 
 MODEL_NAME = Rule(is_model_name, "a registered model name (not empty, no '/' or ':', not a path, no spaces around)")
-DEVICE_KEY = Rule(lambda v: v == "cpu" or (v.split(":")[0] == "cuda" and _cuda_device_exists(v)),
+DEVICE_KEY = Rule(lambda v: v == "cpu" or (isinstance(v, str) and v.split(":")[0] == "cuda" and _cuda_device_exists(v)),
                   "cpu, or cuda (or cuda:N) on a machine with that GPU")
 # Memory model of a training batch: Mask R-CNN R50-FPN needs about 1.6 KB per input pixel per image in training
 # (Detectron2's model zoo: 3.4 GB for two ~1 Mpx images); a quarter of it is a floor no model of this family stays

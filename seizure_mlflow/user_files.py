@@ -158,6 +158,9 @@ def read_yaml(path: str | os.PathLike, param: str) -> Any:
         raise UnsafeFileError(_python_tag_message(source, exc), param=param) from None
     except yaml.YAMLError as exc:
         raise UserError(f"{source}: not valid YAML ({exc})", param=param) from None
+    except RecursionError:
+        raise UserError(f"{source}: nested too deeply (lists or mappings inside each other thousands of times)",
+                        param=param) from None
 
 
 def _python_tag_message(source: str, exc: yaml.constructor.ConstructorError) -> str:

@@ -61,6 +61,7 @@ MALFORMED = [
     ("empty file", "", "file is empty"),
     ("not json", "{images: [}", "not valid JSON (line 1"),
     ("top level list", "[]", "top level must be a JSON object"),
+    ("nested past the parser's limit", '{"images": ' + "[" * 100_000 + "]" * 100_000 + "}", "nested too deeply"),
     ("no images key", _edit(lambda d: d.pop("images")), "missing or non-list 'images'"),
     ("empty images", _edit(lambda d: d.update(images=[], annotations=[])), "'images' is empty"),
     ("empty categories", _edit(lambda d: d.update(categories=[])), "'categories' is empty"),

@@ -227,7 +227,7 @@ def test_rest_serving_answers_photos_and_video_frames(registry):
 
         not_an_image = base64.b64encode(b"not an image" * 5000).decode()
         for bad, says in (({"dataframe_split": {"columns": ["img"], "data": [[photo]]}}, "column 'image'"),
-                          ({"dataframe_split": {"columns": ["image"], "data": [[not_an_image]]}}, "not a decodable image")):
+                          ({"dataframe_split": {"columns": ["image"], "data": [[not_an_image]]}}, "row 0: not a readable image")):
             status, body = _post(url, bad)
             assert 400 <= status < 600
             assert says in body and len(body) < 5000, body[:3000]

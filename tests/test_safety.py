@@ -349,3 +349,11 @@ def test_training_on_a_full_disk_ends_with_disk_full_and_the_last_good_checkpoin
         assert run.info.status == "FAILED" and not (out / LOCK_FILE).exists()
     finally:  # lazily: Detectron2's logger keeps log.txt open there
         subprocess.run(["umount", "-l", str(disk)], check=True)
+
+
+def test_a_yaml_file_nested_past_the_parsers_limit_is_refused_naming_it(tmp_path):
+    from seizure_mlflow.user_files import read_yaml
+
+    (tmp_path / "space.yaml").write_text("a: " + "[" * 20_000 + "]" * 20_000)
+    with pytest.raises(UserError, match=r"^space: .*space.yaml: nested too deeply"):
+        read_yaml(tmp_path / "space.yaml", param="space")

@@ -1,10 +1,13 @@
 """The one COCO validator: training, preparation and evaluation all check their files here.
 
 ``check_coco(json_path, image_root)`` reads a COCO instances file and raises :class:`DatasetError` listing
-every problem found (up to a limit), each naming the file and the record, before any work starts. Besides
-the records it checks the frames themselves: each ``file_name`` must stay inside the image folder (no
-absolute paths, no ``..``, no symbolic links pointing out), and each frame's header is read (its format, and
-its size against the record's ``width``/``height``), so a bad frame is found before training, not hours in.
+every problem found (up to a limit), each naming the file, the record and the field, before any work starts.
+The records are checked against the typed schemas of :mod:`.coco_schema` (strict types, bounds, the rules that
+tie a mask to its image), then against each other (duplicate ids, references). Then the frames themselves: each
+``file_name`` must stay inside the image folder (no absolute paths, no ``..``, no symbolic links pointing out),
+and each frame's header and last bytes are read (:func:`seizure_mlflow.data.frames.read_header`: its format,
+its size after EXIF orientation against the record's ``width``/``height``, a cut-short file, the pixel limit),
+so a bad frame is found before training, not hours in.
 """
 
 from __future__ import annotations
@@ -91,6 +94,9 @@ def load_coco_json(json_path: str | os.PathLike) -> dict[str, Any]:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise DatasetError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    except RecursionError:
+        raise DatasetError(f"{path}: nested too deeply to be a COCO file (lists or objects inside each other "
+                           "thousands of times); export the annotations again") from None
     if not isinstance(data, dict):
         raise DatasetError(f"{path}: top level must be a JSON object with images, annotations and categories")
     return data
@@ -105,13 +111,6 @@ def is_inside(path: str | os.PathLike, root_real: str) -> bool:
     """Whether ``path``, with every symbolic link and ``..`` resolved, lies inside the real folder ``root_real``."""
     real = os.path.realpath(path)
     return real == root_real or real.startswith(root_real.rstrip(os.sep) + os.sep)
-
-
-def read_image_header(path: str) -> tuple[str, int, int]:
-    """``(format, width, height)`` of a frame as it is shown (see :mod:`seizure_mlflow.data.frames`), from its
-    header and last bytes only; raises :class:`~seizure_mlflow.data.frames.FrameError` if it is unusable."""
-    header = read_header(path)
-    return header.format, header.width, header.height
 
 
 def check_image_headers(frames: list[tuple[str, str, tuple[int, int]]], workers: int = IMAGE_CHECK_WORKERS) -> list[str]:

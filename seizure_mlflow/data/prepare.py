@@ -100,7 +100,7 @@ def _rle_object_to_polygons(ann: dict, size: tuple | None) -> None:
     seg = ann.get("segmentation")
     if not isinstance(seg, dict) or ann.get("iscrowd", 0) != 0 or not size or not all(type(v) is int for v in size):
         return
-    try:
+    try:  # a bbox this function's caller fills in afterwards is not needed to judge the mask
         annotation = coco_schema.Annotation.model_validate({**ann, "bbox": ann.get("bbox", [0, 0, 1, 1])})
     except ValidationError:
         return
