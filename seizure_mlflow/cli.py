@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import logging
-import math
 import os
 import sys
 from typing import Sequence
@@ -77,18 +76,15 @@ def cmd_train(args) -> int:
 
 
 def strict(kind):
-    """An argparse type for ``int`` or ``float`` that takes what a person means by a number only: ASCII digits
-    (``int()`` also takes ``"٣"``) and finite values (``float()`` also takes ``"nan"``, ``"inf"`` and ``"1e999"``)."""
+    """An argparse type for ``int`` or ``float`` read by :func:`seizure_mlflow.config.read_number` (ASCII digits,
+    finite values), as training's own parameters are."""
+    from seizure_mlflow.config import read_number
+
     def parse(text: str):
-        if not text.isascii():
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number (write it in ASCII digits)")
         try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
-        if kind is float and not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
-        return value
+            return read_number(kind, text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
 
     parse.__name__ = kind.__name__
     return parse

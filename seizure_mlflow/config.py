@@ -206,21 +206,37 @@ def _require(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def read_number(kind: type, text: str) -> int | float:
+    """``text`` as an ``int`` or a ``float``, taking only what a person means by a number: ASCII digits
+    (``int()`` also takes ``"٣"``) and finite values (``float()`` also takes ``"nan"``, ``"inf"``, ``"1e999"``).
+    Raises ``ValueError("must be ..., got '...'")``. The one number parser of every command's options."""
+    words = "an integer" if kind is int else "a number"
+    stripped = str(text).strip()
+    try:
+        value = kind(stripped) if stripped.isascii() else None
+    except ValueError:
+        value = None
+    if value is None:
+        raise ValueError(f"must be {words}, got {text!r}")
+    if kind is float and not math.isfinite(value):
+        raise ValueError(f"must be a finite number, got {text!r}")
+    return value
+
+
 def parse_int(name: str, text: str) -> int:
     """Parse an integer parameter given as text, with a message naming the parameter."""
     try:
-        return int(str(text).strip())
-    except ValueError:
-        raise ConfigError(f"{name} must be an integer, got {text!r}") from None
+        return read_number(int, text)
+    except ValueError as exc:
+        raise ConfigError(f"{name} {exc}") from None
 
 
 def parse_float(name: str, text: str) -> float:
     """Parse a number parameter given as text (``0.01``, ``1e-2``), with a message naming the parameter."""
     try:
-        value = float(str(text).strip())
-    except ValueError:
-        raise ConfigError(f"{name} must be a number, got {text!r}") from None
-    return value
+        return read_number(float, text)
+    except ValueError as exc:
+        raise ConfigError(f"{name} {exc}") from None
 
 
 TRUE_FALSE = ("true", "false")

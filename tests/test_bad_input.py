@@ -145,7 +145,8 @@ VALUES = [
     (["--model-name", "team/probe"], "model_name must be a registered model name (not empty, no '/' or ':'"),
     (["--ims-per-batch", "100000"], "SOLVER.IMS_PER_BATCH 100000 (100000 images per process at 64 px) needs at least"),
     (["--weights", "https://127.0.0.1:9/weights.pkl"], "--weights: could not download https://127.0.0.1:9/weights.pkl"),
-    (["--lr", "nan"], "lr must be a positive number, got nan"),
+    (["--lr", "nan"], "lr must be a finite number, got 'nan'"),
+    (["--seed", "٣"], "seed must be an integer, got '٣'"),
 ]
 
 
