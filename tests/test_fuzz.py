@@ -130,8 +130,8 @@ def _data_path_accepts(json_path: Path, image_root: str) -> None:
             assert out["instances"].has("gt_masks")
 
 
-def _check_or_refuse(json_path: Path, image_root: str) -> bool:
-    """True if accepted (then the data path must take it), False if refused with a message naming the file."""
+def _check_or_refuse(json_path: Path, image_root: str) -> None:
+    """Accepted (then the data path must take it), or refused with a message naming the file."""
     from seizure_mlflow.data.checks import check_coco
 
     try:
@@ -139,10 +139,9 @@ def _check_or_refuse(json_path: Path, image_root: str) -> bool:
     except UserError as exc:
         assert str(json_path) in str(exc)
         event("refused")
-        return False
+        return
     _data_path_accepts(json_path, image_root)
     event("accepted")
-    return True
 
 
 # Inputs that crashed a started run or were trained on silently before the schema (issue 25).
@@ -260,7 +259,7 @@ param_sets = st.fixed_dictionaries({}, optional={
 })
 
 
-def _plan_or_refuse(paths, out: Path, values: dict[str, str]) -> bool:
+def _plan_or_refuse(paths, out: Path, values: dict[str, str]) -> None:
     from seizure_mlflow.commands.train import plan_run
     from seizure_mlflow.config import params_from_text
 
@@ -273,9 +272,8 @@ def _plan_or_refuse(paths, out: Path, values: dict[str, str]) -> bool:
         plan_run(params_from_text(text), tracking=False)
     except UserError:
         event("refused")
-        return False
+        return
     event("accepted")
-    return True
 
 
 @FAST

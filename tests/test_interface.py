@@ -208,3 +208,31 @@ def test_the_tune_entry_point_passes_every_parameter_to_its_cli_option():
     passed = set(re.findall(r"(--[a-z-]+) \{(\w+)\}", tune["command"]))
     assert {name for _, name in passed} == set(tune["parameters"]), "a {parameter} the entry point does not declare"
     assert all(options[name].option_strings[0] == flag for flag, name in passed), "a parameter passed as another option"
+
+
+def test_every_number_option_of_every_command_takes_only_finite_ascii_numbers():
+    """The parser applies one number rule to every int/float option, so a new option cannot miss it."""
+    import argparse
+
+    from seizure_mlflow.cli import build_parser
+
+    numeric = []
+    for subcommand, sub in next(a for a in build_parser()._actions
+                                if isinstance(a, argparse._SubParsersAction)).choices.items():
+        for action in sub._actions:
+            kind = getattr(action.type, "__name__", "")
+            if kind in ("int", "float"):
+                numeric.append((subcommand, action.option_strings[0], kind))
+                for bad in ("nan", "inf", "٣", "1e999"):
+                    if kind == "int" and bad in ("inf", "1e999"):
+                        continue
+                    with pytest.raises(argparse.ArgumentTypeError):
+                        action.type(bad)
+    assert ("trace", "--fps", "float") in numeric and ("sample-data", "--width", "int") in numeric
+
+
+def test_promote_refuses_a_name_the_registry_would_refuse(capsys):
+    from seizure_mlflow.cli import main
+
+    assert main(["promote", "--model-name", "team/probe"]) == 2
+    assert "--model-name: must be a registered model name" in capsys.readouterr().err

@@ -17,8 +17,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Union
 
-from pydantic import (AllowInfNan, BaseModel, ConfigDict, Discriminator, Field, Strict, Tag, TypeAdapter,
-                      ValidationError)
+from pydantic import AllowInfNan, BaseModel, ConfigDict, Discriminator, Field, Strict, Tag, ValidationError
 
 MAX_ID = 2**63 - 1
 MAX_SIDE = 32_768  # pixels; the pixel limit of a frame is in seizure_mlflow.data.frames
@@ -84,7 +83,6 @@ FIELD_WORDS = {
     "counts": "a compressed COCO RLE string, or a list of run lengths (integers >= 0)", "iscrowd": "0 (one object, polygons) or 1 (a crowd region, RLE)",
 }
 SCHEMAS = {"images": Image, "annotations": Annotation, "categories": Category}
-_RECORD_ADAPTERS = {key: TypeAdapter(model) for key, model in SCHEMAS.items()}
 
 
 def where(key: str, index: int, record: Any) -> str:
@@ -137,10 +135,10 @@ def record_problems(key: str, records: list) -> tuple[dict[int, Any], list[str]]
 
     A record with problems is left out of the first and named once per problem in the second.
     """
-    adapter, valid, problems = _RECORD_ADAPTERS[key], {}, []
+    schema, valid, problems = SCHEMAS[key], {}, []
     for index, record in enumerate(records):
         try:
-            valid[index] = adapter.validate_python(record)
+            valid[index] = schema.model_validate(record)
         except ValidationError as exc:
             place = where(key, index, record)
             problems += [f"{place}: {_describe(error)}" for error in exc.errors(include_url=False)]

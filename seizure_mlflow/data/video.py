@@ -54,8 +54,11 @@ def frame_size(path: str | os.PathLike) -> tuple[int, int]:
 def frame_rate(path: str | os.PathLike) -> float:
     """Frames per second the container declares (10 when it does not say)."""
     with _open(path) as container:
-        rate = container.streams.video[0].average_rate
-        return float(rate) if rate else 10.0
+        return _rate(container.streams.video[0])
+
+
+def _rate(stream) -> float:
+    return float(stream.average_rate) if stream.average_rate else 10.0
 
 
 def extract_frames(path: str | os.PathLike, wanted: Iterable[int], write: Callable[[int, np.ndarray], None],
@@ -174,7 +177,7 @@ def iter_frames(path: str | os.PathLike, accept_short: bool = False):
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"
     declared_frames, declared_seconds = _declared_length(container)
-    fps = frame_rate(path)
+    fps = _rate(stream)
     expected = declared_frames or (round(declared_seconds * fps) if declared_seconds else None)
 
     def frames():
