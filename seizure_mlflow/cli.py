@@ -20,7 +20,8 @@ logger = logging.getLogger("seizure_mlflow")
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train the hooked Mask R-CNN, log to MLflow, register the best checkpoint",
                        description="Train on COCO files (default: the synthetic sample data), log params, losses and "
-                                   "plots to MLflow, and register the checkpoint with the lowest validation loss.")
+                                   "plots to MLflow, and register the best checkpoint (lowest validation loss, or "
+                                   "highest validation AP with --monitor val/segm/AP).")
     _add_train_options(p)
     p.set_defaults(func=cmd_train)
 
@@ -69,7 +70,7 @@ def cmd_train(args) -> int:
     if result is None:  # a process other than rank 0 of a job: rank 0 reports the run
         print("Training finished (this process is not rank 0: the MLflow run is rank 0's)")
         return 0
-    print(f"Run {result.run_id}: best val/total_loss {result.best_val_total_loss:.4f} at iteration "
+    print(f"Run {result.run_id}: best {result.monitor} {result.best_value:.4f} at iteration "
           f"{result.best_iteration}; registered models:/{result.model_name}/{result.model_version} "
           f"(@{result.model_alias})")
     return 0
@@ -128,7 +129,8 @@ def _add_tune(sub) -> None:
                                     "early, the best one registered",
                        description="Search the space in --space with Optuna; each trial trains like `train` (the "
                                    "options below are every trial's starting point) as a child run of one parent "
-                                   "run, reports val/total_loss to the pruner at every validation, and only the best "
+                                   "run, reports --monitor (val/total_loss unless set) to the pruner at every "
+                                   "validation, and only the best "
                                    "trial is registered. Workers on other machines join with the same --study and "
                                    "storage ($SEIZURE_OPTUNA_STORAGE, or --storage).")
     p.add_argument("--space", default=str(BUNDLED_SPACE), help="YAML search space (default: the bundled lr and "

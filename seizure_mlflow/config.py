@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 
+from seizure_mlflow.engine.monitor import MONITOR_CHOICES, is_monitor_name
 from seizure_mlflow.errors import ConfigError
 
 BUNDLED_CONFIG_DIR = Path(__file__).parent / "configs"
@@ -60,6 +61,8 @@ SEED = Rule(lambda v: is_int(v) and 0 <= v < 2**31, "an integer from 0 to 2**31 
 FRAMES = Rule(lambda v: v == "auto" or (isinstance(v, str) and v.isascii() and v.isdigit()) or NON_NEGATIVE_INT(v),
               "auto, 0 (the whole set) or a number of frames")
 BOOL = Rule(lambda v: isinstance(v, bool), "true or false")
+FRACTION = Rule(lambda v: is_number(v) and 0 < v < 1, "a number between 0 and 1")
+MONITOR = Rule(is_monitor_name, MONITOR_CHOICES)
 
 
 def is_model_name(value: Any) -> bool:
@@ -150,16 +153,28 @@ class TrainParams:
                                           "also each earlier improvement, as a logged model with its iteration "
                                           "(one model's size each)", choices=LOG_CHECKPOINTS, searchable=False)
     system_metrics: bool = _param(True, "log CPU, memory and GPU use as system metrics", searchable=False)
-    patience: int = _param(0, "stop after this many validation periods without an improvement of val/total_loss "
-                              "by at least min_delta (0: off, the default)", keys={"EARLY_STOPPING.PATIENCE": _same},
+    monitor: str = _param("val/total_loss", "the validation metric that chooses the best checkpoint, stops early "
+                                            "and ranks a sweep's trials: val/total_loss (lower is better; the "
+                                            "default), a val/loss_* component, or val/segm/AP, val/segm/AP50, "
+                                            "val/bbox/AP, val/bbox/AP50 (higher is better; computed on the "
+                                            "validation sample)", searchable=False,
+                          keys={"VALIDATION.MONITOR": _same}, rule=MONITOR)
+    ap_period: int = _param(0, "validation COCO AP (val/bbox/*, val/segm/*) at every N-th validation; 0 (the "
+                               "default): at every validation when monitor is an AP, never otherwise",
+                            searchable=False, keys={"VALIDATION.AP_PERIOD": _same}, rule=NON_NEGATIVE_INT)
+    patience: int = _param(0, "stop after this many validations without an improvement of monitor by more than "
+                              "min_delta (0: off, the default)", keys={"EARLY_STOPPING.PATIENCE": _same},
                            rule=NON_NEGATIVE_INT)
-    min_delta: float = _param(0.0, "the smallest decrease of val/total_loss that counts as an improvement "
-                                   "(default %(default)s)", keys={"EARLY_STOPPING.MIN_DELTA": float},
-                              rule=NON_NEGATIVE_NUMBER)
+    min_delta: float = _param(0.0, "the smallest change of monitor (a decrease of a loss, a rise of an AP) that "
+                                   "counts as an improvement (default %(default)s)",
+                              keys={"EARLY_STOPPING.MIN_DELTA": float}, rule=NON_NEGATIVE_NUMBER)
     val_max_images: str = _param("auto", "validation frames per period: auto (the most that cost at most 5%% of "
                                          "training time), 0 (the whole set) or N; spread evenly over videos and "
                                          "time; the whole set is logged as val_full/* at the end",
                                  keys={"VALIDATION.MAX_IMAGES": _same}, rule=FRAMES)
+    val_precision: float = _param(0.02, "with val_max_images=auto: stop growing the sample once monitor's "
+                                        "standard error is this fraction of its value (default %(default)s, 2%%)",
+                                  searchable=False, keys={"VALIDATION.PRECISION": float}, rule=FRACTION)
     full_val_period: int = _param(0, "also compute the whole validation set's loss (val_full/*) every N "
                                      "iterations (0: only at the end of training)",
                                  keys={"VALIDATION.FULL_PERIOD": _same}, rule=NON_NEGATIVE_INT)
@@ -414,7 +429,8 @@ def build_config(params: TrainParams, num_classes: int, output_dir: str):
     cfg.MODEL.ROI_HEADS.NUM_CLASSES = num_classes
     cfg.OUTPUT_DIR = output_dir
     cfg.EARLY_STOPPING = type(cfg)({"PATIENCE": 0, "MIN_DELTA": 0.0})
-    cfg.VALIDATION = type(cfg)({"MAX_IMAGES": "auto", "FULL_PERIOD": 0, "BATCH_SIZE": 4, "CACHE_MB": 1024})
+    cfg.VALIDATION = type(cfg)({"MAX_IMAGES": "auto", "FULL_PERIOD": 0, "BATCH_SIZE": 4, "CACHE_MB": 1024,
+                                "MONITOR": "val/total_loss", "AP_PERIOD": 0, "PRECISION": 0.02})
     for f in param_fields():
         for key, to_config in f.metadata["keys"].items():
             _set_key(cfg, key, to_config(getattr(params, f.name)))

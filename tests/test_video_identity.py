@@ -42,7 +42,7 @@ def test_file_name_keyed_frames_count_as_their_clips_everywhere(tiny_data, tmp_p
     assert dataset_counts(summary)["videos"] == "3"
     cfg = build_config(tiny_params(tiny_data, tmp_path), num_classes=2, output_dir="")
     card = model_card(Outcome(config="cpu_demo.yaml", run_name="r", train=summary, val=summary,
-                              best_val_total_loss=1.0, best_iteration=2, max_iter=6, model_name="m", version="1",
+                              best_value=1.0, best_iteration=2, max_iter=6, model_name="m", version="1",
                               alias="champion", test_metrics=None), cfg)
     assert f"| training | {summary.digest} | {summary.num_images} | {summary.num_annotations} | 3 |" in card
     assert sorted(video_groups(frames)) == sorted(clips)

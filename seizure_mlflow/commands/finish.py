@@ -29,6 +29,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 
 from seizure_mlflow.data.checks import CocoSummary
 from seizure_mlflow.engine.checkpoint import BestCheckpoint
+from seizure_mlflow.engine.monitor import Monitor
 from seizure_mlflow.engine.stopping import MAX_ITER
 from seizure_mlflow.registry.register import CHALLENGER, CHAMPION
 from seizure_mlflow.registry.uris import logged_model_id
@@ -37,12 +38,16 @@ from seizure_mlflow.tracking.describe import MODEL_CARD, Outcome, model_card, re
 
 logger = logging.getLogger(__name__)
 
+MONITOR_TAG = "monitor"  # a registered version's tag: the validation metric that chose its checkpoint
+
 
 @dataclass(frozen=True)
 class TrainResult:
+    """What a training run ended with; ``best_value`` is the best checkpoint's value of ``monitor``."""
+
     run_id: str
     output_dir: str
-    best_val_total_loss: float
+    best_value: float
     best_iteration: int
     model_name: str
     model_version: str  # "" for a sweep's trial (only the sweep's best is registered)
@@ -50,13 +55,19 @@ class TrainResult:
     stop_reason: str = MAX_ITER
     stopped_at: int = 0
     model_uri: str = ""  # the logged model of the best checkpoint ("" for a pruned trial)
+    monitor: str = "val/total_loss"
+
+    @property
+    def best_val_total_loss(self) -> float:
+        """``best_value`` when the run monitored ``val/total_loss`` (the default), else NaN."""
+        return self.best_value if self.monitor == "val/total_loss" else float("nan")
 
 
 def result_of(run, stop: tuple[str, int], best: BestCheckpoint, **fields) -> TrainResult:
     """A :class:`TrainResult` from the run, how it stopped and its best checkpoint; ``fields`` fill the rest."""
     defaults = {"model_name": run.plan.params.model_name, "model_version": "", "model_alias": "", "model_uri": ""}
-    return TrainResult(run_id=run.run_id, output_dir=run.cfg.OUTPUT_DIR, best_val_total_loss=best.value,
-                       best_iteration=best.iteration, stop_reason=stop[0], stopped_at=stop[1],
+    return TrainResult(run_id=run.run_id, output_dir=run.cfg.OUTPUT_DIR, best_value=best.value,
+                       best_iteration=best.iteration, stop_reason=stop[0], stopped_at=stop[1], monitor=best.monitor,
                        **{**defaults, **fields})
 
 
@@ -123,8 +134,14 @@ def register(run, best: BestCheckpoint):
     params = run.plan.params
     model_uri = log_checkpoint(run, best.weights, best.iteration)
     return register_model(model_uri, params.model_name, {
-        "val_total_loss": f"{best.value:.6g}", "best_iteration": str(best.iteration), "run_id": run.run_id,
+        **best_tags(best.monitor, best.value), "best_iteration": str(best.iteration), "run_id": run.run_id,
         "config": params.config})
+
+
+def best_tags(monitor: str, value: float) -> dict[str, str]:
+    """A registered version's tags for its best checkpoint's value: ``{"val_total_loss": "0.41"}`` or
+    ``{"val_segm_AP": "37.2"}``, and ``monitor`` naming the metric."""
+    return {Monitor(monitor).key: f"{value:.6g}", MONITOR_TAG: monitor}
 
 
 def describe(run, best: BestCheckpoint, version, alias: str, test_metrics: dict[str, float] | None) -> None:
@@ -134,7 +151,8 @@ def describe(run, best: BestCheckpoint, version, alias: str, test_metrics: dict[
 
     plan = run.plan
     outcome = Outcome(config=plan.params.config, run_name=run.name, train=plan.datasets.train,
-                      val=plan.datasets.val, best_val_total_loss=best.value, best_iteration=best.iteration,
+                      val=plan.datasets.val, best_value=best.value, monitor=best.monitor,
+                      best_iteration=best.iteration,
                       max_iter=run.cfg.SOLVER.MAX_ITER, model_name=plan.params.model_name,
                       version=str(version.version), alias=alias, test_metrics=test_metrics)
     paragraph, card = result_paragraph(outcome), model_card(outcome, run.cfg)

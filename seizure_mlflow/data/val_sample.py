@@ -10,6 +10,7 @@ videos are unknown, the whole list is one sequence.
 
 from __future__ import annotations
 
+import math
 import random
 
 from seizure_mlflow.data.video_identity import grouped_by_video
@@ -65,3 +66,13 @@ def select_validation_sample(images: list[dict], count: int, seed: int) -> list[
 def pilot_size(images: list[dict], floor: int = 8) -> int:
     """How many frames the timed first pass of ``val_max_images=auto`` uses: one per video, at least ``floor``."""
     return min(len(images), max(len(video_groups(images)), floor))
+
+
+def replicate_groups(image_ids: list[int], batch_size: int, replicates: int = 20) -> dict[int, int]:
+    """``{image id: group}`` for a sample's standard errors (see :mod:`seizure_mlflow.engine.measures`):
+    consecutive blocks of ``batch_size`` frames of ``image_ids`` (the sample in COCO-file order: video by video,
+    in time, for files ``prepare`` and the sample generator write), dealt round-robin into ``min(replicates,
+    blocks)`` groups. A block is one validation batch, whose loss is one number."""
+    size = max(batch_size, 1)
+    count = max(1, min(replicates, math.ceil(len(image_ids) / size)))
+    return {int(image_id): (position // size) % count for position, image_id in enumerate(image_ids)}

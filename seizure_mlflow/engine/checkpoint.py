@@ -124,12 +124,14 @@ class SafeCheckpointer(DetectionCheckpointer):
 @dataclass(frozen=True)
 class BestCheckpoint:
     """What ``ResumableBestCheckpointer`` saved as ``model_best.pth``: its iteration (iterations completed when its
-    validation value was computed), that value and the model weights (memory-mapped, read when used)."""
+    validation value was computed), that value, the monitored metric's name and the model weights (memory-mapped,
+    read when used)."""
 
     path: str
     iteration: int
     value: float
     weights: dict
+    monitor: str = "val/total_loss"
 
 
 def read_best_checkpoint(path: str) -> BestCheckpoint | None:
@@ -138,4 +140,4 @@ def read_best_checkpoint(path: str) -> BestCheckpoint | None:
         return None
     state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     return BestCheckpoint(path=path, iteration=int(state["iteration"]) + 1, value=float(state["best_metric"]),
-                          weights=state["model"])
+                          weights=state["model"], monitor=str(state.get("monitor", "val/total_loss")))

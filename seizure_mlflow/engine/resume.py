@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import math
 import os
 import random
 import signal
@@ -29,6 +28,7 @@ import torch
 from detectron2.engine import HookBase, hooks
 
 from seizure_mlflow.engine.checkpoint import save_atomically
+from seizure_mlflow.engine.monitor import Monitor
 
 logger = logging.getLogger(__name__)
 
@@ -79,38 +79,46 @@ class RandomState(HookBase):
 
 
 class ResumableBestCheckpointer(hooks.BestCheckpointer):
-    """Detectron2's ``BestCheckpointer`` with its best value and iteration in the trainer's checkpoint.
+    """Detectron2's ``BestCheckpointer`` on a :class:`~seizure_mlflow.engine.monitor.Monitor`, with its best value
+    and iteration in the trainer's checkpoint.
 
-    The best checkpoint itself holds ``iteration`` (the iteration its metric was computed at) and
-    ``best_metric`` (that value), so what was best is read from the file, not from the tracking server.
-    It reads the metric from the trainer's storage: register it after the hook that puts it there.
+    The best checkpoint itself holds ``iteration`` (the iteration its metric was computed at), ``best_metric``
+    (that value) and ``monitor`` (the metric's name), so what was best is read from the file, not from the tracking
+    server. It reads the value the validation hook handed on (``trainer.last_validation``): register it after that
+    hook. A validation that did not measure the metric (AP on every N-th validation only) is skipped.
 
     With ``keep_improvements``, each improvement's model weights are also kept as
     ``model_improvement_NNNNNNN.pth`` (iterations completed; model weights, iteration and value only), so that
     every step of progress can be logged as a model of its own after training.
     """
 
-    def __init__(self, *args, keep_improvements: bool = False, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, eval_period: int, checkpointer, monitor: Monitor | str, file_prefix: str = "model_best",
+                 keep_improvements: bool = False) -> None:
+        monitor = Monitor(monitor) if isinstance(monitor, str) else monitor
+        super().__init__(eval_period, checkpointer, monitor.metric, mode=monitor.mode, file_prefix=file_prefix)
+        self.monitor = monitor
         self._keep_improvements = keep_improvements
 
+    def after_step(self) -> None:
+        self._best_checking()  # at every validation, whatever its period: the value says whether there was one
+
+    def after_train(self) -> None:
+        pass  # the last iteration's validation was checked in its after_step
+
     def _best_checking(self) -> None:
-        latest = self.trainer.storage.latest().get(self._val_metric)
-        if latest is None:
-            logger.warning("%s was not computed; no best checkpoint saved at this iteration", self._val_metric)
+        value = self.monitor.value_now(self.trainer)
+        if value is None or not self.monitor.improves(value, self.best_metric):
             return
-        value, iteration = latest
-        if not math.isfinite(value):
-            return
-        if self.best_metric is None or self._compare(value, self.best_metric):
-            # Updated before saving, so the checkpoint's copy of this hook's state includes this value.
-            self.best_metric, self.best_iter = value, iteration
-            self._checkpointer.save(self._file_prefix, iteration=iteration, best_metric=value)
-            if self._keep_improvements and self._checkpointer.save_to_disk:
-                path = os.path.join(self._checkpointer.save_dir, f"{IMPROVEMENT_PREFIX}{iteration + 1:07d}.pth")
-                save_atomically({"model": self._checkpointer.model.state_dict(), "iteration": iteration,
-                                 "best_metric": value}, path)
-            logger.info("Saved best checkpoint: %s %.5f at iteration %d", self._val_metric, value, iteration + 1)
+        iteration = self.trainer.iter
+        # Updated before saving, so the checkpoint's copy of this hook's state includes this value.
+        self.best_metric, self.best_iter = value, iteration
+        self._checkpointer.save(self._file_prefix, iteration=iteration, best_metric=value,
+                                monitor=self.monitor.metric)
+        if self._keep_improvements and self._checkpointer.save_to_disk:
+            path = os.path.join(self._checkpointer.save_dir, f"{IMPROVEMENT_PREFIX}{iteration + 1:07d}.pth")
+            save_atomically({"model": self._checkpointer.model.state_dict(), "iteration": iteration,
+                             "best_metric": value, "monitor": self.monitor.metric}, path)
+        logger.info("Saved best checkpoint: %s %.5f at iteration %d", self._val_metric, value, iteration + 1)
 
     def state_dict(self) -> dict:
         return {} if self.best_metric is None else {"best_metric": self.best_metric, "best_iter": self.best_iter}

@@ -1,19 +1,21 @@
-"""Early stopping on the validation loss.
+"""Early stopping on the monitored validation metric.
 
-:class:`EarlyStopping` counts validation periods without an improvement of ``val/total_loss`` by at least
+:class:`EarlyStopping` counts validation periods without an improvement of the run's ``monitor`` (see
+:class:`~seizure_mlflow.engine.monitor.Monitor`: ``val/total_loss`` down, a validation AP up) by at least
 ``min_delta``; when the count reaches ``patience`` it ends training after that iteration, by raising
 :class:`StopTraining`, which :class:`~seizure_mlflow.engine.trainer.Trainer` catches. The count and the
 best value are part of the trainer's checkpoint, so they survive a resume. With several processes every
-process computes the same (all-gathered) validation loss, so all of them stop at the same iteration.
+process computes the same (all-gathered) validation values, so all of them stop at the same iteration.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 
 from detectron2.engine import HookBase
+
+from seizure_mlflow.engine.monitor import Monitor
 
 logger = logging.getLogger(__name__)
 
@@ -30,30 +32,31 @@ class StopTraining(BaseException):
 
 
 class EarlyStopping(HookBase):
-    """Stop after ``patience`` validation periods without an improvement of at least ``min_delta``.
+    """Stop after ``patience`` validations of the monitored metric without an improvement of more than
+    ``min_delta`` (a validation that did not measure it, AP on every N-th validation only, does not count).
 
-    Register it after the hook that puts ``metric`` into the trainer's storage and after the best-checkpoint
-    hook (the best checkpoint of the last validation is then saved before training stops), and before the
-    periodic checkpointer (a checkpoint then holds the count including its own iteration's validation).
-    When it stops training, the writers write what is left when training ends.
+    Register it after the validation hook (it reads the value that hook handed on, ``trainer.last_validation``)
+    and after the best-checkpoint hook (the best checkpoint of the last validation is then saved before training
+    stops), and before the periodic checkpointer (a checkpoint then holds the count including its own iteration's
+    validation). When it stops training, the writers write what is left when training ends.
     """
 
-    def __init__(self, metric: str, patience: int, min_delta: float = 0.0) -> None:
-        self._metric, self.patience, self.min_delta = metric, patience, min_delta
+    def __init__(self, monitor: Monitor | str, patience: int, min_delta: float = 0.0) -> None:
+        self.monitor = Monitor(monitor) if isinstance(monitor, str) else monitor
+        self.patience, self.min_delta = patience, min_delta
         self.best: float | None = None
         self.periods_without_improvement = 0
 
     def after_step(self) -> None:
-        latest = self.trainer.storage.latest().get(self._metric)
-        if latest is None or latest[1] != self.trainer.iter:
-            return  # no validation at this iteration
-        value = latest[0]
-        if math.isfinite(value) and (self.best is None or value < self.best - self.min_delta):
+        value = self.monitor.value_now(self.trainer)
+        if value is None:
+            return  # no validation of the metric at this iteration
+        if self.monitor.improves(value, self.best, self.min_delta):
             self.best, self.periods_without_improvement = value, 0
             return
         self.periods_without_improvement += 1
         if self.periods_without_improvement >= self.patience:
-            raise StopTraining(EARLY_STOPPING, f"{self._metric} has not improved by {self.min_delta:g} for "
+            raise StopTraining(EARLY_STOPPING, f"{self.monitor.metric} has not improved by {self.min_delta:g} for "
                                                f"{self.periods_without_improvement} validation period(s) (best "
                                                f"{self.best}); stopping at iteration {self.trainer.iter + 1}")
 

@@ -5,9 +5,11 @@
 * ``build_ddp_model``: ``DistributedDataParallel`` with ``device_ids`` only on GPUs, so that several CPU
   processes (gloo) can train too (``DefaultTrainer`` always passes a GPU index);
 
-* ``build_hooks``: timer, LR schedule, RNG state, validation loss, best checkpoint, early stopping (with
-  ``EARLY_STOPPING.PATIENCE`` > 0), extra hooks (a sweep's pruner), writers, periodic checkpoints,
-  stop-on-signal, in that order (each hook's docstring says what it needs before it);
+* ``build_hooks``: timer, LR schedule, RNG state, validation (the measures of ``build_measures``), best
+  checkpoint, early stopping (with ``EARLY_STOPPING.PATIENCE`` > 0), extra hooks (a sweep's pruner), writers,
+  periodic checkpoints, stop-on-signal, in that order (each hook's docstring says what it needs before it); the
+  best checkpoint, early stopping and the pruner all follow one :class:`~seizure_mlflow.engine.monitor.Monitor`
+  (``VALIDATION.MONITOR``);
 * ``build_train_loader`` / ``resume_or_load``: a seeded sampler that a resume fast-forwards (see ``resume.py``);
 * ``build_writers``: console (with ETA), JSON lines in ``OUTPUT_DIR/metrics.json``, and any extra writers
   given by the caller (the MLflow writer).
@@ -37,19 +39,20 @@ from seizure_mlflow.data.mapper import FrameMapper
 from seizure_mlflow.engine.checkpoint import SafeCheckpointer, check_free_space, state_bytes
 from seizure_mlflow.engine.resume import RandomState, ResumableBestCheckpointer, SkipSampler, StopOnSignal
 from seizure_mlflow.engine.stopping import EarlyStopping, StopsEarly
-from seizure_mlflow.engine.validation import (AUTO, TOTAL_LOSS, VAL_PREFIX, CachedBatches, ValidationLoss,
-                                               build_validation_loader)
+from seizure_mlflow.engine.measures import APMeasure, LossMeasure
+from seizure_mlflow.engine.monitor import Monitor
+from seizure_mlflow.engine.validation import AUTO, CachedBatches, Validation, build_validation_loader
 
 logger = logging.getLogger(__name__)
 
 BEST_CHECKPOINT = "model_best"  # OUTPUT_DIR/model_best.pth: see ResumableBestCheckpointer for what it holds
 WRITE_PERIOD = 20
 KEEP_PERIODIC_CHECKPOINTS = 2  # plus model_best.pth and model_final.pth
-VALIDATION_SAMPLE_FILE = "validation_sample.json"  # OUTPUT_DIR: the validation sample's image ids, see ValidationLoss
+VALIDATION_SAMPLE_FILE = "validation_sample.json"  # OUTPUT_DIR: the validation sample's image ids, see Validation
 
 
 class Trainer(StopsEarly, DefaultTrainer):
-    """``DefaultTrainer`` with the validation-loss hook, best-checkpoint hook and pluggable writers.
+    """``DefaultTrainer`` with the validation hook, best-checkpoint hook and pluggable writers.
 
     Args:
         cfg: a frozen Detectron2 config (``TEST.EVAL_PERIOD`` sets the validation period).
@@ -87,6 +90,8 @@ class Trainer(StopsEarly, DefaultTrainer):
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
+        self.monitor = Monitor(cfg.VALIDATION.MONITOR)
+        self.last_validation = None  # the validation hook's latest results (see Validation)
         self.register_hooks(self.build_hooks())
 
     @classmethod
@@ -137,20 +142,34 @@ class Trainer(StopsEarly, DefaultTrainer):
         """The validation set's loader (only ``image_ids`` when given), ``VALIDATION.BATCH_SIZE`` images per forward."""
         return build_validation_loader(cfg, VAL_DATASET, image_ids, batch_size=cfg.VALIDATION.BATCH_SIZE)
 
-    def build_validation_hook(self, cfg) -> ValidationLoss:
-        """The validation-loss hook over ``VALIDATION.MAX_IMAGES`` frames of the validation set, the sample's
-        preprocessed batches kept in memory up to ``VALIDATION.CACHE_MB``."""
+    @classmethod
+    def build_measures(cls, cfg, val_dataset: dict) -> list:
+        """What validation measures: the loss always; COCO AP (boxes and masks) when the monitor is an AP or
+        ``VALIDATION.AP_PERIOD`` > 0, at every ``AP_PERIOD``-th validation (every one when 0). ``val_dataset``
+        is the validation COCO file's content."""
+        measures = [LossMeasure()]
+        ap_period = cfg.VALIDATION.AP_PERIOD
+        if Monitor(cfg.VALIDATION.MONITOR).needs_ap or ap_period > 0:
+            measures.append(APMeasure(val_dataset, every=max(ap_period, 1)))
+        return measures
+
+    def build_validation_hook(self, cfg) -> Validation:
+        """The validation hook over ``VALIDATION.MAX_IMAGES`` frames of the validation set (its precision target
+        ``VALIDATION.PRECISION`` for ``auto``), the sample's preprocessed batches kept in memory up to
+        ``VALIDATION.CACHE_MB``."""
         def loaders(image_ids, cached):
             loader = self.build_validation_loader(cfg, image_ids)
             return CachedBatches(loader, cfg.VALIDATION.CACHE_MB * 2**20) if cached else loader
 
         with open(MetadataCatalog.get(VAL_DATASET).json_file) as fh:
-            images = json.load(fh)["images"]
+            dataset = json.load(fh)
         max_images = cfg.VALIDATION.MAX_IMAGES
-        return ValidationLoss(cfg.TEST.EVAL_PERIOD, loaders, images, seed=cfg.SEED,
-                              max_images=max_images if max_images == AUTO else int(max_images),
-                              full_period=cfg.VALIDATION.FULL_PERIOD,
-                              record_path=os.path.join(cfg.OUTPUT_DIR, VALIDATION_SAMPLE_FILE))
+        return Validation(cfg.TEST.EVAL_PERIOD, loaders, dataset["images"], seed=cfg.SEED,
+                          max_images=max_images if max_images == AUTO else int(max_images),
+                          full_period=cfg.VALIDATION.FULL_PERIOD,
+                          record_path=os.path.join(cfg.OUTPUT_DIR, VALIDATION_SAMPLE_FILE),
+                          measures=self.build_measures(cfg, dataset), monitor=self.monitor,
+                          precision=cfg.VALIDATION.PRECISION, batch_size=cfg.VALIDATION.BATCH_SIZE)
 
     def build_hooks(self) -> list[hooks.HookBase]:
         """Validation, best checkpoint and a flush of the writers come *before* the periodic checkpoint, so
@@ -161,13 +180,11 @@ class Trainer(StopsEarly, DefaultTrainer):
         ret: list[hooks.HookBase] = [hooks.IterationTimer(), hooks.LRScheduler(), RandomState()]
         if self._validate:
             ret.append(self.build_validation_hook(cfg))
-            ret.append(ResumableBestCheckpointer(cfg.TEST.EVAL_PERIOD, self.checkpointer, VAL_PREFIX + TOTAL_LOSS,
-                                                 mode="min", file_prefix=BEST_CHECKPOINT,
-                                                 keep_improvements=self._keep_improvements))
+            ret.append(ResumableBestCheckpointer(cfg.TEST.EVAL_PERIOD, self.checkpointer, self.monitor,
+                                                 file_prefix=BEST_CHECKPOINT, keep_improvements=self._keep_improvements))
             # before the periodic checkpoint, so that a checkpoint holds the count of its own iteration
             if cfg.EARLY_STOPPING.PATIENCE > 0:
-                ret.append(EarlyStopping(VAL_PREFIX + TOTAL_LOSS, cfg.EARLY_STOPPING.PATIENCE,
-                                         cfg.EARLY_STOPPING.MIN_DELTA))
+                ret.append(EarlyStopping(self.monitor, cfg.EARLY_STOPPING.PATIENCE, cfg.EARLY_STOPPING.MIN_DELTA))
         if self._extra_hooks is not None:
             ret.extend(self._extra_hooks())
         if comm.is_main_process():

@@ -29,11 +29,12 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import random
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -46,7 +47,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from seizure_mlflow.data.mapper import FrameMapper
-from seizure_mlflow.data.val_sample import pilot_size, select_validation_sample, video_groups
+from seizure_mlflow.data.val_sample import pilot_size, replicate_groups, select_validation_sample, video_groups
+from seizure_mlflow.engine.monitor import Monitor
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +56,7 @@ VAL_PREFIX = "val/"
 VAL_FULL_PREFIX = "val_full/"
 AUTO = "auto"
 AUTO_BUDGET = 0.05  # val_max_images=auto: validation costs at most this share of training time
+DEFAULT_PRECISION = 0.02  # val_max_images=auto: a relative standard error this small is precise enough
 TOTAL_LOSS = "total_loss"
 _TEST_TIME_LAYERS = (nn.modules.batchnorm._NormBase, nn.Dropout, nn.Dropout2d)
 
@@ -145,32 +148,57 @@ def loss_mode(model: nn.Module) -> Iterator[None]:
 
 
 @torch.inference_mode()
-def compute_validation_loss(model: nn.Module, data_loader: Iterable, seed: int = 0) -> dict[str, float]:
-    """Mean loss per image over the whole data set, across all processes: ``{"total_loss": ..., "loss_*": ...}``.
+def loss_sums(model: nn.Module, data_loader: Iterable, seed: int = 0, groups: Mapping[int, int] | None = None
+              ) -> tuple[dict[str, float], int, dict[int, tuple[dict[str, float], int]]]:
+    """The validation loss's sums over every process: ``(sums, images, by_group)``. ``sums[name]`` is the sum over
+    batches of (batch loss x batch size) for ``total_loss`` and each ``loss_*``; with ``groups`` (``{image id:
+    replicate group}``), ``by_group[g]`` holds the same sums and the image count of the batches whose first image is
+    in group ``g`` (see :mod:`seizure_mlflow.engine.measures`).
 
-    Deterministic: the same weights on the same data give the same values. Leaves the model's module
-    modes, buffers, gradients and every RNG state as they were. Must be called by every process when
-    running distributed (it gathers the partial sums).
+    Deterministic: the same weights on the same data give the same values. Leaves the model's module modes,
+    buffers, gradients and every RNG state as they were. Must be called by every process when running distributed
+    (it gathers the partial sums).
     """
     if isinstance(model, DistributedDataParallel):
         model = model.module
     sums: dict[str, float] = defaultdict(float)
+    by_group: dict[int, tuple[dict[str, float], list[int]]] = {}
     count = 0
     with loss_mode(model), isolated_rng(), EventStorage():
         for k, batch in enumerate(data_loader):
             seed_everything(seed * 1_000_003 + int(batch[0].get("image_id", k)))
             loss_dict = model(batch)
             n = len(batch)
-            for name, value in loss_dict.items():
-                sums[name] += float(value) * n
-            sums[TOTAL_LOSS] += float(sum(loss_dict.values())) * n
+            batch_sums = {name: float(value) * n for name, value in loss_dict.items()}
+            batch_sums[TOTAL_LOSS] = float(sum(loss_dict.values())) * n
+            for name, value in batch_sums.items():
+                sums[name] += value
             count += n
-    gathered = comm.all_gather((dict(sums), count))
-    total_count = sum(c for _, c in gathered)
+            if groups is not None:
+                group_sums, group_count = by_group.setdefault(groups.get(int(batch[0].get("image_id", k)), 0),
+                                                              (defaultdict(float), [0]))
+                for name, value in batch_sums.items():
+                    group_sums[name] += value
+                group_count[0] += n
+    gathered = comm.all_gather((dict(sums), count, {g: (dict(s), c[0]) for g, (s, c) in by_group.items()}))
+    total_count = sum(c for _, c, _ in gathered)
     if total_count == 0:
         raise RuntimeError("the validation set is empty")
-    names = sorted({name for s, _ in gathered for name in s})
-    return {name: sum(s.get(name, 0.0) for s, _ in gathered) / total_count for name in names}
+    names = sorted({name for s, _, _ in gathered for name in s})
+    totals = {name: sum(s.get(name, 0.0) for s, _, _ in gathered) for name in names}
+    merged: dict[int, tuple[dict[str, float], int]] = {}
+    for _, _, part in gathered:
+        for g, (s, c) in part.items():
+            old_sums, old_count = merged.get(g, ({}, 0))
+            merged[g] = ({name: old_sums.get(name, 0.0) + s.get(name, 0.0) for name in names}, old_count + c)
+    return totals, total_count, merged
+
+
+def compute_validation_loss(model: nn.Module, data_loader: Iterable, seed: int = 0) -> dict[str, float]:
+    """Mean loss per image over the whole data set, across all processes: ``{"total_loss": ..., "loss_*": ...}``
+    (see :func:`loss_sums` for what it guarantees)."""
+    totals, count, _ = loss_sums(model, data_loader, seed)
+    return {name: total / count for name, total in totals.items()}
 
 
 @dataclass(frozen=True)
@@ -180,8 +208,12 @@ class SampleChoice:
     image_ids: list[int]
     full_size: int
     mode: str  # "all", "fixed" or "auto"
-    seconds_per_image: float = 0.0  # auto: the timed first pass
+    seconds_per_image: float = 0.0  # auto: the timed first pass, every measure (AP counted at its share)
     seconds_per_iteration: float = 0.0  # auto: training, up to the first validation
+    decided_by: str = ""  # auto: "precision" (the target was reached) or "time budget"
+    metric: str = ""  # auto: the metric whose precision sized the sample (the monitor)
+    precision: float = 0.0  # auto: the target relative standard error
+    estimated_rse: float | None = None  # auto: that metric's relative standard error expected at this size
 
     @property
     def size(self) -> int:
@@ -201,32 +233,82 @@ def auto_sample_size(seconds_per_iteration: float, seconds_per_image: float, eva
     return max(min(smallest, full_size), min(affordable, full_size))
 
 
-class ValidationLoss(HookBase):
-    """Puts ``val/total_loss`` and ``val/loss_*`` into the trainer's storage every ``eval_period``
-    iterations and at the last iteration, computed on the validation sample; and ``val_full/*``, the whole
-    set's, every ``full_period`` iterations (0: never) and once when training ends (at ``max_iter`` or when a
-    hook stops it with :class:`~seizure_mlflow.engine.stopping.StopTraining`; not when it fails).
+def precise_sample_size(value: float, raw_se: float, measured_size: int, full_size: int, precision: float
+                        ) -> tuple[int | None, float | None]:
+    """The smallest sample whose standard error is at most ``precision`` x ``|value|``, from a value and its
+    standard error (before the finite-population correction) measured on ``measured_size`` frames: the error
+    is taken to shrink as ``sqrt(1/n - 1/N)``. Returns ``(size or None when it cannot be judged, the relative
+    error expected at the measured size)``."""
+    if not (math.isfinite(value) and math.isfinite(raw_se)) or value == 0 or measured_size < 1:
+        return None, None
+    per_frame = raw_se ** 2 * measured_size  # the variance of one frame's worth
+    rse = math.sqrt(per_frame * max(1 / measured_size - 1 / full_size, 0.0)) / abs(value)
+    if per_frame == 0:
+        return 1, rse
+    wanted = (precision * abs(value)) ** 2 / per_frame + 1 / full_size
+    return min(full_size, math.ceil(1 / wanted)), rse
+
+
+def relative_error(value: float, se: float | None) -> float | None:
+    return se / abs(value) if se is not None and math.isfinite(se) and value else None
+
+
+@dataclass(frozen=True)
+class Validated:
+    """One validation's results: ``values`` (``val/total_loss``, ``val/segm/AP``, ...) and, when they come from a
+    sample of the set, ``errors`` (the same keys: standard errors against the whole set), at ``iteration`` (the
+    iteration that just ran, ``trainer.iter``)."""
+
+    iteration: int
+    values: dict[str, float]
+    errors: dict[str, float]
+
+
+SE_SUFFIX = "_se"  # val/total_loss_se: the standard error of val/total_loss
+
+
+class Validation(HookBase):
+    """Runs the validation *measures* (see :mod:`seizure_mlflow.engine.measures`; default: the loss alone) on the
+    validation sample every ``eval_period`` iterations and at the last iteration, and puts ``val/<key>`` (and, when
+    the sample is not the whole set, ``val/<key>_se``, its standard error against the whole set) into the
+    trainer's storage; ``val_full/*``, the whole set's, every ``full_period`` iterations (0: never) and once when
+    training ends (at ``max_iter`` or when a hook stops it with :class:`~seizure_mlflow.engine.stopping.StopTraining`;
+    not when it fails). A measure with ``every`` N runs at every N-th validation (and at the last iteration, and
+    for ``val_full/*``).
+
+    Each validation's results are also handed on: :attr:`latest` and ``trainer.last_validation`` hold the
+    :class:`Validated` of the last validation, which the hooks after it (best checkpoint, early stopping, the
+    pruner) read instead of the event storage.
 
     The sample: ``max_images`` 0 is the whole set, N a fixed N-frame sample (see
-    :func:`~seizure_mlflow.data.val_sample.select_validation_sample`), ``"auto"`` the largest sample whose
-    cost stays within :data:`AUTO_BUDGET` of training time, from the training time up to the first validation
-    and a timed pass over a pilot sample (one frame per video, at least 8). The choice is part of the hook's
-    state (so of every checkpoint: a resumed run keeps its sample) and, on the main process, written to
+    :func:`~seizure_mlflow.data.val_sample.select_validation_sample`), ``"auto"`` chosen at the first validation:
+    a timed pass of every measure over a pilot sample (one frame per video, at least 8) and the training time up
+    to then give the largest sample costing at most :data:`AUTO_BUDGET` of training time; one pass over that
+    sample gives the monitored metric's standard error, and the sample is cut to the size whose relative standard
+    error is ``precision`` when that is smaller (``decided_by`` says which limit decided). The choice is part of
+    the hook's state (so of every checkpoint: a resumed run keeps its sample) and, on the main process, written to
     ``record_path`` as JSON, with the seconds spent validating (and, at the end, training) in this process.
 
-    Ordering: register it **before** ``BestCheckpointer`` (which reads ``val/total_loss``), the writers
-    (so each value is written at its own iteration, unsmoothed, and ``val_full/*`` before the writers' last
-    write in ``after_train``) and ``PeriodicCheckpointer`` (so a checkpoint's state includes this iteration's
-    validation). Values are put at the iteration that just ran (``trainer.iter``); writers report them as step
-    ``trainer.iter + 1``, iterations completed.
+    Ordering: register it **before** the best-checkpoint hook, early stopping and the pruner (which read
+    :attr:`latest`), the writers (so each value is written at its own iteration, unsmoothed, and ``val_full/*``
+    before the writers' last write in ``after_train``) and ``PeriodicCheckpointer`` (so a checkpoint's state
+    includes this iteration's validation). Values are put at the iteration that just ran (``trainer.iter``);
+    writers report them as step ``trainer.iter + 1``, iterations completed.
 
     Args:
         loader_factory: ``(image_ids or None, cached) -> iterable of batches`` over the validation set.
         coco_images: the validation COCO file's ``images`` (for choosing frames by video and time).
+        measures: the measures, in the order they run (default ``[LossMeasure()]``).
+        monitor: the metric ``auto`` sizes the sample for (default ``val/total_loss``).
+        batch_size: images per validation batch (the standard errors' blocks).
     """
 
     def __init__(self, eval_period: int, loader_factory: Callable, coco_images: list[dict], seed: int = 0,
-                 max_images: int | str = 0, full_period: int = 0, record_path: str | None = None) -> None:
+                 max_images: int | str = 0, full_period: int = 0, record_path: str | None = None,
+                 measures: Sequence | None = None, monitor: Monitor | None = None,
+                 precision: float = DEFAULT_PRECISION, batch_size: int = 1) -> None:
+        from seizure_mlflow.engine.measures import LossMeasure
+
         self._period = eval_period
         self._loader_factory = loader_factory
         self._images = coco_images
@@ -234,14 +316,21 @@ class ValidationLoss(HookBase):
         self._max_images = max_images
         self._full_period = full_period
         self._record_path = record_path
+        self.measures = list(measures) if measures is not None else [LossMeasure()]
+        self.monitor = monitor or Monitor()
+        self._precision = precision
+        self._batch_size = batch_size
         self.choice: SampleChoice | None = None
+        self.latest: Validated | None = None
+        self._latest_complete = False
         self._loader = None
-        self._last_val: tuple[int, dict[str, float]] | None = None
+        self._groups: dict[int, int] = {}
         self._started = 0.0
         self._start_iter = 0
         # wall time of this process's training: validation passes on the sample, on the whole set, auto's pilot
-        # pass, and ("training", at the end) the rest; written with the choice to record_path
+        # and sizing passes, and ("training", at the end) the rest; written with the choice to record_path
         self.seconds = {"sample": 0.0, "full": 0.0, "pilot": 0.0}
+        self.seconds_by_measure = {m.name: 0.0 for m in self.measures}  # of "sample"
 
     def before_train(self) -> None:
         self._started, self._start_iter = time.perf_counter(), self.trainer.iter
@@ -256,11 +345,16 @@ class ValidationLoss(HookBase):
         if next_iter % self._period == 0 or last:
             if self.choice is None:
                 self._choose_auto(next_iter)
-            started = time.perf_counter()
-            losses = compute_validation_loss(self.trainer.model, self._loader, self._seed)
-            self.seconds["sample"] += time.perf_counter() - started
-            self._last_val = (self.trainer.iter, losses)
-            self._put(VAL_PREFIX, losses)
+            due = [m for m in self.measures if last or (next_iter // self._period) % m.every == 0]
+            values, errors = self._run(due, self._loader, self._groups, "sample")
+            if self.choice.is_full_set:
+                errors = {}
+            self.latest = Validated(self.trainer.iter, {VAL_PREFIX + k: v for k, v in values.items()},
+                                    {VAL_PREFIX + k: v for k, v in errors.items()})
+            self._latest_complete = len(due) == len(self.measures)
+            self.trainer.last_validation = self.latest
+            self._put(VAL_PREFIX, values)
+            self._put(VAL_PREFIX, {k + SE_SUFFIX: v for k, v in errors.items()})
         if self._full_period and next_iter % self._full_period == 0 and not last:
             self._put_full(self.trainer.iter)
 
@@ -280,42 +374,93 @@ class ValidationLoss(HookBase):
         if state.get("choice"):
             self._use(SampleChoice(**state["choice"]))
 
-    def _put(self, prefix: str, losses: dict[str, float], iteration: int | None = None) -> None:
+    def _run(self, measures: Sequence, loader, groups: dict[int, int] | None, kind: str
+             ) -> tuple[dict[str, float], dict[str, float]]:
+        """Every measure in ``measures`` over ``loader``: ``(values, errors)``, errors with the finite-population
+        correction of the current sample; the seconds each took go to ``seconds[kind]`` (and, for the sample, to
+        each measure's)."""
+        values, errors = {}, {}
+        correction = math.sqrt(max(1 - self.choice.size / self.choice.full_size, 0.0)) if self.choice else 1.0
+        for measure in measures:
+            started = time.perf_counter()
+            measured = measure(self.trainer.model, loader, self._seed, groups)
+            spent = time.perf_counter() - started
+            self.seconds[kind] += spent
+            if kind == "sample":
+                self.seconds_by_measure[measure.name] += spent
+            values.update(measured.values)
+            errors.update({k: v * correction for k, v in measured.errors.items()})
+        return values, errors
+
+    def _put(self, prefix: str, values: dict[str, float], iteration: int | None = None) -> None:
         storage = self.trainer.storage
-        for name, value in losses.items():
+        for name, value in values.items():
             storage.put_scalar(f"{prefix}{name}", value, smoothing_hint=False, cur_iter=iteration)
 
     def _put_full(self, iteration: int) -> None:
-        if self.choice.is_full_set and self._last_val is not None and self._last_val[0] == iteration:
-            losses = self._last_val[1]  # the sample is the whole set: nothing to recompute
+        latest = self.latest
+        if self.choice.is_full_set and self._latest_complete and latest is not None and latest.iteration == iteration:
+            values = {k[len(VAL_PREFIX):]: v for k, v in latest.values.items()}  # the sample is the whole set
         else:
-            started = time.perf_counter()
-            losses = compute_validation_loss(self.trainer.model, self._loader_factory(None, False), self._seed)
-            self.seconds["full"] += time.perf_counter() - started
-        self._put(VAL_FULL_PREFIX, losses, iteration)
+            values, _ = self._run(self.measures, self._loader_factory(None, False), None, "full")
+        self._put(VAL_FULL_PREFIX, values, iteration)
 
     def _use(self, choice: SampleChoice) -> None:
         self.choice = choice
         self._loader = self._loader_factory(None if self.choice.is_full_set else self.choice.image_ids, True)
+        self._groups = replicate_groups(choice.image_ids, self._batch_size)
         self._write_record()
-        logger.info("Validation sample: %d of %d frames (%s)", choice.size, choice.full_size, choice.mode)
+        logger.info("Validation sample: %d of %d frames (%s%s)", choice.size, choice.full_size, choice.mode,
+                    f", {choice.decided_by} decided" if choice.decided_by else "")
 
     def _write_record(self) -> None:
         if self._record_path and comm.is_main_process() and self.choice is not None:
             with open(self._record_path, "w") as fh:
-                json.dump({**asdict(self.choice), "seconds": {k: round(v, 3) for k, v in self.seconds.items()}}, fh)
+                json.dump({**asdict(self.choice), "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
+                           "seconds_by_measure": {k: round(v, 3) for k, v in self.seconds_by_measure.items()}}, fh)
 
     def _choose_auto(self, next_iter: int) -> None:
         seconds_per_iteration = (time.perf_counter() - self._started) / max(next_iter - self._start_iter, 1)
         pilot = select_validation_sample(self._images, pilot_size(self._images), self._seed)
         comm.synchronize()
-        started = time.perf_counter()
-        compute_validation_loss(self.trainer.model, self._loader_factory(pilot, False), self._seed)
-        self.seconds["pilot"] = time.perf_counter() - started
-        seconds_per_image = self.seconds["pilot"] / len(pilot)
+        seconds_per_image = 0.0
+        pilot_loader = self._loader_factory(pilot, False)
+        for measure in self.measures:
+            started = time.perf_counter()
+            measure(self.trainer.model, pilot_loader, self._seed, None)
+            spent = time.perf_counter() - started
+            self.seconds["pilot"] += spent
+            seconds_per_image += spent / len(pilot) / measure.every
         videos = len(video_groups(self._images))
-        size = auto_sample_size(seconds_per_iteration, seconds_per_image, self._period, videos, len(self._images))
-        size, seconds_per_iteration, seconds_per_image = comm.all_gather(
-            (size, seconds_per_iteration, seconds_per_image))[0]  # every process takes the main process's choice
-        self._use(SampleChoice(select_validation_sample(self._images, size, self._seed), len(self._images), AUTO,
-                               seconds_per_image, seconds_per_iteration))
+        full = len(self._images)
+        affordable = auto_sample_size(seconds_per_iteration, seconds_per_image, self._period, videos, full)
+        size, decided_by, rse = self._size_for_precision(affordable, videos)
+        size, decided_by, rse, seconds_per_iteration, seconds_per_image = comm.all_gather(
+            (size, decided_by, rse, seconds_per_iteration, seconds_per_image))[0]  # the main process's choice
+        self._use(SampleChoice(select_validation_sample(self._images, size, self._seed), full, AUTO,
+                               seconds_per_image, seconds_per_iteration, decided_by, self.monitor.metric,
+                               self._precision, rse))
+
+    def _size_for_precision(self, affordable: int, smallest: int) -> tuple[int, str, float | None]:
+        """``(size, what decided it, the monitored metric's expected relative error)``: one pass over the affordable
+        sample measures the monitored metric and its standard error; the sample is cut to the size that reaches
+        ``precision`` when that is smaller."""
+        key = self.monitor.metric[len(VAL_PREFIX):]
+        measure = next((m for m in self.measures if m.gives(key)), self.measures[0])
+        ids = select_validation_sample(self._images, affordable, self._seed)
+        started = time.perf_counter()
+        measured = measure(self.trainer.model, self._loader_factory(ids, False), self._seed,
+                           replicate_groups(ids, self._batch_size))
+        self.seconds["pilot"] += time.perf_counter() - started
+        value, raw_se = measured.values.get(key, math.nan), measured.errors.get(key, math.nan)
+        full = len(self._images)
+        wanted, _ = precise_sample_size(value, raw_se, len(ids), full, self._precision)
+        if wanted is not None and wanted <= affordable:
+            size, decided_by = max(wanted, min(smallest, full)), "precision"
+        else:
+            size, decided_by = affordable, "time budget"
+        if not (math.isfinite(value) and math.isfinite(raw_se)) or value == 0:
+            return size, decided_by, None
+        per_frame = raw_se ** 2 * len(ids)
+        return size, decided_by, math.sqrt(per_frame * max(1 / size - 1 / full, 0.0)) / abs(value)
+

@@ -13,6 +13,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 
+from seizure_mlflow.engine.monitor import Monitor  # noqa: E402
+
 TABLE_CSV = "sweep/trials.csv"
 TABLE_MD = "sweep/trials.md"
 CURVES_PNG = "sweep/val_curves.png"
@@ -20,12 +22,14 @@ IMPORTANCE_PNG = "sweep/param_importances.png"
 HISTORY_PNG = "sweep/optimization_history.png"
 
 
-def trials_table(study) -> pd.DataFrame:
+def trials_table(study, monitor: Monitor) -> pd.DataFrame:
+    """One row per trial; ``best_<monitor key>`` (``best_val_total_loss``, ``best_val_segm_AP``) is its best
+    checkpoint's value."""
     rows = []
     for t in study.get_trials(deepcopy=False):
         attrs = t.user_attrs
         rows.append({"trial": t.number, **{f"param:{k}": v for k, v in t.params.items()},
-                     "state": t.state.name, "best_val_total_loss": attrs.get("best_val_total_loss"),
+                     "state": t.state.name, f"best_{monitor.key}": attrs.get("best_value"),
                      "best_iteration": attrs.get("best_iteration"),
                      "stop_reason": attrs.get("stop_reason", "lost" if t.state.name == "FAIL" else ""),
                      "stopped_at": attrs.get("stopped_at"), "wall_s": attrs.get("wall_s"), "run_id": attrs.get("run_id")})
@@ -38,20 +42,20 @@ def _markdown(table: pd.DataFrame) -> str:
                                               for v in row) + " |\n" for row in table.itertuples(index=False))
 
 
-def plot_curves(table: pd.DataFrame, path: Path) -> None:
+def plot_curves(table: pd.DataFrame, path: Path, monitor: Monitor) -> None:
     client = MlflowClient()
     fig, ax = plt.subplots(figsize=(9, 5.5))
     for row in table.itertuples(index=False):
         if not row.run_id:
             continue
-        history = sorted((m.step, m.value) for m in client.get_metric_history(row.run_id, "val/total_loss"))
+        history = sorted((m.step, m.value) for m in client.get_metric_history(row.run_id, monitor.metric))
         if history:
             steps, values = zip(*history)
             ax.plot(steps, values, ls="--" if row.stop_reason == "pruned" else "-", marker=".",
                     label=f"trial {row.trial} ({row.stop_reason or row.state.lower()})")
     ax.set_xlabel("iteration")
-    ax.set_ylabel("val/total_loss")
-    ax.set_title("Validation loss of every trial (dashed: pruned)")
+    ax.set_ylabel(monitor.metric)
+    ax.set_title(f"{monitor.metric} of every trial (dashed: pruned)")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8, ncol=2)
     fig.tight_layout()
@@ -80,13 +84,14 @@ def log_report(study, parent_run_id: str, plan) -> pd.DataFrame:
     from optuna.visualization import matplotlib as optuna_plots
 
     client = MlflowClient()
-    table = trials_table(study)
+    monitor = Monitor(plan.request.base.monitor)
+    table = trials_table(study, monitor)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "sweep"
         folder.mkdir()
         table.to_csv(Path(tmp) / TABLE_CSV, index=False)
         (Path(tmp) / TABLE_MD).write_text(_markdown(table))
-        plot_curves(table, Path(tmp) / CURVES_PNG)
+        plot_curves(table, Path(tmp) / CURVES_PNG, monitor)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
             _optuna_plot(optuna_plots.plot_param_importances, study, Path(tmp) / IMPORTANCE_PNG)

@@ -3,8 +3,9 @@
 Any number of workers, on any machines, run :func:`work` against the same storage and study name: each
 asks the study for the next trial (a retried one first), trains it through the same
 :func:`~seizure_mlflow.commands.train.run_training` path as ``main`` as a child run of the study's parent run,
-reports ``val/total_loss`` at every validation to the pruner, and tells the study the best validation
-loss (or PRUNED, or FAIL when the loss diverged). A worker stops when the study holds ``trials`` finished
+reports the ``monitor`` metric (``val/total_loss`` unless set; see :class:`~seizure_mlflow.engine.monitor.Monitor`)
+at every validation to the pruner, and tells the study its best value (or PRUNED, or FAIL when the loss diverged);
+the study minimises a loss and maximises an AP. A worker stops when the study holds ``trials`` finished
 trials; it then :func:`finish`es the sweep: the comparison table and plots on the parent run, and the best
 trial's checkpoint registered (once per sweep) with ``challenger``/``champion`` as in ``main``.
 
@@ -26,6 +27,7 @@ from mlflow.entities import Param
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 
 from seizure_mlflow.config import TrainParams
+from seizure_mlflow.engine.monitor import Monitor
 from seizure_mlflow.engine.stopping import DIVERGED, PRUNED
 from seizure_mlflow.errors import UserError
 from seizure_mlflow.sweeps.space import BUNDLED_SPACE, Dimension, apply, check_every_edge, read_space
@@ -112,7 +114,7 @@ def load_study(plan: SweepPlan):
               }[request.pruner]
     storage = open_storage(plan.storage_url, request.heartbeat_s, request.grace_s)
     return optuna.create_study(study_name=plan.study_name, storage=storage, sampler=sampler, pruner=pruner,
-                               direction="minimize", load_if_exists=True)
+                               direction=Monitor(request.base.monitor).direction, load_if_exists=True)
 
 
 def parent_run(study, plan: SweepPlan) -> str:
@@ -226,7 +228,7 @@ def _objective(trial, plan: SweepPlan, parent: str) -> float:
     output = Path(base.output_dir or "output") / "sweeps" / plan.study_name / f"trial_{trial.number:03d}"
     params = apply(base, plan.dimensions, values).replace(run_name=f"trial {trial.number}", output_dir=str(output))
     started = time.perf_counter()
-    finish = TrialFinish(parent_run_id=parent, hooks=lambda: [ReportToTrial(trial)],
+    finish = TrialFinish(parent_run_id=parent, hooks=lambda: [ReportToTrial(trial, Monitor(base.monitor))],
                          trial_tags={SWEEP_TAG: plan.study_name, TRIAL_TAG: str(trial.number)},
                          on_start=lambda run_id: _started(trial, run_id, values, plan.dimensions))
     try:
@@ -237,12 +239,12 @@ def _objective(trial, plan: SweepPlan, parent: str) -> float:
         logger.warning("Trial %d diverged (%s); the sweep goes on", trial.number, str(exc).splitlines()[0])
         raise
     for key, value in {"run_id": result.run_id, "stop_reason": result.stop_reason, "stopped_at": result.stopped_at,
-                       "best_val_total_loss": result.best_val_total_loss, "best_iteration": result.best_iteration,
+                       "best_value": result.best_value, "monitor": result.monitor, "best_iteration": result.best_iteration,
                        "model_uri": result.model_uri, "wall_s": round(time.perf_counter() - started, 1)}.items():
         trial.set_user_attr(key, value)
     if result.stop_reason == PRUNED:
         raise optuna.TrialPruned()
-    return result.best_val_total_loss
+    return result.best_value
 
 
 def _started(trial, run_id: str, values: dict, dimensions: list[Dimension]) -> None:
@@ -266,8 +268,9 @@ def finish(study, plan: SweepPlan, parent: str) -> None:
     log_report(study, parent, plan)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     if complete:
-        best = min(complete, key=lambda t: t.value)
-        client.log_metric(parent, "best_val_total_loss", best.value)
+        monitor = Monitor(plan.request.base.monitor)
+        best = (max if monitor.higher_is_better else min)(complete, key=lambda t: t.value)
+        client.log_metric(parent, f"best_{monitor.key}", best.value)
         client.log_metric(parent, "best_trial", best.number)
         for name, value in best.params.items():
             client.log_param(parent, f"best.{name}", value)
@@ -278,6 +281,7 @@ def finish(study, plan: SweepPlan, parent: str) -> None:
 
 
 def _register_best(client: MlflowClient, study, plan: SweepPlan, best, parent: str) -> None:
+    from seizure_mlflow.commands.finish import best_tags
     from seizure_mlflow.registry.register import register
 
     if study.user_attrs.get(VERSION_ATTR):
@@ -287,7 +291,7 @@ def _register_best(client: MlflowClient, study, plan: SweepPlan, best, parent: s
     if existing or not best.user_attrs.get("model_uri"):
         return
     version = register(best.user_attrs["model_uri"], model_name, {
-        "val_total_loss": f"{best.value:.6g}", "best_iteration": str(best.user_attrs.get("best_iteration")),
+        **best_tags(plan.request.base.monitor, best.value), "best_iteration": str(best.user_attrs.get("best_iteration")),
         "run_id": best.user_attrs["run_id"], "config": plan.request.base.config, SWEEP_TAG: plan.study_name,
         "sweep_parent_run_id": parent, TRIAL_TAG: str(best.number)})
     study.set_user_attr(VERSION_ATTR, str(version.version))

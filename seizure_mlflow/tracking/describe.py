@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from seizure_mlflow.data.checks import CocoSummary
+from seizure_mlflow.engine.monitor import Monitor
 
 MODEL_CARD = "model_card.md"
 
@@ -32,13 +33,14 @@ class Outcome:
     run_name: str
     train: CocoSummary
     val: CocoSummary
-    best_val_total_loss: float
+    best_value: float  # the best checkpoint's value of monitor
     best_iteration: int
     max_iter: int
     model_name: str
     version: str
     alias: str
     test_metrics: dict[str, float] | None = None
+    monitor: str = "val/total_loss"
 
 
 def _data_line(role: str, summary: CocoSummary) -> str:
@@ -49,7 +51,7 @@ def _data_line(role: str, summary: CocoSummary) -> str:
 def result_paragraph(o: Outcome) -> str:
     """One paragraph: what was trained on what, the best validation loss and where, the registered version."""
     text = (f"{o.run_name} ({o.config}) trained for {o.max_iter} iterations on {_data_line('training set', o.train)}, "
-            f"validated on {_data_line('validation set', o.val)}. Best val/total_loss {o.best_val_total_loss:.4f} "
+            f"validated on {_data_line('validation set', o.val)}. Best {o.monitor} {o.best_value:.4f} "
             f"at iteration {o.best_iteration}; that checkpoint is registered as {o.model_name} version {o.version}"
             f"{f' (@{o.alias})' if o.alias else ''}.")
     if o.test_metrics:
@@ -71,8 +73,8 @@ def model_card(o: Outcome, cfg) -> str:
 Detectron2 Mask R-CNN, ResNet-{cfg.MODEL.RESNETS.DEPTH} FPN ({o.config}), {cfg.MODEL.ROI_HEADS.NUM_CLASSES} classes:
 {categories}. Input frames are resized to a shorter side of {cfg.INPUT.MIN_SIZE_TEST} px (at most
 {cfg.INPUT.MAX_SIZE_TEST} px). Trained with base learning rate {cfg.SOLVER.BASE_LR:g}, {cfg.SOLVER.IMS_PER_BATCH}
-images per batch, {cfg.SOLVER.MAX_ITER} iterations, seed {cfg.SEED}; the best checkpoint (lowest validation loss)
-is this model.
+images per batch, {cfg.SOLVER.MAX_ITER} iterations, seed {cfg.SEED}; the best checkpoint ({Monitor(o.monitor).words}
+on the validation set) is this model.
 
 ## Data (digests of the COCO files, no file names)
 | split | digest | frames | instances | videos |
@@ -80,7 +82,7 @@ is this model.
 | training | {o.train.digest} | {o.train.num_images} | {o.train.num_annotations} | {o.train.num_videos} |
 | validation | {o.val.digest} | {o.val.num_images} | {o.val.num_annotations} | {o.val.num_videos} |
 
-Frames of one video are all in one split. Validation loss at iteration {o.best_iteration}: {o.best_val_total_loss:.4f}.
+Frames of one video are all in one split. {o.monitor} at iteration {o.best_iteration}: {o.best_value:.4f}.
 {f'''
 ## Test set
 | metric | value |

@@ -16,50 +16,91 @@ def _smooth(values: np.ndarray, window: int) -> np.ndarray:
     return pd.Series(values).rolling(window, min_periods=1).mean().to_numpy()
 
 
+def _column(table: pd.DataFrame, name: str) -> pd.DataFrame:
+    return table.dropna(subset=[name]) if name in table else table.iloc[0:0]
+
+
+def _validation_curve(ax, table: pd.DataFrame, name: str, colour: str, label: str) -> None:
+    """``name`` at each validation, with two standard errors (``name_se``, on a sample) as error bars."""
+    rows = _column(table, name)
+    if not len(rows):
+        return
+    errors = rows[f"{name}_se"] * 2 if f"{name}_se" in rows else None
+    if errors is not None and errors.notna().any():
+        ax.errorbar(rows["iteration"], rows[name], yerr=errors.fillna(0).to_numpy(), color=colour, lw=2, marker="o",
+                    ms=4, capsize=3, label=f"{label} (bars: 2 standard errors of the sample)")
+    else:
+        ax.plot(rows["iteration"], rows[name], color=colour, lw=2, marker="o", ms=4, label=label)
+
+
+def _mark_best(ax, table: pd.DataFrame, name: str, best_iteration: int) -> None:
+    best = _column(table, name)
+    best = best.loc[best["iteration"] == best_iteration, name]
+    if len(best):
+        ax.axvline(best_iteration, color="tab:green", ls="--", lw=1)
+        ax.scatter([best_iteration], [best.iloc[0]], color="tab:green", zorder=5,
+                   label=f"best checkpoint (iteration {best_iteration}, {name} {best.iloc[0]:.3f})")
+
+
 def plot_loss_curves(losses: pd.DataFrame, path: str, best_iteration: int | None = None,
-                     title: str = "Training and validation loss") -> None:
-    """Train (raw and smoothed) and validation total loss on one iteration axis; components below.
+                     title: str = "Training and validation loss", monitor=None) -> None:
+    """Train (raw and smoothed) and validation total loss on one iteration axis; validation AP below it when the
+    run measured it; loss components at the bottom. The best checkpoint is marked on ``monitor``'s curve (a
+    :class:`~seizure_mlflow.engine.monitor.Monitor`; default ``val/total_loss``).
 
     ``losses`` is the ``losses.csv`` table: an ``iteration`` column and ``train/*`` / ``val/*`` columns (and
-    ``val_full/*``, the whole validation set's loss when ``val/*`` is a sample's, drawn as diamonds).
+    ``val_full/*``, the whole validation set's values when ``val/*`` is a sample's, drawn as diamonds;
+    ``val/*_se``, the sample's standard errors, drawn as error bars of two standard errors).
     """
-    fig, (ax_total, ax_parts) = plt.subplots(2, 1, figsize=(9, 8), sharex=True,
-                                             gridspec_kw={"height_ratios": [3, 2]})
-    train = losses.dropna(subset=["train/total_loss"]) if "train/total_loss" in losses else losses.iloc[0:0]
-    val = losses.dropna(subset=["val/total_loss"]) if "val/total_loss" in losses else losses.iloc[0:0]
+    monitored = monitor.metric if monitor is not None else "val/total_loss"
+    ap_columns = [c for c in ("val/segm/AP", "val/bbox/AP", "val/segm/AP50", "val/bbox/AP50") if c in losses]
+    panels = 3 if ap_columns else 2
+    fig, axes = plt.subplots(panels, 1, figsize=(9, 4 + 3 * (panels - 1)), sharex=True,
+                             gridspec_kw={"height_ratios": [3, 2, 2][:panels]})
+    ax_total, ax_parts = axes[0], axes[-1]
+    train = _column(losses, "train/total_loss")
     if len(train):
         window = max(1, min(20, len(train) // 10))
         ax_total.plot(train["iteration"], train["train/total_loss"], color="tab:blue", alpha=0.25, lw=1,
                       label="train (per iteration)")
         ax_total.plot(train["iteration"], _smooth(train["train/total_loss"].to_numpy(), window), color="tab:blue",
                       lw=2, label=f"train (mean of {window})")
-    if len(val):
-        ax_total.plot(val["iteration"], val["val/total_loss"], color="tab:orange", lw=2, marker="o", ms=4,
-                      label="validation")
-    full = losses.dropna(subset=["val_full/total_loss"]) if "val_full/total_loss" in losses else losses.iloc[0:0]
+    _validation_curve(ax_total, losses, "val/total_loss", "tab:orange", "validation")
+    full = _column(losses, "val_full/total_loss")
     if len(full):
         ax_total.scatter(full["iteration"], full["val_full/total_loss"], color="tab:red", marker="D", s=36, zorder=6,
                          label="validation, whole set")
-    if best_iteration is not None and len(val):
-        best = val.loc[val["iteration"] == best_iteration, "val/total_loss"]
-        if len(best):
-            ax_total.axvline(best_iteration, color="tab:green", ls="--", lw=1)
-            ax_total.scatter([best_iteration], [best.iloc[0]], color="tab:green", zorder=5,
-                             label=f"best checkpoint (iteration {best_iteration}, {best.iloc[0]:.3f})")
     ax_total.set_ylabel("total loss")
     ax_total.set_title(title)
+    if ap_columns:
+        ax_ap = axes[1]
+        colours = {"val/segm/AP": "tab:purple", "val/bbox/AP": "tab:brown", "val/segm/AP50": "tab:pink",
+                   "val/bbox/AP50": "tab:olive"}
+        for name in ap_columns:
+            _validation_curve(ax_ap, losses, name, colours[name], name.removeprefix("val/"))
+            whole = _column(losses, name.replace("val/", "val_full/", 1))
+            if len(whole):
+                ax_ap.scatter(whole["iteration"], whole[name.replace("val/", "val_full/", 1)], color=colours[name],
+                              marker="D", s=36, zorder=6, edgecolors="black", label=f"{name.removeprefix('val/')}, whole set")
+        ax_ap.set_ylabel("validation AP (%)")
+        ax_ap.grid(alpha=0.3)
+    if best_iteration is not None:
+        _mark_best(axes[1] if monitored in ap_columns else ax_total, losses, monitored, best_iteration)
     ax_total.grid(alpha=0.3)
-    ax_total.legend(loc="upper right")
+    ax_total.legend(loc="upper right", fontsize="small")
+    if ap_columns:
+        axes[1].legend(loc="lower right", fontsize="small", ncol=2)
 
-    components = sorted({c.split("/", 1)[1] for c in losses.columns if c.startswith(("train/loss_", "val/loss_"))})
+    components = sorted({c.split("/", 1)[1] for c in losses.columns
+                         if c.startswith(("train/loss_", "val/loss_")) and not c.endswith("_se")})
     colours = plt.get_cmap("tab10")
     for k, comp in enumerate(components):
         if f"train/{comp}" in losses:
-            t = losses.dropna(subset=[f"train/{comp}"])
+            t = _column(losses, f"train/{comp}")
             ax_parts.plot(t["iteration"], _smooth(t[f"train/{comp}"].to_numpy(), max(1, min(20, len(t) // 10))),
                           color=colours(k), lw=1.5, label=f"train {comp}")
         if f"val/{comp}" in losses:
-            v = losses.dropna(subset=[f"val/{comp}"])
+            v = _column(losses, f"val/{comp}")
             ax_parts.plot(v["iteration"], v[f"val/{comp}"], color=colours(k), lw=1.5, ls="--", marker="o", ms=3,
                           label=f"val {comp}")
     ax_parts.set_xlabel("iteration")

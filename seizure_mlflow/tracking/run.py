@@ -146,20 +146,31 @@ def metric_table(run_id: str, keys: list[str], client: MlflowClient | None = Non
     return table.reset_index()
 
 
-def log_losses(run_id: str, best_iteration: int | None, client: MlflowClient | None = None) -> pd.DataFrame:
-    """``losses.csv`` and ``plots/loss_curves.png`` built from the metrics the run holds."""
+def _is_curve(metric: str) -> bool:
+    """A training or validation curve of ``losses.csv``: a loss, a validation AP, or a standard error of one."""
+    name = metric.removesuffix("_se")
+    if metric.startswith("train/"):
+        return name.endswith("_loss") or "/loss_" in name
+    return metric.startswith(("val/", "val_full/")) and (name.endswith("_loss") or "/loss_" in name
+                                                          or name.endswith(("/AP", "/AP50")))
+
+
+def log_losses(run_id: str, best_iteration: int | None, client: MlflowClient | None = None,
+               monitor=None) -> pd.DataFrame:
+    """``losses.csv`` and ``plots/loss_curves.png`` built from the metrics the run holds: train and validation
+    losses, validation AP, and the standard errors of the sample's values (``val/*_se``); the plot marks the best
+    checkpoint on ``monitor``'s curve (a :class:`~seizure_mlflow.engine.monitor.Monitor`; default the loss)."""
     from seizure_mlflow.tracking.plots import plot_loss_curves
 
     client = client or MlflowClient()
-    keys = sorted(m for m in client.get_run(run_id).data.metrics
-                  if m.startswith(("train/", "val/", "val_full/")) and (m.endswith("_loss") or "/loss_" in m))
+    keys = sorted(m for m in client.get_run(run_id).data.metrics if _is_curve(m))
     table = metric_table(run_id, keys, client)
     with tempfile.TemporaryDirectory() as tmp:
         csv_path = os.path.join(tmp, LOSSES_CSV)
         table.to_csv(csv_path, index=False)
         client.log_artifact(run_id, csv_path)
         png_path = os.path.join(tmp, os.path.basename(LOSS_PLOT))
-        plot_loss_curves(table, png_path, best_iteration=best_iteration)
+        plot_loss_curves(table, png_path, best_iteration=best_iteration, monitor=monitor)
         client.log_artifact(run_id, png_path, artifact_path=os.path.dirname(LOSS_PLOT))
     return table
 

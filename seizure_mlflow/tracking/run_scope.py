@@ -20,6 +20,7 @@ from mlflow import MlflowClient
 
 from seizure_mlflow.data.staging import OutputFolderLock
 from seizure_mlflow.engine.checkpoint import BestCheckpoint, read_best_checkpoint
+from seizure_mlflow.engine.monitor import Monitor
 from seizure_mlflow.engine.stopping import DIVERGED, SIGNAL, read_stop
 from seizure_mlflow.engine.trainer import VALIDATION_SAMPLE_FILE, best_checkpoint_path
 from seizure_mlflow.tracking.datasets import TESTING, TRAINING, VALIDATION, log_datasets, log_validation_sample
@@ -31,8 +32,8 @@ logger = logging.getLogger(__name__)
 RUN_FILE = "mlflow_run.json"  # in OUTPUT_DIR: which MLflow run these checkpoints belong to
 STOP_REASON_TAG = "seizure.stop_reason"
 STOPPED_AT_METRIC = "stopped_at"
-BEST_VAL_METRIC = "best/val_total_loss"
 BEST_ITER_METRIC = "best/iteration"
+MONITOR_RUN_TAG = "seizure.monitor"  # the validation metric the run chose its best checkpoint by
 CONTINUES_TAG = "seizure.continues_run"
 
 
@@ -94,7 +95,8 @@ class TrainingRun:
 
     def _start_tags(self) -> dict[str, str]:
         datasets = self.plan.datasets
-        return {"seizure.config": self.plan.params.config, "seizure.dataset": "sample" if datasets.is_sample else "custom",
+        return {"seizure.config": self.plan.params.config, MONITOR_RUN_TAG: self.plan.params.monitor,
+                "seizure.dataset": "sample" if datasets.is_sample else "custom",
                 "seizure.train_digest": datasets.train.digest, "seizure.val_digest": datasets.val.digest}
 
     def _point_wrapper_run_at_resumed(self) -> None:
@@ -139,14 +141,16 @@ class TrainingRun:
         best = self.best()
         if best is None:
             self.record(None)
-            raise RuntimeError(f"no best checkpoint in {self.cfg.OUTPUT_DIR}: no finite validation loss was computed")
+            raise RuntimeError(f"no best checkpoint in {self.cfg.OUTPUT_DIR}: no finite {self.plan.params.monitor} "
+                               "was computed")
         return best
 
     def record(self, best: BestCheckpoint | None, model_id: str | None = None, dataset=None) -> None:
         """``losses.csv`` and the loss plot from the run's metrics; the best checkpoint's values as
-        ``best/val_total_loss`` and ``best/iteration``, linked to its logged model and the validation set when
-        given."""
-        log_losses(self.run_id, best.iteration if best else None)
+        ``best/<monitor>`` (``best/val_total_loss``, ``best/val_segm_AP``) and ``best/iteration``, linked to its
+        logged model and the validation set when given."""
+        monitor = Monitor(self.plan.params.monitor)
+        log_losses(self.run_id, best.iteration if best else None, monitor=monitor)
         if best is not None:
-            mlflow.log_metrics({BEST_VAL_METRIC: best.value, BEST_ITER_METRIC: best.iteration}, step=best.iteration,
-                               run_id=self.run_id, model_id=model_id, dataset=dataset)
+            mlflow.log_metrics({monitor.best_metric: best.value, BEST_ITER_METRIC: best.iteration},
+                               step=best.iteration, run_id=self.run_id, model_id=model_id, dataset=dataset)

@@ -18,7 +18,8 @@ from torch import nn
 from seizure_mlflow.engine.resume import RandomState, ResumableBestCheckpointer, StopOnSignal
 from seizure_mlflow.engine.stopping import EARLY_STOPPING, MAX_ITER, PRUNED, EarlyStopping, StopsEarly
 from seizure_mlflow.engine.trainer import CheckpointAlignedWriter
-from seizure_mlflow.engine.validation import ValidationLoss, compute_validation_loss
+from seizure_mlflow.engine.monitor import Monitor
+from seizure_mlflow.engine.validation import Validated, Validation, compute_validation_loss
 from seizure_mlflow.sweeps.pruning import ReportToTrial
 
 
@@ -71,7 +72,7 @@ def _history(trainer, key: str) -> list[tuple[int, float]]:
     return [(int(i), v) for v, i in trainer.storage.history(key).values()]
 
 
-def _validation(period: int = 3, full_period: int = 0, max_images=0) -> ValidationLoss:
+def _validation(period: int = 3, full_period: int = 0, max_images=0, measures=None) -> Validation:
     images = [{"id": i, "file_name": f"clip{i // 3}/frame_{i % 3:06d}.png", "video_id": f"clip{i // 3}"}
               for i in range(6)]
     by_id = {item["image_id"]: item for batch in _batches() for item in batch}
@@ -80,7 +81,7 @@ def _validation(period: int = 3, full_period: int = 0, max_images=0) -> Validati
         ids = sorted(by_id) if image_ids is None else image_ids
         return [[by_id[i]] for i in ids]
 
-    return ValidationLoss(period, loaders, images, seed=1, max_images=max_images, full_period=full_period)
+    return Validation(period, loaders, images, seed=1, max_images=max_images, full_period=full_period, measures=measures)
 
 
 def test_validation_runs_every_period_and_at_the_last_iteration_and_the_whole_set_at_the_end():
@@ -115,35 +116,41 @@ def test_the_validation_sample_is_part_of_the_hooks_state():
     assert resumed.choice == hook.choice and hook.choice.size == 2
 
 
-def test_best_checkpoint_saves_on_improvement_only_and_its_best_survives_a_resume():
-    trainer = ToyTrainer(max_iter=9)
+class HandsOn(hooks.HookBase):
+    """What the validation hook hands on (``trainer.last_validation``): ``values`` one by one, every ``period``
+    iterations, under ``metric`` (None: a validation that did not measure it)."""
+
+    def __init__(self, values, period: int, metric: str = "val/total_loss") -> None:
+        self._values, self._period, self._metric = iter(values), period, metric
+
+    def after_step(self):
+        if (self.trainer.iter + 1) % self._period == 0:
+            value = next(self._values)
+            self.trainer.last_validation = Validated(self.trainer.iter, {} if value is None else {self._metric: value}, {})
+
+
+@pytest.mark.parametrize("metric, values, saved, best_value", [
+    ("val/total_loss", [3.0, 2.0, 2.5], [(2, 3.0), (5, 2.0)], (2.0, 5)),
+    ("val/segm/AP", [10.0, None, 30.0, 20.0], [(2, 10.0), (8, 30.0)], (30.0, 8)),  # AP up; a validation without AP skipped
+])
+def test_best_checkpoint_saves_on_improvement_of_the_monitor_only_and_its_best_survives_a_resume(
+        metric, values, saved, best_value):
+    trainer = ToyTrainer(max_iter=3 * len(values))
     checkpointer = FakeCheckpointer(trainer)
-    values = iter([3.0, 2.0, 2.5])
-
-    class PutsValue(hooks.HookBase):
-        def after_step(self):
-            if (self.trainer.iter + 1) % 3 == 0:
-                self.trainer.storage.put_scalar("val/total_loss", next(values), smoothing_hint=False)
-
-    best = ResumableBestCheckpointer(3, checkpointer, "val/total_loss", mode="min", file_prefix="model_best")
-    trainer.register_hooks([PutsValue(), best])
+    best = ResumableBestCheckpointer(3, checkpointer, Monitor(metric), file_prefix="model_best")
+    trainer.register_hooks([HandsOn(values, 3, metric), best])
     trainer.train()
-    assert [(name, it, extra["best_metric"]) for name, it, extra in checkpointer.saved] == [
-        ("model_best", 2, 3.0), ("model_best", 5, 2.0)]
-    again = ResumableBestCheckpointer(3, checkpointer, "val/total_loss", mode="min", file_prefix="model_best")
+    assert [(name, it, extra["best_metric"], extra["monitor"]) for name, it, extra in checkpointer.saved] == [
+        ("model_best", it, value, metric) for it, value in saved]
+    again = ResumableBestCheckpointer(3, checkpointer, Monitor(metric), file_prefix="model_best")
     again.load_state_dict(best.state_dict())
-    assert (again.best_metric, again.best_iter) == (2.0, 5)
+    assert (again.best_metric, again.best_iter) == best_value
 
 
 @pytest.mark.parametrize("hook_kind", ["early_stopping", "pruner"])
 def test_a_stopping_hook_ends_training_after_its_iteration_with_its_reason(hook_kind):
     trainer = ToyTrainer(max_iter=30)
-    values = iter([1.0, 0.9, 0.95, 0.92, 0.91] + [0.9] * 10)
-
-    class PutsValue(hooks.HookBase):
-        def after_step(self):
-            if (self.trainer.iter + 1) % 2 == 0:
-                self.trainer.storage.put_scalar("val/total_loss", next(values), smoothing_hint=False)
+    values = [1.0, 0.9, 0.95, 0.92, 0.91] + [0.9] * 10
 
     class Trial:
         number, reported = 4, []
@@ -163,7 +170,7 @@ def test_a_stopping_hook_ends_training_after_its_iteration_with_its_reason(hook_
         def after_train(self):
             after.append(getattr(self.trainer, "stopping", False))
 
-    trainer.register_hooks([PutsValue(), stopper, SeesTheEnd()])
+    trainer.register_hooks([HandsOn(values, 2), stopper, SeesTheEnd()])
     trainer.train()
     if hook_kind == "early_stopping":  # best 0.9 at iteration 4; 6, 8 and 10 bring no improvement
         assert (trainer.stop_reason, trainer.stopped_at) == (EARLY_STOPPING, 10)
@@ -177,13 +184,7 @@ def test_early_stopping_counts_on_after_a_resume():
     hook = EarlyStopping("val/total_loss", patience=3)
     hook.load_state_dict({"best": 0.5, "periods_without_improvement": 2})
     trainer = ToyTrainer(max_iter=10)
-
-    class PutsWorse(hooks.HookBase):
-        def after_step(self):
-            if self.trainer.iter == 1:
-                self.trainer.storage.put_scalar("val/total_loss", 0.7, smoothing_hint=False)
-
-    trainer.register_hooks([PutsWorse(), hook])
+    trainer.register_hooks([HandsOn([0.7] * 5, 2), hook])
     trainer.train()
     assert (trainer.stop_reason, trainer.stopped_at) == (EARLY_STOPPING, 2)
 
@@ -243,3 +244,59 @@ def test_random_state_is_saved_with_a_checkpoint_and_restored_before_training():
     resumed.before_train()
     assert torch.equal(torch.rand(3), expected[0]) and (np.random.rand(3) == expected[1]).all()
     assert random.random() == expected[2]
+
+
+def test_early_stopping_on_ap_waits_for_a_rise_of_more_than_min_delta():
+    # AP 10 after 2 iterations, then 10.5, 11.0 (not more than 1 above) and a fall: stopped after 8
+    hook = EarlyStopping(Monitor("val/segm/AP"), patience=3, min_delta=1.0)
+    trainer = ToyTrainer(max_iter=30)
+    trainer.register_hooks([HandsOn([10.0, 10.5, 11.0, 9.0] + [30.0] * 10, 2, "val/segm/AP"), hook])
+    trainer.train()
+    assert (trainer.stop_reason, trainer.stopped_at) == (EARLY_STOPPING, 8) and hook.best == 10.0
+
+
+class NormMeasure:
+    """A measure of one function: the mean of |x| over the images it sees (to show a new measure needs no change
+    to the hook)."""
+
+    name, every = "norm", 2
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def gives(self, key):
+        return key == "norm"
+
+    def __call__(self, model, batches, seed=0, groups=None):
+        from seizure_mlflow.engine.measures import Measured
+
+        self.calls += 1
+        values = [float(item["x"].abs().mean()) for batch in batches for item in batch]
+        return Measured({"norm": sum(values) / len(values)}, {"norm": 0.5})
+
+
+def test_a_new_measure_is_one_function_logged_at_its_period_with_its_error_and_handed_on():
+    from seizure_mlflow.engine.measures import LossMeasure
+
+    norm = NormMeasure()
+    hook = _validation(period=2, max_images=3, measures=[LossMeasure(), norm])
+    seen = []
+
+    class Reads(hooks.HookBase):
+        def after_step(self):
+            latest = getattr(self.trainer, "last_validation", None)
+            if latest is not None and latest.iteration == self.trainer.iter:
+                seen.append((self.trainer.iter, sorted(latest.values)))
+
+    trainer = ToyTrainer(max_iter=7)
+    trainer.register_hooks([hook, Reads()])
+    trainer.train()
+    # the loss at every validation (after 2, 4, 6, 7), the norm at every 2nd (after 4) and at the last (7)
+    assert [i for i, _ in _history(trainer, "val/total_loss")] == [1, 3, 5, 6]
+    assert [i for i, _ in _history(trainer, "val/norm")] == [3, 6]
+    # a sample of 3 of 6 frames: the error against the whole set is the measure's times sqrt(1 - 3/6)
+    assert _history(trainer, "val/norm_se")[0][1] == pytest.approx(0.5 * np.sqrt(0.5))
+    assert "val/total_loss_se" in trainer.storage.histories()
+    assert [i for i, _ in _history(trainer, "val_full/norm")] == [6] and "val_full/norm_se" not in trainer.storage.histories()
+    assert [i for i, _ in seen] == [1, 3, 5, 6]  # the hooks after it read each validation's values
+    assert "val/norm" in seen[1][1] and "val/norm" not in seen[0][1]
