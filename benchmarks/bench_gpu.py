@@ -61,7 +61,8 @@ def train_throughput(params, datasets, batch: int, amp: bool, warmup: int, timed
 def validation_cost(params, datasets, root: Path, train_rows: list[dict]) -> list[dict]:
     """Seconds per validation image, 1 and 4 images per forward, against a training image at batch 2, AMP off."""
     from seizure_mlflow.config import VAL_DATASET, build_config
-    from seizure_mlflow.engine.validation import build_validation_loader, compute_validation_loss
+    from seizure_mlflow.engine.measures import compute_validation_loss
+    from seizure_mlflow.engine.validation import build_validation_loader
     from seizure_mlflow.commands.train import build_trainer
 
     cfg = build_config(params, num_classes=2, output_dir=str(root / "val"))

@@ -94,7 +94,8 @@ def main() -> None:
     from seizure_mlflow.config import VAL_DATASET, TrainParams, build_config
     from seizure_mlflow.data.datasets import check_datasets
     from seizure_mlflow.data.sample import SampleSpec, sample_paths, write_sample_dataset
-    from seizure_mlflow.engine.validation import CachedBatches, build_validation_loader, compute_validation_loss
+    from seizure_mlflow.engine.measures import compute_validation_loss
+    from seizure_mlflow.engine.validation import CachedBatches, build_validation_loader
     from seizure_mlflow.commands.train import build_trainer
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -33,7 +33,7 @@ def repeat_is_identical(output_dir: Path, params, datasets, record: dict) -> boo
     import torch
 
     from seizure_mlflow.config import build_config
-    from seizure_mlflow.engine.validation import compute_validation_loss
+    from seizure_mlflow.engine.measures import compute_validation_loss
     from seizure_mlflow.commands.train import build_trainer
 
     cfg = build_config(params, num_classes=len(datasets.train.categories), output_dir=str(output_dir / "repeat"))

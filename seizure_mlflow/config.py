@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 
-from seizure_mlflow.engine.monitor import MONITOR_CHOICES, is_monitor_name
+from seizure_mlflow.monitor import MONITOR_CHOICES, is_monitor_name
 from seizure_mlflow.errors import ConfigError
 
 BUNDLED_CONFIG_DIR = Path(__file__).parent / "configs"

@@ -92,7 +92,8 @@ def test_every_parameter_sets_the_keys_it_names_and_opts_still_win():
     from seizure_mlflow.config import param_fields
 
     values = dict(lr=0.0123, ims_per_batch=4, max_iter=13, eval_period=3, min_size=77, num_workers=1, seed=5,
-                  patience=2, min_delta=0.5, val_max_images="7", full_val_period=4, device="cpu", amp=False)
+                  patience=2, min_delta=0.5, val_max_images="7", full_val_period=4, device="cpu", amp=False,
+                  monitor="val/segm/AP", ap_period=3, val_precision=0.05)
     cfg = build_config(TrainParams(**values), num_classes=2, output_dir="")
     named = {f.name: f.metadata["keys"] for f in param_fields() if f.metadata["keys"]}
     assert set(named) == set(values), "a parameter names Detectron2 keys this test does not set"

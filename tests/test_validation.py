@@ -14,7 +14,8 @@ from conftest import TINY_OPTS, tiny_params
 from seizure_mlflow.config import build_config
 from seizure_mlflow.engine.resume import ResumableBestCheckpointer
 from seizure_mlflow.engine.trainer import CheckpointAlignedWriter
-from seizure_mlflow.engine.validation import ValidationLoss, compute_validation_loss
+from seizure_mlflow.engine.measures import compute_validation_loss
+from seizure_mlflow.engine.validation import Validation
 from seizure_mlflow.tracking.writer import mlflow_metric_name
 from seizure_mlflow.data.datasets import check_datasets
 from seizure_mlflow.commands.train import build_trainer
@@ -100,7 +101,7 @@ def test_training_is_identical_with_and_without_the_hook(tiny_data, tmp_path):
 def test_hook_order(tiny_data, tmp_path):
     cfg, datasets = _cfg(tiny_data, tmp_path)
     kinds = [type(h) for h in build_trainer(cfg, datasets)._hooks]
-    assert kinds.index(ValidationLoss) < kinds.index(ResumableBestCheckpointer) < kinds.index(CheckpointAlignedWriter) \
+    assert kinds.index(Validation) < kinds.index(ResumableBestCheckpointer) < kinds.index(CheckpointAlignedWriter) \
         < kinds.index(hooks.PeriodicCheckpointer)
     assert mlflow_metric_name("val/loss_cls") == "val/loss_cls" and mlflow_metric_name("loss_mask") == "train/loss_mask"
     assert mlflow_metric_name("fast_rcnn/cls_accuracy") is None

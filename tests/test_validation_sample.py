@@ -132,7 +132,7 @@ def test_auto_chooses_and_logs_a_size_and_repeats_it_at_every_period(many_val_fr
 def test_the_sample_is_part_of_the_hook_state_so_a_resumed_run_keeps_it(tmp_path):
     from types import SimpleNamespace
 
-    from seizure_mlflow.engine.validation import ValidationLoss
+    from seizure_mlflow.engine.validation import Validation
 
     images = _images(videos=3, frames=20)
     asked = []
@@ -141,11 +141,11 @@ def test_the_sample_is_part_of_the_hook_state_so_a_resumed_run_keeps_it(tmp_path
         asked.append(image_ids)
         return []
 
-    first = ValidationLoss(10, loaders, images, seed=2, max_images=6, record_path=str(tmp_path / "sample.json"))
+    first = Validation(10, loaders, images, seed=2, max_images=6, record_path=str(tmp_path / "sample.json"))
     first.trainer = SimpleNamespace(iter=0)
     first.before_train()
     state = first.state_dict()
-    resumed = ValidationLoss(10, loaders, images, seed=9, max_images="auto")  # a resumed run does not choose again
+    resumed = Validation(10, loaders, images, seed=9, max_images="auto")  # a resumed run does not choose again
     resumed.load_state_dict(state)
     resumed.trainer = SimpleNamespace(iter=40)
     resumed.before_train()

@@ -29,7 +29,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 
 from seizure_mlflow.data.checks import CocoSummary
 from seizure_mlflow.engine.checkpoint import BestCheckpoint
-from seizure_mlflow.engine.monitor import Monitor
+from seizure_mlflow.monitor import Monitor
 from seizure_mlflow.engine.stopping import MAX_ITER
 from seizure_mlflow.registry.register import CHALLENGER, CHAMPION
 from seizure_mlflow.registry.uris import logged_model_id

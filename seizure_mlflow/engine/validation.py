@@ -1,54 +1,30 @@
-"""Validation loss during training: the hook, and the function it calls.
+"""Validation during training: the hook that runs the validation measures (see :mod:`seizure_mlflow.engine.measures`:
+the loss, and COCO AP) every period, the loaders it reads and the sample it reads them on.
 
-The widely copied ``LossEvalHook`` computes the validation loss with the *training* data pipeline (random
-flips, multi-scale resizing), with gradients enabled, with the training RNG (so proposal sampling makes
-the value random), in BatchNorm training mode (so validation images leak into the running statistics),
-on the main process's share of the data only, and writes into the training event storage (so the
-writers smooth it and the detector's own per-batch statistics are mixed into the training ones).
-
-Here the loss of a model on a data set is a function of the weights and the data only:
-
-* test-time preprocessing (``ResizeShortestEdge`` to ``INPUT.MIN_SIZE_TEST``, no flip);
-* ``torch.inference_mode()``; normalisation and dropout layers in eval mode (test-time statistics, no update);
-* every RNG (Python, NumPy, torch CPU and CUDA) seeded per image (from the seed and the image id, so the
-  value does not depend on how images are spread over processes) and restored afterwards;
-* an image-weighted mean over the whole set, gathered across all processes;
-* a private ``EventStorage``, so the detector's internal scalars do not reach the training storage.
-
-With ``VALIDATION.BATCH_SIZE`` > 1 several images go through one forward: each batch's loss is Detectron2's
-loss of that batch (weighted by its size), so values are deterministic for a given batch size and number of
-processes, and equal to the one-image-per-forward values up to how the heads normalise over a batch.
-
-Validation may run on a fixed *sample* of the set (``val_max_images``, see :class:`ValidationLoss`): ``val/*``
-is then the sample's loss, and the whole set's loss is logged as ``val_full/*`` at the end of training (and
-every ``full_val_period`` iterations), so the estimate's error is visible in every run.
+Validation may run on a fixed *sample* of the set (``val_max_images``, see :class:`Validation`): ``val/*``
+is then the sample's values, each with its standard error against the whole set (``val/*_se``), and the whole
+set's values are logged as ``val_full/*`` at the end of training (and every ``full_val_period`` iterations), so
+the estimate's error is visible in every run.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
-import random
 import time
-from collections import defaultdict
 from dataclasses import asdict, dataclass
-from typing import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
-import numpy as np
-import torch
 from detectron2.data import DatasetCatalog, build_detection_test_loader
 from detectron2.data import transforms as T
 from detectron2.engine import HookBase
 from detectron2.utils import comm
-from detectron2.utils.events import EventStorage
-from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 from seizure_mlflow.data.mapper import FrameMapper
 from seizure_mlflow.data.val_sample import pilot_size, replicate_groups, select_validation_sample, video_groups
-from seizure_mlflow.engine.monitor import Monitor
+from seizure_mlflow.engine.measures import LossMeasure
+from seizure_mlflow.monitor import Monitor
 
 logger = logging.getLogger(__name__)
 
@@ -57,8 +33,6 @@ VAL_FULL_PREFIX = "val_full/"
 AUTO = "auto"
 AUTO_BUDGET = 0.05  # val_max_images=auto: validation costs at most this share of training time
 DEFAULT_PRECISION = 0.02  # val_max_images=auto: a relative standard error this small is precise enough
-TOTAL_LOSS = "total_loss"
-_TEST_TIME_LAYERS = (nn.modules.batchnorm._NormBase, nn.Dropout, nn.Dropout2d)
 
 
 def build_validation_loader(cfg, dataset_name: str, image_ids: list[int] | None = None, batch_size: int = 1):
@@ -108,97 +82,6 @@ class CachedBatches:
                     kept = None
             yield batch
         self._kept = kept
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-@contextlib.contextmanager
-def isolated_rng() -> Iterator[None]:
-    """Restore every RNG (Python, NumPy, torch CPU and CUDA) to its state before the block."""
-    py_state, np_state = random.getstate(), np.random.get_state()
-    cuda_devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=cuda_devices):
-        try:
-            yield
-        finally:
-            random.setstate(py_state)
-            np.random.set_state(np_state)
-
-
-@contextlib.contextmanager
-def loss_mode(model: nn.Module) -> Iterator[None]:
-    """Training-mode forward (it returns losses) with test-time normalisation and no dropout.
-
-    Every module's ``training`` flag is restored on exit.
-    """
-    flags = {m: m.training for m in model.modules()}
-    model.train()
-    for module in model.modules():
-        if isinstance(module, _TEST_TIME_LAYERS):
-            module.eval()
-    try:
-        yield
-    finally:
-        for module, flag in flags.items():
-            module.training = flag
-
-
-@torch.inference_mode()
-def loss_sums(model: nn.Module, data_loader: Iterable, seed: int = 0, groups: Mapping[int, int] | None = None
-              ) -> tuple[dict[str, float], int, dict[int, tuple[dict[str, float], int]]]:
-    """The validation loss's sums over every process: ``(sums, images, by_group)``. ``sums[name]`` is the sum over
-    batches of (batch loss x batch size) for ``total_loss`` and each ``loss_*``; with ``groups`` (``{image id:
-    replicate group}``), ``by_group[g]`` holds the same sums and the image count of the batches whose first image is
-    in group ``g`` (see :mod:`seizure_mlflow.engine.measures`).
-
-    Deterministic: the same weights on the same data give the same values. Leaves the model's module modes,
-    buffers, gradients and every RNG state as they were. Must be called by every process when running distributed
-    (it gathers the partial sums).
-    """
-    if isinstance(model, DistributedDataParallel):
-        model = model.module
-    sums: dict[str, float] = defaultdict(float)
-    by_group: dict[int, tuple[dict[str, float], list[int]]] = {}
-    count = 0
-    with loss_mode(model), isolated_rng(), EventStorage():
-        for k, batch in enumerate(data_loader):
-            seed_everything(seed * 1_000_003 + int(batch[0].get("image_id", k)))
-            loss_dict = model(batch)
-            n = len(batch)
-            batch_sums = {name: float(value) * n for name, value in loss_dict.items()}
-            batch_sums[TOTAL_LOSS] = float(sum(loss_dict.values())) * n
-            for name, value in batch_sums.items():
-                sums[name] += value
-            count += n
-            if groups is not None:
-                group_sums, group_count = by_group.setdefault(groups.get(int(batch[0].get("image_id", k)), 0),
-                                                              (defaultdict(float), [0]))
-                for name, value in batch_sums.items():
-                    group_sums[name] += value
-                group_count[0] += n
-    gathered = comm.all_gather((dict(sums), count, {g: (dict(s), c[0]) for g, (s, c) in by_group.items()}))
-    total_count = sum(c for _, c, _ in gathered)
-    if total_count == 0:
-        raise RuntimeError("the validation set is empty")
-    names = sorted({name for s, _, _ in gathered for name in s})
-    totals = {name: sum(s.get(name, 0.0) for s, _, _ in gathered) for name in names}
-    merged: dict[int, tuple[dict[str, float], int]] = {}
-    for _, _, part in gathered:
-        for g, (s, c) in part.items():
-            old_sums, old_count = merged.get(g, ({}, 0))
-            merged[g] = ({name: old_sums.get(name, 0.0) + s.get(name, 0.0) for name in names}, old_count + c)
-    return totals, total_count, merged
-
-
-def compute_validation_loss(model: nn.Module, data_loader: Iterable, seed: int = 0) -> dict[str, float]:
-    """Mean loss per image over the whole data set, across all processes: ``{"total_loss": ..., "loss_*": ...}``
-    (see :func:`loss_sums` for what it guarantees)."""
-    totals, count, _ = loss_sums(model, data_loader, seed)
-    return {name: total / count for name, total in totals.items()}
 
 
 @dataclass(frozen=True)
@@ -307,8 +190,6 @@ class Validation(HookBase):
                  max_images: int | str = 0, full_period: int = 0, record_path: str | None = None,
                  measures: Sequence | None = None, monitor: Monitor | None = None,
                  precision: float = DEFAULT_PRECISION, batch_size: int = 1) -> None:
-        from seizure_mlflow.engine.measures import LossMeasure
-
         self._period = eval_period
         self._loader_factory = loader_factory
         self._images = coco_images
@@ -402,7 +283,8 @@ class Validation(HookBase):
         if self.choice.is_full_set and self._latest_complete and latest is not None and latest.iteration == iteration:
             values = {k[len(VAL_PREFIX):]: v for k, v in latest.values.items()}  # the sample is the whole set
         else:
-            values, _ = self._run(self.measures, self._loader_factory(None, False), None, "full")
+            # several measures: decoded once, kept up to the cache's budget
+            values, _ = self._run(self.measures, self._loader_factory(None, len(self.measures) > 1), None, "full")
         self._put(VAL_FULL_PREFIX, values, iteration)
 
     def _use(self, choice: SampleChoice) -> None:

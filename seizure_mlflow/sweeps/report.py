@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 
-from seizure_mlflow.engine.monitor import Monitor  # noqa: E402
+from seizure_mlflow.monitor import Monitor  # noqa: E402
 
 TABLE_CSV = "sweep/trials.csv"
 TABLE_MD = "sweep/trials.md"
@@ -84,7 +84,7 @@ def log_report(study, parent_run_id: str, plan) -> pd.DataFrame:
     from optuna.visualization import matplotlib as optuna_plots
 
     client = MlflowClient()
-    monitor = Monitor(plan.request.base.monitor)
+    monitor = plan.monitor
     table = trials_table(study, monitor)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "sweep"

@@ -3,7 +3,7 @@
 Any number of workers, on any machines, run :func:`work` against the same storage and study name: each
 asks the study for the next trial (a retried one first), trains it through the same
 :func:`~seizure_mlflow.commands.train.run_training` path as ``main`` as a child run of the study's parent run,
-reports the ``monitor`` metric (``val/total_loss`` unless set; see :class:`~seizure_mlflow.engine.monitor.Monitor`)
+reports the ``monitor`` metric (``val/total_loss`` unless set; see :class:`~seizure_mlflow.monitor.Monitor`)
 at every validation to the pruner, and tells the study its best value (or PRUNED, or FAIL when the loss diverged);
 the study minimises a loss and maximises an AP. A worker stops when the study holds ``trials`` finished
 trials; it then :func:`finish`es the sweep: the comparison table and plots on the parent run, and the best
@@ -27,7 +27,7 @@ from mlflow.entities import Param
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 
 from seizure_mlflow.config import TrainParams
-from seizure_mlflow.engine.monitor import Monitor
+from seizure_mlflow.monitor import Monitor
 from seizure_mlflow.engine.stopping import DIVERGED, PRUNED
 from seizure_mlflow.errors import UserError
 from seizure_mlflow.sweeps.space import BUNDLED_SPACE, Dimension, apply, check_every_edge, read_space
@@ -65,6 +65,7 @@ class SweepPlan:
     study_name: str
     dimensions: list[Dimension]
     storage_url: str
+    monitor: Monitor = field(default_factory=Monitor)  # what every trial is judged by (the base config's)
 
 
 def plan_sweep(request: SweepRequest) -> SweepPlan:
@@ -94,7 +95,7 @@ def plan_sweep(request: SweepRequest) -> SweepPlan:
     url = storage_url(request.storage)
     open_storage(url, request.heartbeat_s, request.grace_s)  # creates a SQLite file: after every check
     name = request.study or datetime.now().strftime("sweep-%Y%m%d-%H%M%S")
-    return SweepPlan(request, name, dimensions, url)
+    return SweepPlan(request, name, dimensions, url, Monitor(base.cfg.VALIDATION.MONITOR))
 
 
 def load_study(plan: SweepPlan):
@@ -114,7 +115,7 @@ def load_study(plan: SweepPlan):
               }[request.pruner]
     storage = open_storage(plan.storage_url, request.heartbeat_s, request.grace_s)
     return optuna.create_study(study_name=plan.study_name, storage=storage, sampler=sampler, pruner=pruner,
-                               direction=Monitor(request.base.monitor).direction, load_if_exists=True)
+                               direction=plan.monitor.direction, load_if_exists=True)
 
 
 def parent_run(study, plan: SweepPlan) -> str:
@@ -228,7 +229,7 @@ def _objective(trial, plan: SweepPlan, parent: str) -> float:
     output = Path(base.output_dir or "output") / "sweeps" / plan.study_name / f"trial_{trial.number:03d}"
     params = apply(base, plan.dimensions, values).replace(run_name=f"trial {trial.number}", output_dir=str(output))
     started = time.perf_counter()
-    finish = TrialFinish(parent_run_id=parent, hooks=lambda: [ReportToTrial(trial, Monitor(base.monitor))],
+    finish = TrialFinish(parent_run_id=parent, hooks=lambda: [ReportToTrial(trial, plan.monitor)],
                          trial_tags={SWEEP_TAG: plan.study_name, TRIAL_TAG: str(trial.number)},
                          on_start=lambda run_id: _started(trial, run_id, values, plan.dimensions))
     try:
@@ -268,7 +269,7 @@ def finish(study, plan: SweepPlan, parent: str) -> None:
     log_report(study, parent, plan)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     if complete:
-        monitor = Monitor(plan.request.base.monitor)
+        monitor = plan.monitor
         best = (max if monitor.higher_is_better else min)(complete, key=lambda t: t.value)
         client.log_metric(parent, f"best_{monitor.key}", best.value)
         client.log_metric(parent, "best_trial", best.number)
@@ -291,7 +292,7 @@ def _register_best(client: MlflowClient, study, plan: SweepPlan, best, parent: s
     if existing or not best.user_attrs.get("model_uri"):
         return
     version = register(best.user_attrs["model_uri"], model_name, {
-        **best_tags(plan.request.base.monitor, best.value), "best_iteration": str(best.user_attrs.get("best_iteration")),
+        **best_tags(plan.monitor.metric, best.value), "best_iteration": str(best.user_attrs.get("best_iteration")),
         "run_id": best.user_attrs["run_id"], "config": plan.request.base.config, SWEEP_TAG: plan.study_name,
         "sweep_parent_run_id": parent, TRIAL_TAG: str(best.number)})
     study.set_user_attr(VERSION_ATTR, str(version.version))

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from seizure_mlflow.data.checks import CocoSummary
-from seizure_mlflow.engine.monitor import Monitor
+from seizure_mlflow.monitor import Monitor
 
 MODEL_CARD = "model_card.md"
 

@@ -46,7 +46,7 @@ def plot_loss_curves(losses: pd.DataFrame, path: str, best_iteration: int | None
                      title: str = "Training and validation loss", monitor=None) -> None:
     """Train (raw and smoothed) and validation total loss on one iteration axis; validation AP below it when the
     run measured it; loss components at the bottom. The best checkpoint is marked on ``monitor``'s curve (a
-    :class:`~seizure_mlflow.engine.monitor.Monitor`; default ``val/total_loss``).
+    :class:`~seizure_mlflow.monitor.Monitor`; default ``val/total_loss``).
 
     ``losses`` is the ``losses.csv`` table: an ``iteration`` column and ``train/*`` / ``val/*`` columns (and
     ``val_full/*``, the whole validation set's values when ``val/*`` is a sample's, drawn as diamonds;

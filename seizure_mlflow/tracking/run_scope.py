@@ -20,7 +20,7 @@ from mlflow import MlflowClient
 
 from seizure_mlflow.data.staging import OutputFolderLock
 from seizure_mlflow.engine.checkpoint import BestCheckpoint, read_best_checkpoint
-from seizure_mlflow.engine.monitor import Monitor
+from seizure_mlflow.monitor import Monitor
 from seizure_mlflow.engine.stopping import DIVERGED, SIGNAL, read_stop
 from seizure_mlflow.engine.trainer import VALIDATION_SAMPLE_FILE, best_checkpoint_path
 from seizure_mlflow.tracking.datasets import TESTING, TRAINING, VALIDATION, log_datasets, log_validation_sample
@@ -95,7 +95,7 @@ class TrainingRun:
 
     def _start_tags(self) -> dict[str, str]:
         datasets = self.plan.datasets
-        return {"seizure.config": self.plan.params.config, MONITOR_RUN_TAG: self.plan.params.monitor,
+        return {"seizure.config": self.plan.params.config, MONITOR_RUN_TAG: self.plan.cfg.VALIDATION.MONITOR,
                 "seizure.dataset": "sample" if datasets.is_sample else "custom",
                 "seizure.train_digest": datasets.train.digest, "seizure.val_digest": datasets.val.digest}
 
@@ -141,7 +141,7 @@ class TrainingRun:
         best = self.best()
         if best is None:
             self.record(None)
-            raise RuntimeError(f"no best checkpoint in {self.cfg.OUTPUT_DIR}: no finite {self.plan.params.monitor} "
+            raise RuntimeError(f"no best checkpoint in {self.cfg.OUTPUT_DIR}: no finite {self.plan.cfg.VALIDATION.MONITOR} "
                                "was computed")
         return best
 
@@ -149,7 +149,7 @@ class TrainingRun:
         """``losses.csv`` and the loss plot from the run's metrics; the best checkpoint's values as
         ``best/<monitor>`` (``best/val_total_loss``, ``best/val_segm_AP``) and ``best/iteration``, linked to its
         logged model and the validation set when given."""
-        monitor = Monitor(self.plan.params.monitor)
+        monitor = Monitor(self.plan.cfg.VALIDATION.MONITOR)
         log_losses(self.run_id, best.iteration if best else None, monitor=monitor)
         if best is not None:
             mlflow.log_metrics({monitor.best_metric: best.value, BEST_ITER_METRIC: best.iteration},

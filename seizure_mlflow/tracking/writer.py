@@ -6,7 +6,7 @@ entered the event storage since the previous write is queued once, unsmoothed, w
 ``delivery.py``: ordered, bounded memory, retries with backoff, stops on a permanent refusal):
 
 * ``total_loss``, ``loss_*`` and ``lr`` become ``train/total_loss``, ``train/loss_*``, ``train/lr``;
-* ``val/*`` and ``val_full/*`` (put by :class:`~seizure_mlflow.engine.validation.ValidationLoss`) are sent as
+* ``val/*`` and ``val_full/*`` (put by :class:`~seizure_mlflow.engine.validation.Validation`) are sent as
   they are.
 """
 

@@ -17,7 +17,7 @@ from seizure_mlflow.coco_ap import ImageMatches, detections_coco, quiet_coco
 from seizure_mlflow.config import ConfigError
 from seizure_mlflow.data.val_sample import replicate_groups
 from seizure_mlflow.engine.measures import jackknife_se
-from seizure_mlflow.engine.monitor import Monitor
+from seizure_mlflow.monitor import Monitor
 from seizure_mlflow.engine.validation import precise_sample_size
 
 
