@@ -1,4 +1,5 @@
-"""Validation at the study's ratio: the whole validation set every period vs ``val_max_images=auto``.
+"""Validation at the study's ratio: the whole validation set every period vs ``val_max_images=auto``, with the loss
+alone and with validation AP (``monitor=val/segm/AP``), and how sure each sample's values are.
 
 The study validated 6,854 frames every 100 iterations of 64 images: 1.07 validation frames per training image.
 This benchmark keeps that ratio on sample data made large enough (50 videos x ``--frames-per-video`` frames,
@@ -7,7 +8,12 @@ so 10 validation videos), with the demo's R18-FPN config on this machine's CPU:
 * run 1, ``val_max_images=0``: every validation frame at every period;
 * run 2, ``val_max_images=auto`` and ``full_val_period`` = the validation period, so that the sample's
   ``val/total_loss`` can be compared with the whole set's ``val_full/total_loss`` at every period (those extra
-  full passes are a measurement, reported apart: a normal run makes one, at the end).
+  full passes are a measurement, reported apart: a normal run makes one, at the end);
+* run 3, the same with ``monitor=val/segm/AP``: the loss and AP on the sample, sized with the AP pass included.
+
+At every period and for each value, the table gives the sample's value, its standard error (``val/*_se``), the
+whole set's value and whether it lies within two standard errors. The loss's and AP's shares of training time
+come from the same run (``seconds_by_measure``), side by side.
 
 Validation's share is the seconds the validation hook spent on its periodic passes over the seconds of
 training proper (both from the run's ``validation_sample.json``). Repeat passes: the sample's loss computed
@@ -46,6 +52,13 @@ def repeat_is_identical(output_dir: Path, params, datasets, record: dict) -> boo
     return first == second
 
 
+ESTIMATED = ("total_loss", "segm/AP", "bbox/AP")
+
+
+def _share(seconds: float, training: float) -> str:
+    return f"{seconds / training:.1%}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames-per-video", type=int, default=100)
@@ -73,49 +86,70 @@ def main() -> None:
                            val_images=data["val"][1], ims_per_batch=args.ims_per_batch, eval_period=eval_period,
                            max_iter=eval_period * args.periods, device="cpu", system_metrics=False,
                            model_name="bench-validation")
-        for label, changes in (("whole set (val_max_images=0)", {"val_max_images": "0"}),
-                               ("auto", {"val_max_images": "auto", "full_val_period": eval_period})):
-            out = root / f"out-{changes['val_max_images']}"
+        runs = (("whole set (val_max_images=0)", "whole", {"val_max_images": "0"}),
+                ("auto, loss", "auto-loss", {"val_max_images": "auto", "full_val_period": eval_period}),
+                ("auto, monitor=val/segm/AP (loss + AP)", "auto-ap",
+                 {"val_max_images": "auto", "full_val_period": eval_period, "monitor": "val/segm/AP"}))
+        for label, name, changes in runs:
+            out = root / f"out-{name}"
             params = base.replace(output_dir=str(out), **changes)
             result = run_training(params)
             record = json.loads((out / "validation_sample.json").read_text())
-            seconds = record["seconds"]
+            seconds, by_measure = record["seconds"], record.get("seconds_by_measure", {})
+            training = seconds["training"]
             periodic = seconds["sample"]
-            one_full_pass = seconds["full"] / args.periods if label == "auto" else 0.0  # whole set: val_full = val
+            one_full_pass = seconds["full"] / args.periods if name != "whole" else 0.0  # whole set: val_full = val
             rows.append({"run": label, "frames_per_pass": len(record["image_ids"]), "of": record["full_size"],
-                         "training_s": round(seconds["training"], 1), "validation_s": round(periodic, 1),
-                         "validation_share": f"{periodic / seconds['training']:.1%}",
-                         "share_with_final_full_pass": f"{(periodic + one_full_pass) / seconds['training']:.1%}",
+                         "decided_by": record.get("decided_by") or record["mode"],
+                         "expected_rse": "" if record.get("estimated_rse") is None else f"{record['estimated_rse']:.1%}",
+                         "training_s": round(training, 1), "validation_s": round(periodic, 1),
+                         "loss_share": _share(by_measure.get("loss", periodic), training),
+                         "ap_share": _share(by_measure["ap"], training) if "ap" in by_measure else "",
+                         "validation_share": _share(periodic, training),
+                         "share_with_final_full_pass": _share(periodic + one_full_pass, training),
                          "pilot_s": round(seconds["pilot"], 1)})
-            if label == "auto":
-                # the same run's whole-set passes (one per period): the whole set's cost on the same machine at the
-                # same time as the sample's, side by side
-                rows.append({"run": "whole set, passes inside the auto run", "frames_per_pass": record["full_size"],
-                             "of": record["full_size"], "training_s": round(seconds["training"], 1),
-                             "validation_s": round(seconds["full"], 1),
-                             "validation_share": f"{seconds['full'] / seconds['training']:.1%}",
-                             "share_with_final_full_pass": "", "pilot_s": ""})
-                client = mlflow.MlflowClient()
-                val = {m.step: m.value for m in client.get_metric_history(result.run_id, "val/total_loss")}
-                full = {m.step: m.value for m in client.get_metric_history(result.run_id, "val_full/total_loss")}
+            if name == "whole":
+                continue
+            # the same run's whole-set passes (one per period): the whole set's cost on the same machine at the
+            # same time as the sample's, side by side
+            rows.append({"run": f"whole set, passes inside the '{label}' run", "frames_per_pass": record["full_size"],
+                         "of": record["full_size"], "decided_by": "", "expected_rse": "",
+                         "training_s": round(training, 1), "validation_s": round(seconds["full"], 1),
+                         "loss_share": "", "ap_share": "", "validation_share": _share(seconds["full"], training),
+                         "share_with_final_full_pass": "", "pilot_s": ""})
+            client = mlflow.MlflowClient()
+            for key in ESTIMATED if name == "auto-ap" else ESTIMATED[:1]:
+                val = {m.step: m.value for m in client.get_metric_history(result.run_id, f"val/{key}")}
+                se = {m.step: m.value for m in client.get_metric_history(result.run_id, f"val/{key}_se")}
+                full = {m.step: m.value for m in client.get_metric_history(result.run_id, f"val_full/{key}")}
                 for step in sorted(full):
-                    errors.append({"iteration": step, "val_total_loss (sample)": round(val[step], 5),
-                                   "val_full_total_loss": round(full[step], 5),
-                                   "relative_error": f"{abs(val[step] - full[step]) / full[step]:.2%}"})
+                    gap = abs(val[step] - full[step])
+                    errors.append({"run": label, "metric": key, "iteration": step, "sample": round(val[step], 4),
+                                   "standard_error": round(se[step], 4) if step in se else "",
+                                   "whole_set": round(full[step], 4),
+                                   "relative_error": f"{gap / abs(full[step]):.2%}" if full[step] else "",
+                                   "errors_of_2se": round(gap / se[step], 2) if se.get(step) else "",
+                                   "within_2se": gap <= 2 * se[step] if step in se else ""})
+            if name == "auto-loss":
                 datasets = check_datasets(params.train_json, params.train_images, params.val_json, params.val_images)
                 identical = repeat_is_identical(out, params, datasets, record)
     print(f"\nstudy ratio: {STUDY_VAL_FRAMES_PER_TRAIN_IMAGE:.2f} validation frames per training image; here "
           f"{val_frames} validation frames every {eval_period} iterations of {args.ims_per_batch} images")
     print_table(rows)
     print("('share_with_final_full_pass' for auto adds one whole-set pass, as a normal run makes at its end, spread "
-          f"over {args.periods} periods)")
+          f"over {args.periods} periods; loss_share and ap_share split the validation_share of the same run)")
     print_table(errors)
-    worst = max(float(e["relative_error"].rstrip("%")) for e in errors)
-    print(f"\nworst estimate error {worst:.2f}%; repeat passes bit-identical: {identical}")
+    losses = [e for e in errors if e["metric"] == "total_loss"]
+    worst = max(float(e["relative_error"].rstrip("%")) for e in losses)
+    covered = sum(1 for e in errors if e["within_2se"] is True)
+    judged = sum(1 for e in errors if e["within_2se"] != "")
+    print(f"\nworst loss estimate error {worst:.2f}%; whole set within 2 standard errors of the sample {covered} of "
+          f"{judged} times; repeat passes bit-identical: {identical}")
     write_results(args.out, {"setting": {"frames_per_video": args.frames_per_video, "val_frames": val_frames,
                                          "eval_period": eval_period, "ims_per_batch": args.ims_per_batch,
                                          "periods": args.periods},
                              "runs": rows, "estimate": errors, "worst_relative_error_percent": worst,
+                             "within_2se": {"covered": covered, "judged": judged},
                              "repeat_bit_identical": identical})
 
 

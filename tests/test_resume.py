@@ -111,13 +111,14 @@ def test_sigterm_saves_a_checkpoint_and_ends_the_run_killed(tiny_data, tracking,
     assert MlflowClient().get_run(run_id).data.tags["seizure.stop_reason"] == "max_iter"
 
 
-def test_the_patience_count_survives_a_kill_and_resume(tiny_data, tracking, tmp_path):
-    """No loss decrease reaches min_delta: after the first validation (4) none counts as an improvement, so
-    with patience 3 training stops at 16.
+@pytest.mark.parametrize("monitor", ["val/total_loss", "val/segm/AP"])
+def test_the_patience_count_survives_a_kill_and_resume(tiny_data, tracking, tmp_path, monitor):
+    """No change of the monitored metric reaches min_delta (a loss cannot fall, an AP cannot rise, by 1e6): after
+    the first validation (4) none counts as an improvement, so with patience 3 training stops at 16.
     Killed after a checkpoint at 8 or 12 (one or two validations without improvement) and resumed, it stops
     at 16 still; a count that restarted would run to 24."""
     out, log = tmp_path / "patient", tmp_path / "patient.log"
-    extra = ("--patience", "3", "--min-delta", "1e6")
+    extra = ("--patience", "3", "--min-delta", "1e6", "--monitor", monitor)
     proc = _start(_command(tiny_data, out, "patient", *extra), tracking, tmp_path, log)
     checkpoint = _wait_for_checkpoint(out, proc, 8, log)
     proc.send_signal(signal.SIGKILL)
@@ -128,6 +129,8 @@ def test_the_patience_count_survives_a_kill_and_resume(tiny_data, tracking, tmp_
     run = MlflowClient().get_run(json.loads((out / "mlflow_run.json").read_text())["run_id"])
     assert run.data.tags["seizure.stop_reason"] == "early_stopping"
     assert run.data.metrics["stopped_at"] == 16
+    assert _steps(run.info.run_id, monitor) == [4, 8, 12, 16] and run.data.tags["seizure.monitor"] == monitor
+    assert f"best/{monitor.replace('/', '_')}" in run.data.metrics
 
 
 def test_resume_without_checkpoint_is_a_clear_error(tiny_data, tracking, tmp_path):
