@@ -128,7 +128,7 @@ def main() -> None:
                                    "standard_error": round(se[step], 4) if step in se else "",
                                    "whole_set": round(full[step], 4),
                                    "relative_error": f"{gap / abs(full[step]):.2%}" if full[step] else "",
-                                   "errors_of_2se": round(gap / se[step], 2) if se.get(step) else "",
+                                   "gap_in_se": round(gap / se[step], 2) if se.get(step) else "",
                                    "within_2se": gap <= 2 * se[step] if step in se else ""})
             if name == "auto-loss":
                 datasets = check_datasets(params.train_json, params.train_images, params.val_json, params.val_images)

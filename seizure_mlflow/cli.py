@@ -341,11 +341,17 @@ def _add_promote(sub) -> None:
     from seizure_mlflow.registry.promote import DEFAULT_METRIC
 
     p = sub.add_parser("promote", help="move @champion to @challenger if it is better on a test metric",
-                       description="Compare the challenger with the champion on one test set and move the champion "
-                                   "alias only if the challenger is strictly better. Without --test-json the values "
-                                   "recorded by earlier evaluations are compared (only if from the same test set).")
+                       description="Compare the challenger with the champion on the same test videos and move the "
+                                   "champion alias only if the challenger is surely better: the 95%% interval of the "
+                                   "difference (paired bootstrap over videos) must lie above --min-improvement. "
+                                   "Without --test-json the values recorded by earlier evaluations are compared, "
+                                   "unpaired (only if from the same test set).")
     p.add_argument("--model-name", required=True, type=registered_model_name)
     p.add_argument("--metric", default=DEFAULT_METRIC)
+    p.add_argument("--min-improvement", type=float, default=0.0,
+                   help="AP points the interval's lower end must exceed (default 0)")
+    p.add_argument("--force", action="store_true", help="promote the challenger whatever the comparison says (recorded "
+                                                       "as forced)")
     p.add_argument("--test-json", default="")
     p.add_argument("--test-images", default="")
     p.set_defaults(func=cmd_promote)
@@ -357,7 +363,7 @@ def cmd_promote(args) -> int:
 
     _require_test_pair(args)
     test = check_coco(args.test_json, args.test_images) if args.test_json else None
-    decision = promote(args.model_name, test, args.metric)
+    decision = promote(args.model_name, test, args.metric, min_improvement=args.min_improvement, force=args.force)
     print(decision.message(args.model_name))
     return 0
 

@@ -2,12 +2,16 @@
 
 ``evaluate_detector`` runs the detector over every test image and returns box and mask AP (in percent, as
 Detectron2 reports them), per-category AP, the predictions in COCO results format (so anyone can
-recompute AP), and the precision-recall curves. Nothing here talks to MLflow: ``tracking.evaluation`` logs
+recompute AP), the precision-recall curves, and the evidence per video: box and mask AP (and AP50) of each test
+video, and a 95% interval of the pooled AP from a bootstrap over *videos* (:func:`per_video_evidence`: videos
+drawn with replacement, the pooled AP recomputed on the drawn videos' frames, a video drawn twice counting twice;
+from the one pass of inference, on the cached per-image matches). Nothing here talks to MLflow: ``tracking.evaluation`` logs
 a result, ``registry.evaluate`` evaluates a registered model and records the result on its run and version.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -21,9 +25,11 @@ from detectron2.data import DatasetCatalog
 from detectron2.evaluation import COCOEvaluator
 from tqdm import tqdm
 
+from seizure_mlflow.coco_ap import ImageMatches, VideoMatches, detections_coco, quiet_coco
 from seizure_mlflow.data.catalog import register_coco
 from seizure_mlflow.data.checks import CocoSummary
 from seizure_mlflow.data.frames import read_frame
+from seizure_mlflow.data.video_identity import grouped_by_video, video_label
 from seizure_mlflow.errors import DatasetError
 
 logger = logging.getLogger(__name__)
@@ -32,6 +38,9 @@ TEST_DATASET = "seizure_test"
 TASKS = ("bbox", "segm")
 SUMMARY_KEYS = ("AP", "AP50", "AP75")
 PREDICTIONS = "predictions.json"
+RESAMPLES = 1000  # bootstrap resamples of the test videos
+BOOTSTRAP_SEED = 0
+CI_LOW, CI_HIGH = "AP_ci_low", "AP_ci_high"  # test/segm/AP_ci_low: the 95% interval of test/segm/AP over videos
 
 
 def metric_name(task: str, key: str) -> str:
@@ -50,6 +59,8 @@ class EvaluationResult:
     num_images: int
     precision: dict[str, np.ndarray] = field(default_factory=dict)  # task -> COCOeval precision [T,R,K,A,M]
     category_names: list[str] = field(default_factory=list)
+    per_video: pd.DataFrame = field(default_factory=pd.DataFrame)  # video (a digest), frames, bbox_AP, ..., segm_AP50
+    resamples: int = 0  # of the interval (0: fewer than two videos, no interval)
 
 
 class _PrecisionKeepingEvaluator(COCOEvaluator):
@@ -103,10 +114,48 @@ def evaluate_detector(detector, test: CocoSummary, output_dir: str | os.PathLike
             metrics[metric_name(task, key)] = _finite(task_results.get(key))
         for name in test.category_names:
             rows[name][f"{task}_AP"] = _finite(task_results.get(f"AP-{name}"))
+    per_video, intervals = per_video_evidence(test.json_path, json.loads(predictions.read_text()))
+    metrics.update(intervals)
     return EvaluationResult(metrics=metrics, per_category=pd.DataFrame(list(rows.values())),
                             predictions_path=str(predictions), test_digest=test.digest,
                             num_images=len(records), precision=evaluator.precision,
-                            category_names=test.category_names)
+                            category_names=test.category_names, per_video=per_video,
+                            resamples=RESAMPLES if intervals else 0)
+
+
+def video_matches(json_path: str, predictions: list[dict]) -> dict[str, VideoMatches]:
+    """``{task: VideoMatches}`` of COCO results on a COCO file's frames, by the package's one video rule (all
+    frames one video when their videos are unknown), the videos labelled by :func:`video_label`."""
+    dataset = json.loads(Path(json_path).read_text())
+    gt = quiet_coco(dataset)
+    dt = detections_coco(gt, predictions)
+    groups = grouped_by_video(dataset["images"]) or {"": dataset["images"]}
+    video_of = {image["id"]: video_label(video) for video, frames in groups.items() for image in frames}
+    ids = [image["id"] for image in dataset["images"]]
+    return {task: VideoMatches(ImageMatches.evaluate(gt, dt, task, ids), video_of) for task in TASKS}
+
+
+def per_video_evidence(json_path: str, predictions: list[dict], resamples: int = RESAMPLES,
+                       seed: int = BOOTSTRAP_SEED) -> tuple[pd.DataFrame, dict[str, float]]:
+    """AP and AP50 of each video (a table: ``video``, ``frames``, ``bbox_AP``, ``bbox_AP50``, ``segm_AP``,
+    ``segm_AP50``), and ``{test/<task>/AP_ci_low, test/<task>/AP_ci_high}``: the 2.5th and 97.5th percentiles of
+    the pooled AP over ``resamples`` bootstrap resamples of the videos (none with fewer than two videos: there is
+    nothing to resample)."""
+    by_task = video_matches(json_path, predictions)
+    images = json.loads(Path(json_path).read_text())["images"]
+    frames = {video_label(v): len(f) for v, f in (grouped_by_video(images) or {"": images}).items()}
+    videos = by_task[TASKS[0]].videos
+    table = pd.DataFrame({"video": videos, "frames": [frames[v] for v in videos]})
+    intervals = {}
+    for task, matches in by_task.items():
+        alone = [matches.summary(np.eye(len(videos))[k]) for k in range(len(videos))]
+        for key in ("AP", "AP50"):
+            table[f"{task}_{key}"] = [_finite(a[key]) for a in alone]
+        if len(videos) >= 2:
+            values = [_finite(matches.summary(counts)["AP"]) for counts in matches.bootstrap(resamples, seed)]
+            low, high = np.percentile(values, [2.5, 97.5])
+            intervals[metric_name(task, CI_LOW)], intervals[metric_name(task, CI_HIGH)] = float(low), float(high)
+    return table, intervals
 
 
 def _finite(value) -> float:

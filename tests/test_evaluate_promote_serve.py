@@ -87,6 +87,53 @@ def test_evaluate_matches_pycocotools_on_the_logged_predictions(registry, tiny_d
     assert float(tags["test_segm_AP"]) == pytest.approx(run.data.metrics["test/segm/AP"], abs=1e-4)
 
 
+def test_evaluate_gives_ap_per_test_video_and_an_interval_over_videos(registry, three_videos):
+    """A test set of three videos: one row per video (named by a digest, never by its name), and the pooled AP's
+    95% interval from the bootstrap over videos on the run, the version's tags and the logged model."""
+    test_json, test_images = three_videos
+    images = json.loads(Path(test_json).read_text())["images"]
+    assert len({i["video_id"] for i in images}) == 3
+    proc = _cli(registry, "evaluate", "--model-uri", f"models:/{NAME}/1", "--test-json", test_json, "--test-images", test_images)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client = MlflowClient()
+    [run] = client.search_runs([mlflow.get_experiment_by_name("Default").experiment_id],
+                               filter_string="tags.`seizure.evaluation` = 'true'", order_by=["start_time DESC"],
+                               max_results=1)
+    table = Path(client.download_artifacts(run.info.run_id, "per_video_ap.csv")).read_text().splitlines()
+    assert table[0] == "video,frames,bbox_AP,bbox_AP50,segm_AP,segm_AP50" and len(table) == 4
+    assert all(row.startswith("video ") and row.split(",")[1] == "2" for row in table[1:])
+    assert not any(i["video_id"] in "\n".join(table) for i in images)
+    metrics = run.data.metrics
+    # The interval again, by pycocotools itself: each of the 1,000 seeded resamples of whole videos as the frames it
+    # stands for (a video drawn twice: its frames twice), accumulated by COCOeval.
+    import numpy as np
+
+    from seizure_mlflow.coco_ap import ImageMatches, VideoMatches, detections_coco, quiet_coco
+
+    predictions = json.loads(Path(client.download_artifacts(run.info.run_id, "predictions.json")).read_text())
+    gt = quiet_coco(json.loads(Path(test_json).read_text()))
+    video_of = {i["id"]: i["video_id"] for i in images}
+    for task in ("bbox", "segm"):
+        low, high = metrics[f"test/{task}/AP_ci_low"], metrics[f"test/{task}/AP_ci_high"]
+        assert low <= metrics[f"test/{task}/AP"] <= high
+        matches = ImageMatches.evaluate(gt, detections_coco(gt, predictions), task, [i["id"] for i in images])
+        videos = VideoMatches(matches, video_of).videos
+        positions = {v: [p for p, i in enumerate(matches.image_ids) if video_of[i] == v] for v in videos}
+        draws = VideoMatches(matches, video_of).bootstrap(1000, seed=0)
+        values = [matches.summary([p for v, c in zip(videos, counts) for _ in range(c) for p in positions[v]])["AP"]
+                  for counts in draws]
+        assert (low, high) == pytest.approx(tuple(np.percentile(values, [2.5, 97.5])), abs=1e-6)
+    assert metrics["test/bbox/AP_ci_high"] > metrics["test/bbox/AP_ci_low"], "no spread: the comparison is vacuous"
+    tags = client.get_model_version(NAME, "1").tags
+    assert float(tags["test_segm_AP_ci_high"]) == pytest.approx(metrics["test/segm/AP_ci_high"], abs=1e-4)
+    from seizure_mlflow.registry.uris import logged_model_id
+
+    model = client.get_logged_model(logged_model_id(client.get_model_version(NAME, "1")))
+    assert "test/segm/AP_ci_low" in {m.key for m in model.metrics}
+    plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert "plots/per_video_ap.png" in plots
+
+
 def _set_recorded(version: str, value: float, digest: str = "digest-A") -> None:
     client = MlflowClient()
     client.set_model_version_tag(NAME, version, "test_segm_AP", f"{value:.4f}")
@@ -159,6 +206,68 @@ def test_promotion_evaluates_both_on_the_given_test_set(fresh_aliases, tiny_data
     again = promote(NAME, test)  # both versions already carry results for this file: nothing is re-evaluated
     assert evaluation_runs() == before
     assert (again.champion_value, again.challenger_value) == (decision.champion_value, decision.challenger_value)
+
+
+@pytest.fixture(scope="module")
+def three_videos(tmp_path_factory) -> tuple[str, str]:
+    """A test set of three videos of two frames (the tiny sample data's size and categories)."""
+    from seizure_mlflow.data.sample import SampleSpec, sample_paths, write_sample_dataset
+
+    root = tmp_path_factory.mktemp("three") / "sample"
+    return sample_paths(write_sample_dataset(root, SampleSpec(num_videos=15, frames_per_video=2, width=96, height=72,
+                                                              seed=8)))["test"]
+
+
+def test_the_same_weights_twice_are_not_promoted_and_the_record_says_why(fresh_aliases, three_videos):
+    decision = promote(NAME, check_coco(*three_videos), metric="test/bbox/AP")
+    assert decision.outcome == "kept-tie" and _aliases() == {"champion": "1", "challenger": "2"}
+    assert decision.difference == 0 and decision.interval == (0.0, 0.0) and decision.videos == 3
+    assert "interval +0.00 to +0.00 over 3 test videos, 1000 resamples" in decision.message(NAME)
+    for version in ("1", "2"):
+        tags = MlflowClient().get_model_version(NAME, version).tags
+        assert tags["promotion_decision"] == "kept-tie" and tags["promotion_difference"] == "0.0000"
+        assert (tags["promotion_ci_low"], tags["promotion_ci_high"]) == ("0.0000", "0.0000")
+        assert (tags["promotion_videos"], tags["promotion_resamples"]) == ("3", "1000")
+
+
+def test_a_challenger_better_on_every_test_video_is_promoted_only_when_surely_better(registry, tiny_data, three_videos,
+                                                                                    tmp_path):
+    """Champion: one training iteration (it finds nobody); challenger: the 30-iteration model. Better on each of
+    the three test videos, so every resample of them is better: promoted. Asked for more than the interval
+    shows, it is kept as not significant; --force promotes it anyway, and says so."""
+    name, client = "eval-pair", MlflowClient()
+    test = check_coco(*three_videos)
+    run_training(tiny_params(tiny_data, tmp_path, model_name=name, max_iter=1, eval_period=1))
+    strong = str(mlflow.register_model(client.get_model_version(NAME, "1").source, name).version)
+    client.set_registered_model_alias(name, "challenger", strong)
+    per_video = {}
+    for version in ("1", strong):
+        proc = _cli(registry, "evaluate", "--model-uri", f"models:/{name}/{version}", "--test-json", three_videos[0],
+                    "--test-images", three_videos[1])
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        run_id = client.get_model_version(name, version).tags["evaluation_run_id"]
+        rows = Path(client.download_artifacts(run_id, "per_video_ap.csv", str(tmp_path))).read_text().splitlines()[1:]
+        per_video[version] = {row.split(",")[0]: float(row.split(",")[2]) for row in rows}
+    assert all(per_video[strong][v] > per_video["1"][v] for v in per_video["1"]), per_video  # the premise
+
+    too_much = promote(name, test, metric="test/bbox/AP", min_improvement=1000.0)
+    assert too_much.outcome == "kept-not-significant" and too_much.interval[0] > 0
+    assert {k: str(v) for k, v in client.get_registered_model(name).aliases.items()} == {
+        "champion": "1", "challenger": strong}
+    assert client.get_model_version(name, "1").tags["promotion_decision"] == "kept-not-significant"
+    assert "--force promotes anyway" in too_much.message(name)
+
+    decision = promote(name, test, metric="test/bbox/AP")
+    assert decision.outcome == "promoted" and not decision.forced and decision.interval[0] > 0
+    assert {k: str(v) for k, v in client.get_registered_model(name).aliases.items()} == {"champion": strong}
+    assert client.get_model_version(name, strong).tags["promotion_decision"] == "promoted"
+
+    client.set_registered_model_alias(name, "champion", "1")
+    client.set_registered_model_alias(name, "challenger", strong)
+    proc = _cli(registry, "promote", "--model-name", name, "--test-json", three_videos[0], "--test-images",
+                three_videos[1], "--metric", "test/bbox/AP", "--min-improvement", "1000", "--force")
+    assert proc.returncode == 0 and "promoted by --force" in proc.stdout, proc.stderr[-2000:]
+    assert client.get_model_version(name, strong).tags["promotion_forced"] == "true"
 
 
 def test_predict_on_a_real_video_writes_per_frame_results_and_overlay(registry, tmp_path):

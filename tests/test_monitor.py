@@ -133,3 +133,6 @@ def test_an_auto_sample_records_what_decided_its_size_and_every_value_has_its_er
     assert not any(k.startswith("val_full/") and k.endswith("_se") for k in metrics)
     if record["decided_by"] == "precision":
         assert record["estimated_rse"] <= 0.05
+    sample_input = [d for d in client.get_run(result.run_id).inputs.dataset_inputs
+                    if {t.key: t.value for t in d.tags}["mlflow.data.context"] == "validation_sample"][0]
+    assert {t.key: t.value for t in sample_input.tags}["decided_by"] == record["decided_by"]

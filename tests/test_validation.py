@@ -98,6 +98,20 @@ def test_training_is_identical_with_and_without_the_hook(tiny_data, tmp_path):
     assert val_iters == [1, 3]  # after 2 and 4 iterations
 
 
+@pytest.mark.slow
+def test_validation_ap_does_not_change_training_either(tiny_data, tmp_path):
+    """Eval-mode inference for AP (with BatchNorm, whose statistics eval mode must not move) between training
+    iterations: the weights after 4 iterations are the unvalidated run's, bit for bit."""
+    cfg, datasets = _cfg(tiny_data, tmp_path, name="out-ap", max_iter=4, eval_period=2, monitor="val/segm/AP")
+    with_ap = build_trainer(cfg, datasets)
+    with_ap.resume_or_load(resume=False)
+    with_ap.train()
+    assert [it for _, it in with_ap.storage.history("val/segm/AP").values()] == [1, 3]
+    without = _train(tiny_data, tmp_path, validate=False)
+    a, b = _state(with_ap.model), _state(without.model)
+    assert not [k for k in a if not torch.equal(a[k], b[k])], "validation AP changed training"
+
+
 def test_hook_order(tiny_data, tmp_path):
     cfg, datasets = _cfg(tiny_data, tmp_path)
     kinds = [type(h) for h in build_trainer(cfg, datasets)._hooks]

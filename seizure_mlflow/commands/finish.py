@@ -172,7 +172,7 @@ def evaluate_and_promote(detector, test: CocoSummary, run_id: str, model_name: s
 
     result = evaluate_and_record(detector, test, run_id, (model_name, str(version.version)))
     logger.info("Test set: %s", summary_line(result))
-    decision = promote(model_name, test)
+    decision = promote(model_name, test, run_id=run_id)
     logger.info("Promotion: %s", decision.message(model_name))
     aliases = MlflowClient().get_model_version(model_name, version.version).aliases
     return CHAMPION if CHAMPION in aliases else (CHALLENGER if CHALLENGER in aliases else ""), result.metrics

@@ -45,6 +45,14 @@ def grouped_by_video(images: list[Any]) -> dict[str, list[dict]] | None:
     return {key: sorted(frames, key=frame_order) for key, frames in sorted(groups.items())}
 
 
+def video_label(video: str) -> str:
+    """A video as records outside this machine name it: a digest of its key (``video 3f9a1c2e``), never the key
+    itself, which may carry a patient's name or a path."""
+    import hashlib
+
+    return "video " + hashlib.sha256(video.encode()).hexdigest()[:8]
+
+
 def count_videos(images: list[Any]) -> int:
     """How many videos the frames come from; 0 when unknown."""
     groups = grouped_by_video(images)

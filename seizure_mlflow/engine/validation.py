@@ -116,24 +116,26 @@ def auto_sample_size(seconds_per_iteration: float, seconds_per_image: float, eva
     return max(min(smallest, full_size), min(affordable, full_size))
 
 
-def precise_sample_size(value: float, raw_se: float, measured_size: int, full_size: int, precision: float
-                        ) -> tuple[int | None, float | None]:
-    """The smallest sample whose standard error is at most ``precision`` x ``|value|``, from a value and its
-    standard error (before the finite-population correction) measured on ``measured_size`` frames: the error
-    is taken to shrink as ``sqrt(1/n - 1/N)``. Returns ``(size or None when it cannot be judged, the relative
-    error expected at the measured size)``."""
+def expected_rse(value: float, raw_se: float, measured_size: int, size: int, full_size: int) -> float | None:
+    """The relative standard error a ``size``-frame sample of a ``full_size`` set is expected to have, from a
+    value and its standard error before the finite-population correction measured on ``measured_size`` frames:
+    the error is taken to shrink as ``sqrt(1/n - 1/N)``. None when it cannot be judged (no error, a value of 0)."""
     if not (math.isfinite(value) and math.isfinite(raw_se)) or value == 0 or measured_size < 1:
-        return None, None
+        return None
     per_frame = raw_se ** 2 * measured_size  # the variance of one frame's worth
-    rse = math.sqrt(per_frame * max(1 / measured_size - 1 / full_size, 0.0)) / abs(value)
+    return math.sqrt(per_frame * max(1 / size - 1 / full_size, 0.0)) / abs(value)
+
+
+def precise_sample_size(value: float, raw_se: float, measured_size: int, full_size: int, precision: float
+                        ) -> int | None:
+    """The smallest sample whose relative standard error (see :func:`expected_rse`) is at most ``precision``;
+    None when it cannot be judged."""
+    if expected_rse(value, raw_se, measured_size, full_size, full_size) is None:
+        return None
+    per_frame = raw_se ** 2 * measured_size
     if per_frame == 0:
-        return 1, rse
-    wanted = (precision * abs(value)) ** 2 / per_frame + 1 / full_size
-    return min(full_size, math.ceil(1 / wanted)), rse
-
-
-def relative_error(value: float, se: float | None) -> float | None:
-    return se / abs(value) if se is not None and math.isfinite(se) and value else None
+        return 1
+    return min(full_size, math.ceil(1 / ((precision * abs(value)) ** 2 / per_frame + 1 / full_size)))
 
 
 @dataclass(frozen=True)
@@ -336,13 +338,10 @@ class Validation(HookBase):
         self.seconds["pilot"] += time.perf_counter() - started
         value, raw_se = measured.values.get(key, math.nan), measured.errors.get(key, math.nan)
         full = len(self._images)
-        wanted, _ = precise_sample_size(value, raw_se, len(ids), full, self._precision)
+        wanted = precise_sample_size(value, raw_se, len(ids), full, self._precision)
         if wanted is not None and wanted <= affordable:
             size, decided_by = max(wanted, min(smallest, full)), "precision"
         else:
             size, decided_by = affordable, "time budget"
-        if not (math.isfinite(value) and math.isfinite(raw_se)) or value == 0:
-            return size, decided_by, None
-        per_frame = raw_se ** 2 * len(ids)
-        return size, decided_by, math.sqrt(per_frame * max(1 / size - 1 / full, 0.0)) / abs(value)
+        return size, decided_by, expected_rse(value, raw_se, len(ids), size, full)
 

@@ -86,4 +86,6 @@ def log_validation_sample(run_id: str, record_path: str, val: CocoSummary, clien
     entity = MetaDataset(_SOURCE, name=f"seizure-{VALIDATION_SAMPLE}", digest=digest)._to_mlflow_entity()
     tags = [InputTag("mlflow.data.context", VALIDATION_SAMPLE), InputTag("images", str(len(ids))),
             InputTag("of_images", str(choice["full_size"])), InputTag("chosen", choice["mode"])]
+    if choice.get("decided_by"):  # auto: which limit decided its size
+        tags.append(InputTag("decided_by", choice["decided_by"]))
     client.log_inputs(run_id, datasets=[DatasetInput(dataset=entity, tags=tags)])

@@ -11,17 +11,20 @@ from mlflow import MlflowClient
 from seizure_mlflow.evaluation import EvaluationResult
 
 PER_CATEGORY = "per_category_ap.csv"
+PER_VIDEO = "per_video_ap.csv"  # one row per test video, named by a digest (see data.video_identity.video_label)
 PR_PLOT = "plots/precision_recall.png"
+PER_VIDEO_PLOT = "plots/per_video_ap.png"
 
 
 def log_evaluation(result: EvaluationResult, run_id: str, model_id: str | None = None, dataset=None,
                    client: MlflowClient | None = None) -> None:
-    """Metrics, ``predictions.json``, ``per_category_ap.csv`` and ``plots/precision_recall.png`` in a run.
+    """Metrics, ``predictions.json``, ``per_category_ap.csv``, ``per_video_ap.csv``, ``plots/precision_recall.png``
+    and ``plots/per_video_ap.png`` in a run.
 
     With ``model_id`` (and ``dataset``, the test set's dataset entity) the metrics are linked to that logged
     model and data set too, so the MLflow UI shows them on the model and can rank models by them.
     """
-    from seizure_mlflow.tracking.plots import plot_precision_recall
+    from seizure_mlflow.tracking.plots import plot_per_video_ap, plot_precision_recall
 
     client = client or MlflowClient()
     mlflow.log_metrics(result.metrics, step=0, run_id=run_id, model_id=model_id, dataset=dataset)
@@ -33,3 +36,10 @@ def log_evaluation(result: EvaluationResult, run_id: str, model_id: str | None =
         png = os.path.join(tmp, os.path.basename(PR_PLOT))
         plot_precision_recall(result, png)
         client.log_artifact(run_id, png, artifact_path=os.path.dirname(PR_PLOT))
+        if len(result.per_video):
+            csv_path = os.path.join(tmp, PER_VIDEO)
+            result.per_video.to_csv(csv_path, index=False)
+            client.log_artifact(run_id, csv_path)
+            png = os.path.join(tmp, os.path.basename(PER_VIDEO_PLOT))
+            plot_per_video_ap(result, png)
+            client.log_artifact(run_id, png, artifact_path=os.path.dirname(PER_VIDEO_PLOT))

@@ -53,7 +53,9 @@ def plot_loss_curves(losses: pd.DataFrame, path: str, best_iteration: int | None
     ``val/*_se``, the sample's standard errors, drawn as error bars of two standard errors).
     """
     monitored = monitor.metric if monitor is not None else "val/total_loss"
-    ap_columns = [c for c in ("val/segm/AP", "val/bbox/AP", "val/segm/AP50", "val/bbox/AP50") if c in losses]
+    ap_columns = [c for c in ("val/segm/AP", "val/bbox/AP") if c in losses]  # AP50 only when it is the monitor
+    if monitored.endswith("AP50") and monitored in losses:
+        ap_columns.append(monitored)
     panels = 3 if ap_columns else 2
     fig, axes = plt.subplots(panels, 1, figsize=(9, 4 + 3 * (panels - 1)), sharex=True,
                              gridspec_kw={"height_ratios": [3, 2, 2][:panels]})
@@ -71,7 +73,8 @@ def plot_loss_curves(losses: pd.DataFrame, path: str, best_iteration: int | None
         ax_total.scatter(full["iteration"], full["val_full/total_loss"], color="tab:red", marker="D", s=36, zorder=6,
                          label="validation, whole set")
     ax_total.set_ylabel("total loss")
-    ax_total.set_title(title)
+    ax_total.set_title(title if not ap_columns or title != "Training and validation loss"
+                       else "Training and validation loss, validation AP")
     if ap_columns:
         ax_ap = axes[1]
         colours = {"val/segm/AP": "tab:purple", "val/bbox/AP": "tab:brown", "val/segm/AP50": "tab:pink",
@@ -89,7 +92,7 @@ def plot_loss_curves(losses: pd.DataFrame, path: str, best_iteration: int | None
     ax_total.grid(alpha=0.3)
     ax_total.legend(loc="upper right", fontsize="small")
     if ap_columns:
-        axes[1].legend(loc="lower right", fontsize="small", ncol=2)
+        axes[1].legend(loc="best", fontsize="small")
 
     components = sorted({c.split("/", 1)[1] for c in losses.columns
                          if c.startswith(("train/loss_", "val/loss_")) and not c.endswith("_se")})
@@ -134,6 +137,30 @@ def plot_precision_recall(result: EvaluationResult, path: str) -> None:
             ax.text(0.5, 0.5, "no predictions", ha="center")
     axes[0].set_ylabel("precision")
     axes[-1].legend(loc="lower left", fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_per_video_ap(result: EvaluationResult, path: str) -> None:
+    """Box and mask AP of each test video (one point each, in order of mask AP), the pooled AP and its 95% interval
+    over videos (when there are two videos or more)."""
+    table = result.per_video.sort_values("segm_AP").reset_index(drop=True)
+    fig, axes = plt.subplots(1, len(TASKS), figsize=(11, 4.5), sharey=True)
+    for ax, task in zip(axes, TASKS):
+        ax.scatter(range(len(table)), table[f"{task}_AP"], color="tab:blue", zorder=3, label="one test video")
+        pooled = result.metrics[metric_name(task, "AP")]
+        ax.axhline(pooled, color="tab:orange", lw=2, label=f"pooled {pooled:.1f}")
+        low, high = result.metrics.get(metric_name(task, "AP_ci_low")), result.metrics.get(metric_name(task, "AP_ci_high"))
+        if low is not None:
+            ax.axhspan(low, high, color="tab:orange", alpha=0.2,
+                       label=f"95% interval over videos {low:.1f}-{high:.1f} ({result.resamples} resamples)")
+        ax.set_title(f"{task}: AP of each of {len(table)} test videos")
+        ax.set_xlabel("test video (ordered by mask AP)")
+        ax.set_xticks(range(len(table)))
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper left", fontsize="small")
+    axes[0].set_ylabel("AP (%)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -18,7 +18,7 @@ from seizure_mlflow.config import ConfigError
 from seizure_mlflow.data.val_sample import replicate_groups
 from seizure_mlflow.engine.measures import jackknife_se
 from seizure_mlflow.monitor import Monitor
-from seizure_mlflow.engine.validation import precise_sample_size
+from seizure_mlflow.engine.validation import expected_rse, precise_sample_size
 
 
 def test_the_monitor_knows_its_direction_and_names():
@@ -102,11 +102,32 @@ def test_an_image_that_appears_twice_counts_twice():
     assert matches.summary([0, 0, 1, 2, 3, 4, 5])["AP"] == pytest.approx(expected[0])
 
 
+@pytest.mark.parametrize("task", ["bbox", "segm"])
+def test_ap_on_a_resample_of_videos_is_cocoevals_on_those_frames_with_repeats(task):
+    from seizure_mlflow.coco_ap import VideoMatches
+
+    gt, detections = _dataset(images=9, seed=2)  # videos v0, v1, v2 of 3 frames each
+    coco = quiet_coco(gt)
+    matches = ImageMatches.evaluate(coco, detections_coco(coco, detections), task, [i["id"] for i in gt["images"]])
+    video_of = {i["id"]: i["file_name"].split("/")[0] for i in gt["images"]}
+    by_video = VideoMatches(matches, video_of)
+    assert by_video.videos == ["v0", "v1", "v2"]
+    positions = {v: [p for p, i in enumerate(matches.image_ids) if video_of[i] == v] for v in by_video.videos}
+    for counts in ([1, 1, 1], [2, 0, 1], [0, 3, 0], [1, 2, 0]):
+        expected = matches.summary([p for v, c in zip(by_video.videos, counts) for _ in range(c) for p in positions[v]])
+        got = by_video.summary(np.array(counts))
+        assert (got["AP"], got["AP50"]) == pytest.approx((expected["AP"], expected["AP50"]), abs=1e-9), counts
+    assert by_video.summary([2, 0, 1]) != pytest.approx(by_video.summary([1, 1, 1]))
+    draws = by_video.bootstrap(resamples=50, seed=1)
+    assert draws.shape == (50, 3) and (draws.sum(axis=1) == 3).all()
+    assert (draws == by_video.bootstrap(resamples=50, seed=1)).all()
+
+
 def test_no_detections_at_all_is_zero_ap():
     gt, _ = _dataset()
     coco = quiet_coco(gt)
     matches = ImageMatches.evaluate(coco, detections_coco(coco, []), "bbox", [i["id"] for i in gt["images"]])
-    assert matches.summary() == {"AP": 0.0, "AP50": 0.0}
+    assert matches.summary() == {"AP": 0.0, "AP50": 0.0, "AP75": 0.0}
 
 
 def test_the_jackknife_error_of_a_mean_is_the_textbook_standard_error():
@@ -126,9 +147,9 @@ def test_replicate_groups_are_blocks_of_one_batch_dealt_round_robin():
 
 def test_the_precise_size_shrinks_the_error_to_the_target():
     # a standard error of 4% of the value on 100 frames of 1000: a 2% error needs about 4x the frames
-    size, rse = precise_sample_size(10.0, 0.4, 100, 1000, 0.02)
-    per_frame = 0.4 ** 2 * 100
-    assert math.sqrt(per_frame * (1 / size - 1 / 1000)) / 10 <= 0.02 < math.sqrt(per_frame * (1 / (size - 1) - 1 / 1000)) / 10
-    assert 280 < size < 300 and rse == pytest.approx(0.4 * math.sqrt(1 - 100 / 1000) / 10)
-    assert precise_sample_size(0.0, 0.4, 100, 1000, 0.02) == (None, None)  # an AP of 0: no relative error
-    assert precise_sample_size(10.0, 0.01, 100, 1000, 0.02)[0] < 100
+    size = precise_sample_size(10.0, 0.4, 100, 1000, 0.02)
+    assert expected_rse(10.0, 0.4, 100, size, 1000) <= 0.02 < expected_rse(10.0, 0.4, 100, size - 1, 1000)
+    assert 280 < size < 300 and expected_rse(10.0, 0.4, 100, 100, 1000) == pytest.approx(0.4 * math.sqrt(0.9) / 10)
+    assert precise_sample_size(0.0, 0.4, 100, 1000, 0.02) is None  # an AP of 0: no relative error
+    assert precise_sample_size(10.0, 0.01, 100, 1000, 0.02) < 100
+    assert expected_rse(10.0, 0.4, 100, 1000, 1000) == 0.0  # the whole set has no sampling error
