@@ -88,16 +88,15 @@ def bootstrap_rows(images: int, videos: int) -> list[dict]:
     from seizure_mlflow.coco_ap import ImageMatches, VideoMatches, detections_coco, quiet_coco
 
     gt, first = synthetic(images, seed=1, per_video=images // videos)
-    _, second = synthetic(images, seed=2, per_video=images // videos)  # another "model": other detections
-    for detection, other in zip(first, second):
-        other["bbox"], other["segmentation"] = detection["bbox"], detection["segmentation"]
+    rng = random.Random(2)
+    second = [{**d, "score": rng.random()} for d in first]  # another "model": the same boxes, ranked otherwise
     rows = []
     started = time.perf_counter()
     coco = quiet_coco(gt)
     video_of = {i["id"]: i["file_name"].split("/")[0] for i in gt["images"]}
     ids = [i["id"] for i in gt["images"]]
     models = [VideoMatches(ImageMatches.evaluate(coco, detections_coco(coco, d), "segm", ids), video_of)
-              for d in (first, second[:len(first)])]
+              for d in (first, second)]
     rows.append({"step": "per-image matching, two models (segm)", "seconds": round(time.perf_counter() - started, 2)})
     draws = models[0].bootstrap(1000, seed=0)
     started = time.perf_counter()

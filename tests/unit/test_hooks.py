@@ -251,7 +251,7 @@ def test_early_stopping_on_ap_waits_for_a_rise_of_more_than_min_delta():
     # AP 10 after 2 iterations, then 10.5, 11.0 (not more than 1 above) and a fall: stopped after 8
     hook = EarlyStopping(Monitor("val/segm/AP"), patience=3, min_delta=1.0)
     trainer = ToyTrainer(max_iter=30)
-    trainer.register_hooks([HandsOn([10.0, 10.5, 11.0, 9.0] + [30.0] * 10, 2, "val/segm/AP"), hook])
+    trainer.register_hooks([HandsOn([10.0, 10.5, 11.0, 8.0] + [30.0] * 10, 2, "val/segm/AP"), hook])
     trainer.train()
     assert (trainer.stop_reason, trainer.stopped_at) == (EARLY_STOPPING, 8) and hook.best == 10.0
 
