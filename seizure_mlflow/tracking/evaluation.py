@@ -30,16 +30,18 @@ def log_evaluation(result: EvaluationResult, run_id: str, model_id: str | None =
     mlflow.log_metrics(result.metrics, step=0, run_id=run_id, model_id=model_id, dataset=dataset)
     client.log_artifact(run_id, result.predictions_path)
     with tempfile.TemporaryDirectory() as tmp:
-        csv_path = os.path.join(tmp, PER_CATEGORY)
-        result.per_category.to_csv(csv_path, index=False)
-        client.log_artifact(run_id, csv_path)
-        png = os.path.join(tmp, os.path.basename(PR_PLOT))
-        plot_precision_recall(result, png)
-        client.log_artifact(run_id, png, artifact_path=os.path.dirname(PR_PLOT))
+        _log_table_and_plot(client, run_id, tmp, result.per_category, PER_CATEGORY, plot_precision_recall, result, PR_PLOT)
         if len(result.per_video):
-            csv_path = os.path.join(tmp, PER_VIDEO)
-            result.per_video.to_csv(csv_path, index=False)
-            client.log_artifact(run_id, csv_path)
-            png = os.path.join(tmp, os.path.basename(PER_VIDEO_PLOT))
-            plot_per_video_ap(result, png)
-            client.log_artifact(run_id, png, artifact_path=os.path.dirname(PER_VIDEO_PLOT))
+            _log_table_and_plot(client, run_id, tmp, result.per_video, PER_VIDEO, plot_per_video_ap, result,
+                                PER_VIDEO_PLOT)
+
+
+def _log_table_and_plot(client: MlflowClient, run_id: str, tmp: str, table, table_name: str, plot, result,
+                        plot_name: str) -> None:
+    """``table`` as the artifact ``table_name`` (CSV) and ``plot(result, path)`` as ``plot_name``."""
+    csv_path = os.path.join(tmp, table_name)
+    table.to_csv(csv_path, index=False)
+    client.log_artifact(run_id, csv_path)
+    png = os.path.join(tmp, os.path.basename(plot_name))
+    plot(result, png)
+    client.log_artifact(run_id, png, artifact_path=os.path.dirname(plot_name))

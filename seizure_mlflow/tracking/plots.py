@@ -59,61 +59,71 @@ def plot_loss_curves(losses: pd.DataFrame, path: str, best_iteration: int | None
     panels = 3 if ap_columns else 2
     fig, axes = plt.subplots(panels, 1, figsize=(9, 4 + 3 * (panels - 1)), sharex=True,
                              gridspec_kw={"height_ratios": [3, 2, 2][:panels]})
-    ax_total, ax_parts = axes[0], axes[-1]
+    _total_loss_panel(axes[0], losses)
+    axes[0].set_title(title if not ap_columns or title != "Training and validation loss"
+                      else "Training and validation loss, validation AP")
+    if ap_columns:
+        _ap_panel(axes[1], losses, ap_columns)
+    if best_iteration is not None:
+        _mark_best(axes[1] if monitored in ap_columns else axes[0], losses, monitored, best_iteration)
+    axes[0].legend(loc="upper right", fontsize="small")
+    if ap_columns:
+        axes[1].legend(loc="best", fontsize="small")
+    _components_panel(axes[-1], losses)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _total_loss_panel(ax, losses: pd.DataFrame) -> None:
     train = _column(losses, "train/total_loss")
     if len(train):
         window = max(1, min(20, len(train) // 10))
-        ax_total.plot(train["iteration"], train["train/total_loss"], color="tab:blue", alpha=0.25, lw=1,
-                      label="train (per iteration)")
-        ax_total.plot(train["iteration"], _smooth(train["train/total_loss"].to_numpy(), window), color="tab:blue",
-                      lw=2, label=f"train (mean of {window})")
-    _validation_curve(ax_total, losses, "val/total_loss", "tab:orange", "validation")
+        ax.plot(train["iteration"], train["train/total_loss"], color="tab:blue", alpha=0.25, lw=1,
+                label="train (per iteration)")
+        ax.plot(train["iteration"], _smooth(train["train/total_loss"].to_numpy(), window), color="tab:blue", lw=2,
+                label=f"train (mean of {window})")
+    _validation_curve(ax, losses, "val/total_loss", "tab:orange", "validation")
     full = _column(losses, "val_full/total_loss")
     if len(full):
-        ax_total.scatter(full["iteration"], full["val_full/total_loss"], color="tab:red", marker="D", s=36, zorder=6,
-                         label="validation, whole set")
-    ax_total.set_ylabel("total loss")
-    ax_total.set_title(title if not ap_columns or title != "Training and validation loss"
-                       else "Training and validation loss, validation AP")
-    if ap_columns:
-        ax_ap = axes[1]
-        colours = {"val/segm/AP": "tab:purple", "val/bbox/AP": "tab:brown", "val/segm/AP50": "tab:pink",
-                   "val/bbox/AP50": "tab:olive"}
-        for name in ap_columns:
-            _validation_curve(ax_ap, losses, name, colours[name], name.removeprefix("val/"))
-            whole = _column(losses, name.replace("val/", "val_full/", 1))
-            if len(whole):
-                ax_ap.scatter(whole["iteration"], whole[name.replace("val/", "val_full/", 1)], color=colours[name],
-                              marker="D", s=36, zorder=6, edgecolors="black", label=f"{name.removeprefix('val/')}, whole set")
-        ax_ap.set_ylabel("validation AP (%)")
-        ax_ap.grid(alpha=0.3)
-    if best_iteration is not None:
-        _mark_best(axes[1] if monitored in ap_columns else ax_total, losses, monitored, best_iteration)
-    ax_total.grid(alpha=0.3)
-    ax_total.legend(loc="upper right", fontsize="small")
-    if ap_columns:
-        axes[1].legend(loc="best", fontsize="small")
+        ax.scatter(full["iteration"], full["val_full/total_loss"], color="tab:red", marker="D", s=36, zorder=6,
+                   label="validation, whole set")
+    ax.set_ylabel("total loss")
+    ax.grid(alpha=0.3)
 
+
+def _ap_panel(ax, losses: pd.DataFrame, columns: list[str]) -> None:
+    colours = {"val/segm/AP": "tab:purple", "val/bbox/AP": "tab:brown", "val/segm/AP50": "tab:pink",
+               "val/bbox/AP50": "tab:olive"}
+    for name in columns:
+        _validation_curve(ax, losses, name, colours[name], name.removeprefix("val/"))
+        whole_name = name.replace("val/", "val_full/", 1)
+        whole = _column(losses, whole_name)
+        if len(whole):
+            ax.scatter(whole["iteration"], whole[whole_name], color=colours[name], marker="D", s=36, zorder=6,
+                       edgecolors="black", label=f"{name.removeprefix('val/')}, whole set")
+    ax.set_ylabel("validation AP (%)")
+    ax.grid(alpha=0.3)
+
+
+def _components_panel(ax, losses: pd.DataFrame) -> None:
     components = sorted({c.split("/", 1)[1] for c in losses.columns
                          if c.startswith(("train/loss_", "val/loss_")) and not c.endswith("_se")})
     colours = plt.get_cmap("tab10")
     for k, comp in enumerate(components):
         if f"train/{comp}" in losses:
             t = _column(losses, f"train/{comp}")
-            ax_parts.plot(t["iteration"], _smooth(t[f"train/{comp}"].to_numpy(), max(1, min(20, len(t) // 10))),
-                          color=colours(k), lw=1.5, label=f"train {comp}")
+            ax.plot(t["iteration"], _smooth(t[f"train/{comp}"].to_numpy(), max(1, min(20, len(t) // 10))),
+                    color=colours(k), lw=1.5, label=f"train {comp}")
         if f"val/{comp}" in losses:
             v = _column(losses, f"val/{comp}")
-            ax_parts.plot(v["iteration"], v[f"val/{comp}"], color=colours(k), lw=1.5, ls="--", marker="o", ms=3,
-                          label=f"val {comp}")
-    ax_parts.set_xlabel("iteration")
-    ax_parts.set_ylabel("loss component")
-    ax_parts.grid(alpha=0.3)
+            ax.plot(v["iteration"], v[f"val/{comp}"], color=colours(k), lw=1.5, ls="--", marker="o", ms=3,
+                    label=f"val {comp}")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss component")
+    ax.grid(alpha=0.3)
     if components:
-        ax_parts.legend(loc="upper right", ncol=2, fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+        ax.legend(loc="upper right", ncol=2, fontsize="small")
 
 
 def plot_precision_recall(result: EvaluationResult, path: str) -> None:
