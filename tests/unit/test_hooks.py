@@ -301,3 +301,41 @@ def test_a_new_measure_is_one_function_logged_at_its_period_with_its_error_and_h
     assert [i for i, _ in _history(trainer, "val_full/norm")] == [6] and "val_full/norm_se" not in trainer.storage.histories()
     assert [i for i, _ in seen] == [1, 3, 5, 6]  # the hooks after it read each validation's values
     assert "val/norm" in seen[1][1] and "val/norm" not in seen[0][1]
+
+
+class SureLoss:
+    """A loss measure whose value is 1.0 with a small error (0.001 before the finite-population correction) on any
+    frames: ``auto`` can reach a 2% precision with very few of them."""
+
+    name, every = "loss", 1
+
+    def gives(self, key):
+        return key == "total_loss"
+
+    def __call__(self, model, batches, seed=0, groups=None):
+        from seizure_mlflow.engine.measures import Measured
+
+        list(batches)
+        return Measured({"total_loss": 1.0}, {"total_loss": 0.001})
+
+
+def test_auto_stops_growing_the_sample_at_the_precision_target_and_records_why(tmp_path):
+    import json
+
+    from seizure_mlflow.engine.validation import expected_rse
+
+    class SlowSteps(hooks.HookBase):  # training at 20 ms an iteration: the time budget affords every frame
+        def after_step(self):
+            import time
+
+            time.sleep(0.02)
+
+    hook = _validation(period=3, max_images="auto", measures=[SureLoss()])
+    hook._record_path = str(tmp_path / "sample.json")
+    trainer = ToyTrainer(max_iter=3)
+    trainer.register_hooks([SlowSteps(), hook])
+    trainer.train()
+    record = json.loads((tmp_path / "sample.json").read_text())
+    # one frame would reach 2%; at least one frame per video (2 videos) is kept
+    assert (record["decided_by"], len(record["image_ids"]), record["metric"]) == ("precision", 2, "val/total_loss")
+    assert record["estimated_rse"] == pytest.approx(expected_rse(1.0, 0.001, 6, 2, 6)) and record["precision"] == 0.02
