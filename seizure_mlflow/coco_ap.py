@@ -133,6 +133,9 @@ class VideoMatches:
         pe = ev._paramsEval
         self.videos = sorted(set(video_of[i] for i in pe.imgIds))
         index = {video: k for k, video in enumerate(self.videos)}
+        self.frames = [0] * len(self.videos)  # evaluated frames of each video
+        for image_id in pe.imgIds:
+            self.frames[index[video_of[image_id]]] += 1
         count, areas = len(pe.imgIds), len(pe.areaRng)
         self.recall_thresholds = np.asarray(pe.recThrs)
         self._categories: list[_Category] = []

@@ -123,7 +123,7 @@ def evaluate_detector(detector, test: CocoSummary, output_dir: str | os.PathLike
                             resamples=RESAMPLES if intervals else 0)
 
 
-def video_matches(json_path: str, predictions: list[dict]) -> dict[str, VideoMatches]:
+def video_matches(json_path: str, predictions: list[dict], tasks: tuple[str, ...] = TASKS) -> dict[str, VideoMatches]:
     """``{task: VideoMatches}`` of COCO results on a COCO file's frames, by the package's one video rule (all
     frames one video when their videos are unknown), the videos labelled by :func:`video_label`."""
     dataset = json.loads(Path(json_path).read_text())
@@ -132,7 +132,7 @@ def video_matches(json_path: str, predictions: list[dict]) -> dict[str, VideoMat
     groups = grouped_by_video(dataset["images"]) or {"": dataset["images"]}
     video_of = {image["id"]: video_label(video) for video, frames in groups.items() for image in frames}
     ids = [image["id"] for image in dataset["images"]]
-    return {task: VideoMatches(ImageMatches.evaluate(gt, dt, task, ids), video_of) for task in TASKS}
+    return {task: VideoMatches(ImageMatches.evaluate(gt, dt, task, ids), video_of) for task in tasks}
 
 
 def per_video_evidence(json_path: str, predictions: list[dict], resamples: int = RESAMPLES,
@@ -142,10 +142,8 @@ def per_video_evidence(json_path: str, predictions: list[dict], resamples: int =
     the pooled AP over ``resamples`` bootstrap resamples of the videos (none with fewer than two videos: there is
     nothing to resample)."""
     by_task = video_matches(json_path, predictions)
-    images = json.loads(Path(json_path).read_text())["images"]
-    frames = {video_label(v): len(f) for v, f in (grouped_by_video(images) or {"": images}).items()}
     videos = by_task[TASKS[0]].videos
-    table = pd.DataFrame({"video": videos, "frames": [frames[v] for v in videos]})
+    table = pd.DataFrame({"video": videos, "frames": by_task[TASKS[0]].frames})
     intervals = {}
     for task, matches in by_task.items():
         alone = [matches.summary(np.eye(len(videos))[k]) for k in range(len(videos))]

@@ -123,7 +123,7 @@ def paired_interval(test: CocoSummary, champion: list[dict], challenger: list[di
     """``(champion value, challenger value, the 95% interval of their difference or None, videos)`` on the same
     resampled test videos (:data:`~seizure_mlflow.evaluation.RESAMPLES`, seeded)."""
     _, task, key = metric.split("/")
-    ours, theirs = video_matches(test.json_path, champion)[task], video_matches(test.json_path, challenger)[task]
+    ours, theirs = (video_matches(test.json_path, predictions, (task,))[task] for predictions in (champion, challenger))
     before, after = ours.summary()[key], theirs.summary()[key]
     if len(ours.videos) < 2:
         return before, after, None, len(ours.videos)
