@@ -21,7 +21,7 @@ demo: setup
 	mlflow run . --env-manager local --experiment-name seizure-demo
 
 test: setup
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=25
 
 # The hooks' contracts on a toy model: seconds.
 test-unit: setup

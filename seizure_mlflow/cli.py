@@ -170,17 +170,77 @@ def cmd_tune(args) -> int:
         parent = work(plan)
     else:
         parent = parent_run(load_study(plan), plan)
-        codes = _start_workers(args, plan)
-        if any(codes):
-            logger.error("%d of %d workers failed", sum(1 for c in codes if c), len(codes))
+        extra = ["--space", args.space, "--trials", str(args.trials), "--sampler", args.sampler, "--pruner",
+                 args.pruner, "--sampler-seed", str(args.sampler_seed)]
+        if _failed_workers(_start_workers("tune", args, plan, extra)):
             return 1
     print(f"Sweep {plan.study_name} done: parent run {parent}")
     return 0
 
 
-def _start_workers(args, plan) -> list[int]:
-    """``--workers N``: N worker processes of the same study, one GPU each where there are GPUs. The
-    storage URL travels in the environment, not on a command line."""
+def _add_cv(sub) -> None:
+    p = sub.add_parser("cv", help="cross-validation by video (or patient): one child run per fold, the estimate "
+                                  "with its spread on one parent run",
+                       description="Pool the training and validation videos, deal them (or the patients of "
+                                   "--patient-map) into --folds groups, and train each fold like `train` (the options "
+                                   "below, --monitor included) with its held-out group as the validation set, as a "
+                                   "child run of one parent run. The parent gets the per-fold table, the mean, "
+                                   "standard deviation and 95%% interval of every validation metric, and every fold's "
+                                   "curve. Nothing is registered unless --register-final. Workers on other machines "
+                                   "join with the same --study and storage ($SEIZURE_OPTUNA_STORAGE, or --storage).")
+    p.add_argument("--folds", type=int, default=5, help="groups of videos (or patients); as many as there are "
+                                                      "groups is leave-one-out (default 5)")
+    p.add_argument("--patient-map", default="", help="CSV with columns video,patient (as for prepare): a patient's "
+                                                    "videos stay in one fold")
+    p.add_argument("--fold-seed", type=int, default=0, help="seed of the deal into folds (default 0)")
+    p.add_argument("--study", default="", help="study name; workers with the same name and storage share the folds "
+                                             "(default: a new one, cv-DATE-TIME)")
+    p.add_argument("--storage", default="", help="Optuna storage URL (default: $SEIZURE_OPTUNA_STORAGE, else "
+                                               "sqlite:///optuna.db); never logged")
+    p.add_argument("--workers", type=int, default=1, help="worker processes started here (one per GPU where there "
+                                                        "are GPUs); default 1")
+    p.add_argument("--register-final", nargs="?", const="true", default="false",
+                   help="then train once more on every video and register that model, tagged with the estimate")
+    p.add_argument("--heartbeat", type=int, default=None, help=argparse.SUPPRESS)  # seconds; tests shorten it
+    _add_train_options(p)
+    p.set_defaults(func=cmd_cv)
+
+
+def cmd_cv(args) -> int:
+    from seizure_mlflow.config import param_fields, params_from_text, parse_bool
+    from seizure_mlflow.sweeps.cv import CvRequest, load_study, parent_run, plan_cv, work
+
+    base = params_from_text({f.name: getattr(args, f.name) for f in param_fields()})
+    if base.val_max_images == "auto":  # every fold measured on all of its held-out videos
+        base = base.replace(val_max_images="0")
+    beat = {"heartbeat_s": args.heartbeat, "grace_s": 3 * args.heartbeat} if args.heartbeat else {}
+    request = CvRequest(base=base, folds=args.folds, patient_map=args.patient_map, fold_seed=args.fold_seed,
+                        study=args.study, storage=args.storage, workers=args.workers,
+                        register_final=parse_bool("register_final", args.register_final), **beat)
+    plan = plan_cv(request)
+    print(f"Study {plan.study_name}: {len(plan.folds.parts)} folds of {plan.folds.grouped_by}; other workers join "
+          f"with `seizure-mlflow cv --study {plan.study_name}`, the same options and the same storage", flush=True)
+    if request.workers == 1:
+        parent = work(plan)
+    else:
+        parent = parent_run(load_study(plan), plan)
+        extra = ["--folds", str(args.folds), "--patient-map", args.patient_map, "--fold-seed", str(args.fold_seed),
+                 "--register-final", args.register_final]
+        if _failed_workers(_start_workers("cv", args, plan, extra)):
+            return 1
+    print(f"Cross-validation {plan.study_name} done: parent run {parent}")
+    return 0
+
+
+def _failed_workers(codes: list[int]) -> bool:
+    if any(codes):
+        logger.error("%d of %d workers failed", sum(1 for c in codes if c), len(codes))
+    return any(codes)
+
+
+def _start_workers(command: str, args, plan, extra: list[str]) -> list[int]:
+    """``--workers N``: N worker processes of the same study (``tune`` or ``cv`` with ``extra`` options), one GPU
+    each where there are GPUs. The storage URL travels in the environment, not on a command line."""
     import subprocess
 
     import torch
@@ -188,9 +248,7 @@ def _start_workers(args, plan) -> list[int]:
     from seizure_mlflow.config import param_fields
     from seizure_mlflow.sweeps.storage import STORAGE_ENV
 
-    argv = [sys.executable, "-m", "seizure_mlflow", "tune", "--study", plan.study_name, "--workers", "1",
-            "--space", args.space, "--trials", str(args.trials), "--sampler", args.sampler, "--pruner", args.pruner,
-            "--sampler-seed", str(args.sampler_seed)]
+    argv = [sys.executable, "-m", "seizure_mlflow", command, "--study", plan.study_name, "--workers", "1", *extra]
     if args.heartbeat:
         argv += ["--heartbeat", str(args.heartbeat)]
     for f in param_fields():
@@ -488,6 +546,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
     _add_train(sub)
     _add_tune(sub)
+    _add_cv(sub)
     _add_sample_data(sub)
     _add_prepare(sub)
     _add_evaluate(sub)
@@ -510,7 +569,7 @@ def missing_dependencies() -> list[str]:
 def needs_tracking_server(args) -> bool:
     """Whether a command will talk to MLflow, so that a dead server stops it before any work (``train`` checks
     for itself, in :func:`~seizure_mlflow.commands.train.plan_run`)."""
-    if args.command in ("evaluate", "promote", "bundle", "tune"):
+    if args.command in ("evaluate", "promote", "bundle", "tune", "cv"):
         return True
     if args.command == "predict":
         return args.model_uri.startswith(("models:/", "runs:/"))

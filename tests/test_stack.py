@@ -184,7 +184,9 @@ def test_training_lands_in_postgres_and_s3_and_leaks_no_secret(team_stack, tiny_
 
     # evaluate and predict work against the server unchanged.
     test_json, test_images = tiny_data["test"]
-    env = venv_env(**team_stack["env"])
+    temp = tmp_path / "temp"  # where they may leave nothing: the model they download from S3 included
+    temp.mkdir()
+    env = venv_env(**team_stack["env"], TMPDIR=str(temp))
     evaluated = subprocess.run([sys.executable, "-m", "seizure_mlflow", "evaluate", "--model-uri", "models:/team-detector@champion",
                                 "--test-json", test_json, "--test-images", test_images], capture_output=True, text=True,
                                timeout=300, cwd=tmp_path, env=env)
@@ -198,6 +200,8 @@ def test_training_lands_in_postgres_and_s3_and_leaks_no_secret(team_stack, tiny_
     assert isinstance(detections, list) and detections, "no detections: the next check would pass on nothing"
     assert all({"bbox", "score", "file_name"} <= set(d) for d in detections)
     assert f"{len(detections)} detections in 1 images" in predicted.stdout
+    left = [p.name for p in temp.iterdir() if not p.name.startswith("torchinductor_")]  # torch's own cache, reused
+    assert not left, f"evaluate and predict left {left} in the temp folder"
 
     client = MlflowClient(team_stack["env"]["MLFLOW_TRACKING_URI"], registry_uri=team_stack["env"]["MLFLOW_TRACKING_URI"])
     assert "test_segm_AP" in client.get_model_version_by_alias("team-detector", "champion").tags

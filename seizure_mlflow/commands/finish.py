@@ -81,10 +81,12 @@ def log_checkpoint(run, weights, iteration: int, name: str = "model") -> str:
 
 @dataclass
 class RegisterModel:
-    """``main``'s finish (see the module's docstring)."""
+    """``main``'s finish (see the module's docstring); ``version_tags`` are added to the registered version's
+    (cross-validation's final model carries its cross-validated estimate)."""
 
     tags: dict[str, str] = field(default_factory=dict)
     hooks: object = None
+    version_tags: dict[str, str] = field(default_factory=dict)
 
     def started(self, run_id: str) -> None:
         pass
@@ -93,7 +95,7 @@ class RegisterModel:
         params = run.plan.params
         if params.log_checkpoints == "improvements":
             log_improvements(run, best)
-        version = register(run, best)
+        version = register(run, best, self.version_tags)
         run.record(best, model_id=logged_model_id(version), dataset=coco_dataset(run.plan.datasets.val, VALIDATION))
         alias = CHAMPION if CHAMPION in version.aliases else CHALLENGER
         detector = self._detector(run, best) if params.log_images or run.plan.test is not None else None
@@ -127,7 +129,7 @@ def log_improvements(run, best: BestCheckpoint) -> int:
     return logged
 
 
-def register(run, best: BestCheckpoint):
+def register(run, best: BestCheckpoint, extra_tags: dict[str, str] | None = None):
     """The best checkpoint as a logged model and a registered version, tagged and aliased; returns the version."""
     from seizure_mlflow.registry.register import register as register_model
 
@@ -135,7 +137,7 @@ def register(run, best: BestCheckpoint):
     model_uri = log_checkpoint(run, best.weights, best.iteration)
     return register_model(model_uri, params.model_name, {
         **best_tags(best.monitor, best.value), "best_iteration": str(best.iteration), "run_id": run.run_id,
-        "config": params.config})
+        "config": params.config, **(extra_tags or {})})
 
 
 def best_tags(monitor: str, value: float) -> dict[str, str]:

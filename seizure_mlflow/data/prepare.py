@@ -11,7 +11,6 @@ moved into place only when complete.
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import os
@@ -29,6 +28,7 @@ from tqdm import tqdm
 
 from seizure_mlflow.data import coco_schema
 from seizure_mlflow.data.checks import category_key, check_coco_data, is_inside, load_coco_json
+from seizure_mlflow.data.grouping import assign_groups, patient_groups
 from seizure_mlflow.data.masks import decode_segmentation, mask_to_polygons, segmentation_to_rle
 from seizure_mlflow.data.staging import check_output_folder, check_replaceable, staged_folder
 from seizure_mlflow.data.video import VIDEO_SUFFIXES, extract_frames, frame_count, write_png
@@ -207,56 +207,16 @@ def check_video(video: Video) -> None:
 # ---------------------------------------------------------------------------------------------- splitting
 
 
-def read_patient_map(path: str | os.PathLike, videos: list[str]) -> dict[str, str]:
-    """``video -> patient`` from a CSV with columns ``video,patient``; every video must be listed."""
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"{p}: no such file", param="patient_map")
-    with p.open(newline="") as fh:
-        reader = csv.DictReader(fh)
-        if not reader.fieldnames or not {"video", "patient"} <= set(reader.fieldnames):
-            raise UserError(f"{p}: needs a header row with columns 'video,patient'; got {reader.fieldnames}", param="patient_map")
-        mapping: dict[str, str] = {}
-        for line, row in enumerate(reader, start=2):
-            video, patient = (row.get("video") or "").strip(), (row.get("patient") or "").strip()
-            if not video or not patient:
-                raise UserError(f"{p}: line {line}: empty video or patient", param="patient_map")
-            if mapping.get(video, patient) != patient:
-                raise UserError(f"{p}: line {line}: video {video!r} is mapped to two patients", param="patient_map")
-            mapping[video] = patient
-    missing = sorted(set(videos) - set(mapping))
-    if missing:
-        raise UserError(f"{p}: no patient for video(s) {missing[:5]}; every video needs a row", param="patient_map")
-    unknown = sorted(set(mapping) - set(videos))
-    if unknown:
-        logger.warning("patient map %s lists videos that are not in the input: %s", p, unknown[:5])
-    return {v: mapping[v] for v in videos}
-
-
 def assign_splits(groups: dict[str, list[str]], ratios: tuple[float, float, float], seed: int) -> dict[str, list[str]]:
-    """Whole groups (patients, or single videos) to train/val/test, reproducibly from ``seed``.
-
-    Groups are shuffled with the seed; the first three seed the three splits (so none is empty), then each
-    next group goes to the split furthest below its share of videos.
-    """
+    """Whole groups (patients, or single videos) to train/val/test, reproducibly from ``seed``, by the rule of
+    :func:`~seizure_mlflow.data.grouping.assign_groups` (the first three groups seed the three splits, so none
+    is empty)."""
     if len(groups) < 3:
         what = "patients" if any(len(v) > 1 for v in groups.values()) else "videos"
         raise UserError(f"need at least 3 {what} to make non-empty train, val and test splits; got {len(groups)}")
     if len(ratios) != 3 or any(r <= 0 for r in ratios):
         raise UserError(f"needs three positive numbers (train val test); got {list(ratios)}", param="ratios")
-    total_ratio = sum(ratios)
-    n_videos = sum(len(v) for v in groups.values())
-    order = [sorted(groups)[i] for i in np.random.default_rng(seed).permutation(len(groups))]
-    counts = dict.fromkeys(SPLITS, 0)
-    out: dict[str, list[str]] = {s: [] for s in SPLITS}
-    for k, group in enumerate(order):
-        if k < 3:
-            split = SPLITS[k]
-        else:
-            split = max(SPLITS, key=lambda s: n_videos * ratios[SPLITS.index(s)] / total_ratio - counts[s])
-        out[split].extend(groups[group])
-        counts[split] += len(groups[group])
-    return {s: sorted(v) for s, v in out.items()}
+    return dict(zip(SPLITS, assign_groups(groups, ratios, seed)))
 
 
 # ---------------------------------------------------------------------------------------------- writing
@@ -319,11 +279,8 @@ def prepare_dataset(videos: list[Video], output: str | os.PathLike, ratios=(0.6,
         check_video(video)
     if every < 0:
         raise UserError(f"must be >= 0; got {every}", param="every")
-    patients = read_patient_map(patient_map, names) if patient_map else {n: n for n in names}
-    groups: dict[str, list[str]] = defaultdict(list)
-    for name in names:
-        groups[patients[name]].append(name)
-    splits = assign_splits(dict(groups), tuple(ratios), seed)
+    groups = patient_groups(names, patient_map)
+    splits = assign_splits(groups, tuple(ratios), seed)
     split_of = {name: split for split, members in splits.items() for name in members}
     categories = _unify_categories(videos, merge_category_spellings)
     category_id = {category_key(c["name"]): c["id"] for c in categories}

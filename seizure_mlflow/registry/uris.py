@@ -41,15 +41,21 @@ def _only_version(client: MlflowClient, matches, run_id: str | None) -> tuple[st
 
 
 def detector_from_uri(model_uri: str):
-    """The :class:`~seizure_mlflow.inference.predictor.Detector` inside a registered pyfunc model."""
+    """The :class:`~seizure_mlflow.inference.predictor.Detector` inside a registered pyfunc model. The model's files
+    are downloaded into a temporary folder that is gone once the detector holds its weights (MLflow's own default
+    folder is never removed: about 50 MB left in the temp folder by every command that loads a model)."""
+    import tempfile
+
     import mlflow.pyfunc
 
     from seizure_mlflow.registry.model import SeizureDetectorModel
 
-    try:
-        model = mlflow.pyfunc.load_model(model_uri)
-    except Exception as exc:  # MLflow raises several types for a bad URI
-        raise UserError(f"cannot load model {model_uri!r}: {str(exc).splitlines()[0]}", param="model_uri") from None
+    with tempfile.TemporaryDirectory(prefix="seizure-model-") as tmp:
+        try:
+            model = mlflow.pyfunc.load_model(model_uri, dst_path=tmp)
+        except Exception as exc:  # MLflow raises several types for a bad URI
+            raise UserError(f"cannot load model {model_uri!r}: {str(exc).splitlines()[0]}",
+                            param="model_uri") from None
     python_model = model.unwrap_python_model()
     if not isinstance(python_model, SeizureDetectorModel):
         raise UserError(f"{model_uri} is not a seizure-mlflow detector (it is {type(python_model).__name__})",

@@ -42,25 +42,37 @@ def _markdown(table: pd.DataFrame) -> str:
                                               for v in row) + " |\n" for row in table.itertuples(index=False))
 
 
-def plot_curves(table: pd.DataFrame, path: Path, monitor: Monitor) -> None:
+def plot_run_curves(runs: list[tuple[str, str, bool]], metric: str, path: Path, title: str) -> None:
+    """``metric``'s history of every run on one axis: ``runs`` are ``(label, run_id, dashed)``."""
     client = MlflowClient()
     fig, ax = plt.subplots(figsize=(9, 5.5))
-    for row in table.itertuples(index=False):
-        if not row.run_id:
-            continue
-        history = sorted((m.step, m.value) for m in client.get_metric_history(row.run_id, monitor.metric))
+    for label, run_id, dashed in runs:
+        history = sorted((m.step, m.value) for m in client.get_metric_history(run_id, metric))
         if history:
             steps, values = zip(*history)
-            ax.plot(steps, values, ls="--" if row.stop_reason == "pruned" else "-", marker=".",
-                    label=f"trial {row.trial} ({row.stop_reason or row.state.lower()})")
+            ax.plot(steps, values, ls="--" if dashed else "-", marker=".", label=label)
     ax.set_xlabel("iteration")
-    ax.set_ylabel(monitor.metric)
-    ax.set_title(f"{monitor.metric} of every trial (dashed: pruned)")
+    ax.set_ylabel(metric)
+    ax.set_title(title)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def log_tables(run_id: str, folder_name: str, tables: dict[str, pd.DataFrame], draw=None) -> None:
+    """Each table as ``<folder_name>/<name>`` (CSV) and the same name ``.md`` (Markdown) on the run, with what
+    ``draw(folder)`` puts beside them (plots)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / folder_name
+        folder.mkdir()
+        for name, table in tables.items():
+            table.to_csv(folder / name, index=False)
+            (folder / name).with_suffix(".md").write_text(_markdown(table))
+        if draw is not None:
+            draw(folder)
+        MlflowClient().log_artifacts(run_id, str(folder), folder_name)
 
 
 def _optuna_plot(draw, study, path: Path) -> bool:
@@ -83,18 +95,18 @@ def log_report(study, parent_run_id: str, plan) -> pd.DataFrame:
 
     from optuna.visualization import matplotlib as optuna_plots
 
-    client = MlflowClient()
     monitor = plan.monitor
     table = trials_table(study, monitor)
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / "sweep"
-        folder.mkdir()
-        table.to_csv(Path(tmp) / TABLE_CSV, index=False)
-        (Path(tmp) / TABLE_MD).write_text(_markdown(table))
-        plot_curves(table, Path(tmp) / CURVES_PNG, monitor)
+
+    def draw(folder: Path) -> None:
+        runs = [(f"trial {r.trial} ({r.stop_reason or r.state.lower()})", r.run_id, r.stop_reason == "pruned")
+                for r in table.itertuples(index=False) if r.run_id]
+        plot_run_curves(runs, monitor.metric, folder / Path(CURVES_PNG).name,
+                        f"{monitor.metric} of every trial (dashed: pruned)")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
-            _optuna_plot(optuna_plots.plot_param_importances, study, Path(tmp) / IMPORTANCE_PNG)
-            _optuna_plot(optuna_plots.plot_optimization_history, study, Path(tmp) / HISTORY_PNG)
-        client.log_artifacts(parent_run_id, str(folder), "sweep")
+            _optuna_plot(optuna_plots.plot_param_importances, study, folder / Path(IMPORTANCE_PNG).name)
+            _optuna_plot(optuna_plots.plot_optimization_history, study, folder / Path(HISTORY_PNG).name)
+
+    log_tables(parent_run_id, "sweep", {Path(TABLE_CSV).name: table}, draw)
     return table

@@ -24,12 +24,13 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 from mlflow.entities import Param
-from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 
 from seizure_mlflow.config import TrainParams
 from seizure_mlflow.monitor import Monitor
 from seizure_mlflow.engine.stopping import DIVERGED, PRUNED
 from seizure_mlflow.errors import UserError
+from seizure_mlflow.sweeps.shared_study import (SharedStudy, close_lost_runs, elect_parent, end_parent,
+                                                run_until_done)
 from seizure_mlflow.sweeps.space import BUNDLED_SPACE, Dimension, apply, check_every_edge, read_space
 from seizure_mlflow.sweeps.storage import GRACE_S, HEARTBEAT_S, open_storage, redacted, storage_url
 
@@ -37,8 +38,6 @@ logger = logging.getLogger(__name__)
 
 SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("median", "none", "hyperband")
-PARENT_ATTR = "mlflow_parent_run_id"
-PARENT_LOCK = ".parent"  # a helper study, NAME.parent: whoever creates it makes the parent run
 VERSION_ATTR = "registered_version"
 SWEEP_TAG = "seizure.sweep"
 TRIAL_TAG = "seizure.trial"
@@ -66,6 +65,10 @@ class SweepPlan:
     dimensions: list[Dimension]
     storage_url: str
     monitor: Monitor = field(default_factory=Monitor)  # what every trial is judged by (the base config's)
+
+    @property
+    def shared(self) -> SharedStudy:
+        return SharedStudy(self.study_name, self.storage_url, self.request.trials, self.request.heartbeat_s)
 
 
 def plan_sweep(request: SweepRequest) -> SweepPlan:
@@ -119,100 +122,27 @@ def load_study(plan: SweepPlan):
 
 
 def parent_run(study, plan: SweepPlan) -> str:
-    """The study's parent run: the one recorded in the study, else this command's (``mlflow run``), else a
-    new one. Recorded in the study, so that every worker finds the same one."""
-    import optuna
+    """The study's parent run (see :func:`~seizure_mlflow.sweeps.shared_study.elect_parent`), with the sweep's
+    settings as params and its space as an artifact."""
+    def describe(run_id: str, client: MlflowClient) -> None:
+        request = plan.request
+        client.set_tag(run_id, SWEEP_TAG, plan.study_name)
+        for key, value in {"study": plan.study_name, "storage": redacted(plan.storage_url).split("://")[0],
+                           "sampler": request.sampler, "pruner": request.pruner, "trials": request.trials,
+                           "space": ", ".join(d.name for d in plan.dimensions)}.items():
+            client.log_param(run_id, f"sweep.{key}", value)
+        client.log_text(run_id, Path(request.space).read_text(), "sweep/space.yaml")
 
-    known = study.user_attrs.get(PARENT_ATTR)
-    if known:
-        return known
-    try:  # a study name is unique in the storage: of workers starting together, exactly one creates this one
-        optuna.create_study(study_name=f"{plan.study_name}{PARENT_LOCK}", storage=plan.storage_url)
-    except optuna.exceptions.DuplicatedStudyError:
-        deadline = time.time() + 300
-        while time.time() < deadline:
-            if study.user_attrs.get(PARENT_ATTR):
-                return study.user_attrs[PARENT_ATTR]
-            time.sleep(1)
-        raise UserError(f"another worker of study {plan.study_name} did not record its parent run within 5 "
-                        f"minutes; if it died, delete the study {plan.study_name}{PARENT_LOCK} or use a new --study",
-                        param="study") from None
-    client = MlflowClient()
-    run_id = os.environ.get("MLFLOW_RUN_ID")
-    if not run_id:
-        from mlflow.tracking.fluent import _get_experiment_id
-
-        run_id = client.create_run(_get_experiment_id(), run_name=f"sweep {plan.study_name}").info.run_id
-    else:
-        client.set_tag(run_id, MLFLOW_RUN_NAME, f"sweep {plan.study_name}")
-    study.set_user_attr(PARENT_ATTR, run_id)
-    from seizure_mlflow.tracking.run import remove_machine_context
-
-    remove_machine_context(run_id, client)
-    request = plan.request
-    client.set_tag(run_id, SWEEP_TAG, plan.study_name)
-    for key, value in {"study": plan.study_name, "storage": redacted(plan.storage_url).split("://")[0],
-                       "sampler": request.sampler, "pruner": request.pruner, "trials": request.trials,
-                       "space": ", ".join(d.name for d in plan.dimensions)}.items():
-        client.log_param(run_id, f"sweep.{key}", value)
-    client.log_text(run_id, Path(request.space).read_text(), "sweep/space.yaml")
-    return run_id
-
-
-def _progress(study) -> tuple[int, int]:
-    """(finished trials, trials running or waiting). A trial failed for a lost heartbeat and retried
-    counts once, through its retry."""
-    from optuna.storages import RetryFailedTrialCallback
-    from optuna.trial import TrialState
-
-    all_trials = study.get_trials(deepcopy=False)
-    retried = {RetryFailedTrialCallback.retried_trial_number(t) for t in all_trials}
-    done = sum(1 for t in all_trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
-               or (t.state == TrialState.FAIL and t.number not in retried))
-    active = sum(1 for t in all_trials if t.state in (TrialState.RUNNING, TrialState.WAITING))
-    return done, active
-
-
-def _claim_next_trial(study, plan: SweepPlan) -> bool:
-    """Whether this worker may run the next trial. Checking the count and then starting a trial would let two
-    workers start the last one both; instead each new trial K has a helper study ``NAME.trial-K`` and each retry
-    of a killed worker's trial N a helper ``NAME.retry-N``, whose unique names make exactly one worker create
-    each. A retry waiting in the study is claimed first (Optuna's next trial is the waiting one)."""
-    import optuna
-    from optuna.storages import RetryFailedTrialCallback
-    from optuna.trial import TrialState
-
-    trials = study.get_trials(deepcopy=False)
-    waiting = [t for t in trials if t.state == TrialState.WAITING]
-    names = [f"{plan.study_name}.retry-{RetryFailedTrialCallback.retried_trial_number(t)}" for t in waiting]
-    names += [f"{plan.study_name}.trial-{k}" for k in range(plan.request.trials)]
-    for name in names:
-        try:
-            optuna.create_study(study_name=name, storage=plan.storage_url)
-            return True
-        except optuna.exceptions.DuplicatedStudyError:
-            continue
-    return False
+    return elect_parent(study, plan.shared, f"sweep {plan.study_name}", describe)
 
 
 def work(plan: SweepPlan) -> str:
     """Run trials until the study has ``trials`` finished ones; then finish the sweep. Returns the parent run id."""
-    from optuna.storages import fail_stale_trials
-
     study = load_study(plan)
     parent = parent_run(study, plan)
     os.environ.pop("MLFLOW_RUN_ID", None)  # trials are runs of their own, children of the parent
-    total = plan.request.trials
-    while True:
-        fail_stale_trials(study)
-        done, active = _progress(study)
-        if done >= total:
-            break
-        if not _claim_next_trial(study, plan):  # the rest is running elsewhere: wait for it, or for its heartbeat
-            time.sleep(min(5, plan.request.heartbeat_s))
-            continue
-        study.optimize(lambda trial: _objective(trial, plan, parent), n_trials=1, catch=(FloatingPointError,),
-                       gc_after_trial=True)
+    run_until_done(study, plan.shared, lambda claim: study.optimize(
+        lambda trial: _objective(trial, plan, parent), n_trials=1, catch=(FloatingPointError,), gc_after_trial=True))
     finish(study, plan, parent)
     return parent
 
@@ -265,7 +195,7 @@ def finish(study, plan: SweepPlan, parent: str) -> None:
 
     client = MlflowClient()
     trials = study.get_trials(deepcopy=False)
-    _close_lost_runs(client, trials)
+    close_lost_runs(client, trials)
     log_report(study, parent, plan)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     if complete:
@@ -276,9 +206,7 @@ def finish(study, plan: SweepPlan, parent: str) -> None:
         for name, value in best.params.items():
             client.log_param(parent, f"best.{name}", value)
         _register_best(client, study, plan, best, parent)
-    # the last worker ends the parent (under `mlflow run` too: its run would end FINISHED with this command)
-    if client.get_run(parent).info.status == "RUNNING" and _progress(study)[1] == 0:
-        client.set_terminated(parent, "FINISHED")
+    end_parent(client, study, parent)
 
 
 def _register_best(client: MlflowClient, study, plan: SweepPlan, best, parent: str) -> None:
@@ -298,13 +226,3 @@ def _register_best(client: MlflowClient, study, plan: SweepPlan, best, parent: s
     study.set_user_attr(VERSION_ATTR, str(version.version))
     client.set_tag(parent, "seizure.registered_version", f"{model_name}/{version.version}")
     logger.info("Registered trial %d's best checkpoint as %s version %s", best.number, model_name, version.version)
-
-
-def _close_lost_runs(client: MlflowClient, trials) -> None:
-    from optuna.trial import TrialState
-
-    for t in trials:
-        run_id = t.user_attrs.get("run_id")
-        if t.state == TrialState.FAIL and run_id and client.get_run(run_id).info.status == "RUNNING":
-            client.set_terminated(run_id, "KILLED")
-

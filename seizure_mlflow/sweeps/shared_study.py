@@ -1,0 +1,157 @@
+"""An Optuna study that any number of workers, on any machines, share: a sweep's trials (:mod:`.tune`) and
+cross-validation's folds (:mod:`.cv`) both run on it.
+
+What the workers agree on goes through the study's storage only:
+
+* one parent run (:func:`elect_parent`): whoever creates the helper study ``NAME.parent`` makes it and records
+  its id in the study; the others wait for the record;
+* who runs what (:func:`claim_next`): each new unit of work K has a helper study ``NAME.trial-K``, each retry
+  of a killed worker's trial N a helper ``NAME.retry-N``; a study name is unique in a storage, so exactly one
+  worker creates each, and that worker runs it;
+* who finishes (:func:`claim_once`): the helper ``NAME.<what>`` again, for work that must happen once;
+* when it is over (:func:`progress`): finished units, a failed one that was retried counted once, through its
+  retry. A killed worker's trial is failed by its lost heartbeat and retried once (see
+  :func:`~seizure_mlflow.sweeps.storage.open_storage`).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from mlflow import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
+
+from seizure_mlflow.errors import UserError
+
+PARENT_ATTR = "mlflow_parent_run_id"
+PARENT_LOCK = ".parent"
+PARENT_WAIT_S = 300
+
+
+@dataclass(frozen=True)
+class SharedStudy:
+    """``name`` in the storage at ``storage_url``; ``total`` units of work (trials, folds) in the whole study."""
+
+    name: str
+    storage_url: str
+    total: int
+    heartbeat_s: int
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What :func:`claim_next` gave this worker: a new unit ``number`` (0 to total-1), or the retry of trial
+    ``number`` (already waiting in the study with its parameters)."""
+
+    number: int
+    retry: bool = False
+
+
+def claim_once(shared: SharedStudy, what: str) -> bool:
+    """True for exactly one of the workers that ask for ``what`` in this study."""
+    import optuna
+
+    try:
+        optuna.create_study(study_name=f"{shared.name}.{what}", storage=shared.storage_url)
+        return True
+    except optuna.exceptions.DuplicatedStudyError:
+        return False
+
+
+def elect_parent(study, shared: SharedStudy, run_name: str, describe: Callable[[str, MlflowClient], None]) -> str:
+    """The study's parent run: the one recorded in the study, else this command's (``mlflow run``), else a
+    new one, named ``run_name``. Only the worker that makes it calls ``describe(run_id, client)`` (its tags and
+    params), before the others see it."""
+    from seizure_mlflow.tracking.run import remove_machine_context
+
+    known = study.user_attrs.get(PARENT_ATTR)
+    if known:
+        return known
+    if not claim_once(shared, PARENT_LOCK.lstrip(".")):
+        deadline = time.time() + PARENT_WAIT_S
+        while time.time() < deadline:
+            if study.user_attrs.get(PARENT_ATTR):
+                return study.user_attrs[PARENT_ATTR]
+            time.sleep(1)
+        raise UserError(f"another worker of study {shared.name} did not record its parent run within 5 "
+                        f"minutes; if it died, delete the study {shared.name}{PARENT_LOCK} or use a new --study",
+                        param="study") from None
+    client = MlflowClient()
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    if not run_id:
+        from mlflow.tracking.fluent import _get_experiment_id
+
+        run_id = client.create_run(_get_experiment_id(), run_name=run_name).info.run_id
+    else:
+        client.set_tag(run_id, MLFLOW_RUN_NAME, run_name)
+    remove_machine_context(run_id, client)
+    describe(run_id, client)
+    study.set_user_attr(PARENT_ATTR, run_id)
+    return run_id
+
+
+def progress(study) -> tuple[int, int]:
+    """(finished units, units running or waiting). A trial failed for a lost heartbeat and retried counts
+    once, through its retry."""
+    from optuna.storages import RetryFailedTrialCallback
+    from optuna.trial import TrialState
+
+    all_trials = study.get_trials(deepcopy=False)
+    retried = {RetryFailedTrialCallback.retried_trial_number(t) for t in all_trials}
+    done = sum(1 for t in all_trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+               or (t.state == TrialState.FAIL and t.number not in retried))
+    active = sum(1 for t in all_trials if t.state in (TrialState.RUNNING, TrialState.WAITING))
+    return done, active
+
+
+def claim_next(study, shared: SharedStudy) -> Claim | None:
+    """The next unit this worker may run, or None when every unit is taken (see the module). Checking the count
+    and then starting a trial would let two workers start the last one both, hence the helper studies. A retry
+    waiting in the study is claimed first (Optuna's next trial is the waiting one)."""
+    from optuna.storages import RetryFailedTrialCallback
+    from optuna.trial import TrialState
+
+    waiting = [RetryFailedTrialCallback.retried_trial_number(t) for t in study.get_trials(deepcopy=False)
+               if t.state == TrialState.WAITING]
+    candidates = [(f"retry-{n}", Claim(n, retry=True)) for n in waiting if n is not None]
+    candidates += [(f"trial-{k}", Claim(k)) for k in range(shared.total)]
+    for what, claim in candidates:
+        if claim_once(shared, what):
+            return claim
+    return None
+
+
+def run_until_done(study, shared: SharedStudy, run_one: Callable[[Claim], None]) -> None:
+    """Run units (``run_one(claim)``) until the study holds ``total`` finished ones; wait for the ones that
+    other workers run (or for their heartbeats to stop)."""
+    from optuna.storages import fail_stale_trials
+
+    while True:
+        fail_stale_trials(study)
+        done, _ = progress(study)
+        if done >= shared.total:
+            return
+        claim = claim_next(study, shared)
+        if claim is None:
+            time.sleep(min(5, shared.heartbeat_s))
+            continue
+        run_one(claim)
+
+
+def close_lost_runs(client: MlflowClient, trials) -> None:
+    """Runs of trials whose worker was killed: KILLED, not left RUNNING forever."""
+    from optuna.trial import TrialState
+
+    for t in trials:
+        run_id = t.user_attrs.get("run_id")
+        if t.state == TrialState.FAIL and run_id and client.get_run(run_id).info.status == "RUNNING":
+            client.set_terminated(run_id, "KILLED")
+
+
+def end_parent(client: MlflowClient, study, parent: str) -> None:
+    """The last worker ends the parent (under ``mlflow run`` too: its run would end FINISHED with this command)."""
+    if client.get_run(parent).info.status == "RUNNING" and progress(study)[1] == 0:
+        client.set_terminated(parent, "FINISHED")
