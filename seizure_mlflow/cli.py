@@ -136,46 +136,68 @@ def _add_tune(sub) -> None:
     p.add_argument("--space", default=str(BUNDLED_SPACE), help="YAML search space (default: the bundled lr and "
                                                              "ims_per_batch example)")
     p.add_argument("--trials", type=int, default=6, help="trials in the whole study, all workers together (default 6)")
-    p.add_argument("--study", default="", help="study name; workers with the same name and storage share the sweep "
-                                             "(default: a new one, sweep-DATE-TIME)")
-    p.add_argument("--storage", default="", help="Optuna storage URL (default: $SEIZURE_OPTUNA_STORAGE, else "
-                                               "sqlite:///optuna.db); never logged")
     p.add_argument("--sampler", choices=SAMPLERS, default="tpe", help="default tpe")
     p.add_argument("--pruner", default="median", help=f"one of {', '.join(PRUNERS)} (default median)")
-    p.add_argument("--workers", type=int, default=1, help="worker processes started here (one per GPU where there "
-                                                        "are GPUs); default 1")
     p.add_argument("--sampler-seed", type=int, default=0)
-    p.add_argument("--heartbeat", type=int, default=None, help=argparse.SUPPRESS)  # seconds; tests shorten it
+    _add_shared_study_options(p, "the sweep", "sweep")
     _add_train_options(p)
     p.set_defaults(func=cmd_tune)
 
 
-def cmd_tune(args) -> int:
-    from seizure_mlflow.config import param_fields, params_from_text
-    from seizure_mlflow.sweeps.space import BUNDLED_SPACE
-    from seizure_mlflow.sweeps.tune import SweepRequest, load_study, parent_run, plan_sweep, work
+def _add_shared_study_options(p, what: str, prefix: str) -> None:
+    """``--study``, ``--storage``, ``--workers`` (and the hidden ``--heartbeat``) of a command whose workers share
+    one study (``tune``, ``cv``)."""
+    p.add_argument("--study", default="", help=f"study name; workers with the same name and storage share {what} "
+                                             f"(default: a new one, {prefix}-DATE-TIME)")
+    p.add_argument("--storage", default="", help="Optuna storage URL (default: $SEIZURE_OPTUNA_STORAGE, else "
+                                               "sqlite:///optuna.db); never logged")
+    p.add_argument("--workers", type=int, default=1, help="worker processes started here (one per GPU where there "
+                                                        "are GPUs); default 1")
+    p.add_argument("--heartbeat", type=int, default=None, help=argparse.SUPPRESS)  # seconds; tests shorten it
 
-    base = params_from_text({f.name: getattr(args, f.name) for f in param_fields()})
-    if base.val_max_images == "auto":  # a sample sized by each trial's timing would differ between trials
-        base = base.replace(val_max_images="0")
-    beat = {"heartbeat_s": args.heartbeat, "grace_s": 3 * args.heartbeat} if args.heartbeat else {}
+
+def cmd_tune(args) -> int:
+    from seizure_mlflow.sweeps import tune
+    from seizure_mlflow.sweeps.space import BUNDLED_SPACE
+
+    base, beat = _shared_study_base(args)
     args.space = args.space or str(BUNDLED_SPACE)  # an MLproject parameter left at ""
-    request = SweepRequest(base=base, space=args.space, trials=args.trials, study=args.study, storage=args.storage,
-                           sampler=args.sampler, pruner=args.pruner, workers=args.workers, seed=args.sampler_seed,
-                           **beat)
-    plan = plan_sweep(request)
+    request = tune.SweepRequest(base=base, space=args.space, trials=args.trials, study=args.study,
+                                storage=args.storage, sampler=args.sampler, pruner=args.pruner, workers=args.workers,
+                                seed=args.sampler_seed, **beat)
+    plan = tune.plan_sweep(request)
     print(f"Study {plan.study_name}: {request.trials} trials; other workers join with "
           f"`seizure-mlflow tune --study {plan.study_name}` and the same storage", flush=True)
-    if request.workers == 1:
-        parent = work(plan)
-    else:
-        parent = parent_run(load_study(plan), plan)
-        extra = ["--space", args.space, "--trials", str(args.trials), "--sampler", args.sampler, "--pruner",
-                 args.pruner, "--sampler-seed", str(args.sampler_seed)]
-        if _failed_workers(_start_workers("tune", args, plan, extra)):
-            return 1
+    parent = _work_here_or_start_workers("tune", args, plan, tune, [
+        "--space", args.space, "--trials", str(args.trials), "--sampler", args.sampler, "--pruner", args.pruner,
+        "--sampler-seed", str(args.sampler_seed)])
+    if parent is None:
+        return 1
     print(f"Sweep {plan.study_name} done: parent run {parent}")
     return 0
+
+
+def _shared_study_base(args):
+    """The training parameters every trial or fold starts from, and the heartbeat (tests shorten it)."""
+    from seizure_mlflow.config import param_fields, params_from_text
+
+    base = params_from_text({f.name: getattr(args, f.name) for f in param_fields()})
+    if base.val_max_images == "auto":  # a sample sized by each child's own timing would differ between children
+        base = base.replace(val_max_images="0")
+    return base, ({"heartbeat_s": args.heartbeat, "grace_s": 3 * args.heartbeat} if args.heartbeat else {})
+
+
+def _work_here_or_start_workers(command: str, args, plan, study_module, extra: list[str]) -> str | None:
+    """With one worker, work in this process; else make the parent run and start ``--workers`` processes
+    (:func:`_start_workers`). Returns the parent run id, None when a worker failed."""
+    if plan.request.workers == 1:
+        return study_module.work(plan)
+    parent = study_module.parent_run(study_module.load_study(plan), plan)
+    codes = _start_workers(command, args, plan, extra)
+    if any(codes):
+        logger.error("%d of %d workers failed", sum(1 for c in codes if c), len(codes))
+        return None
+    return parent
 
 
 def _add_cv(sub) -> None:
@@ -193,49 +215,31 @@ def _add_cv(sub) -> None:
     p.add_argument("--patient-map", default="", help="CSV with columns video,patient (as for prepare): a patient's "
                                                     "videos stay in one fold")
     p.add_argument("--fold-seed", type=int, default=0, help="seed of the deal into folds (default 0)")
-    p.add_argument("--study", default="", help="study name; workers with the same name and storage share the folds "
-                                             "(default: a new one, cv-DATE-TIME)")
-    p.add_argument("--storage", default="", help="Optuna storage URL (default: $SEIZURE_OPTUNA_STORAGE, else "
-                                               "sqlite:///optuna.db); never logged")
-    p.add_argument("--workers", type=int, default=1, help="worker processes started here (one per GPU where there "
-                                                        "are GPUs); default 1")
     p.add_argument("--register-final", nargs="?", const="true", default="false",
                    help="then train once more on every video and register that model, tagged with the estimate")
-    p.add_argument("--heartbeat", type=int, default=None, help=argparse.SUPPRESS)  # seconds; tests shorten it
+    _add_shared_study_options(p, "the folds", "cv")
     _add_train_options(p)
     p.set_defaults(func=cmd_cv)
 
 
 def cmd_cv(args) -> int:
-    from seizure_mlflow.config import param_fields, params_from_text, parse_bool
-    from seizure_mlflow.sweeps.cv import CvRequest, load_study, parent_run, plan_cv, work
+    from seizure_mlflow.config import parse_bool
+    from seizure_mlflow.sweeps import cv
 
-    base = params_from_text({f.name: getattr(args, f.name) for f in param_fields()})
-    if base.val_max_images == "auto":  # every fold measured on all of its held-out videos
-        base = base.replace(val_max_images="0")
-    beat = {"heartbeat_s": args.heartbeat, "grace_s": 3 * args.heartbeat} if args.heartbeat else {}
-    request = CvRequest(base=base, folds=args.folds, patient_map=args.patient_map, fold_seed=args.fold_seed,
-                        study=args.study, storage=args.storage, workers=args.workers,
-                        register_final=parse_bool("register_final", args.register_final), **beat)
-    plan = plan_cv(request)
+    base, beat = _shared_study_base(args)  # every fold is measured on all of its held-out videos
+    request = cv.CvRequest(base=base, folds=args.folds, patient_map=args.patient_map, fold_seed=args.fold_seed,
+                           study=args.study, storage=args.storage, workers=args.workers,
+                           register_final=parse_bool("register_final", args.register_final), **beat)
+    plan = cv.plan_cv(request)
     print(f"Study {plan.study_name}: {len(plan.folds.parts)} folds of {plan.folds.grouped_by}; other workers join "
           f"with `seizure-mlflow cv --study {plan.study_name}`, the same options and the same storage", flush=True)
-    if request.workers == 1:
-        parent = work(plan)
-    else:
-        parent = parent_run(load_study(plan), plan)
-        extra = ["--folds", str(args.folds), "--patient-map", args.patient_map, "--fold-seed", str(args.fold_seed),
-                 "--register-final", args.register_final]
-        if _failed_workers(_start_workers("cv", args, plan, extra)):
-            return 1
+    parent = _work_here_or_start_workers("cv", args, plan, cv, [
+        "--folds", str(args.folds), "--patient-map", args.patient_map, "--fold-seed", str(args.fold_seed),
+        "--register-final", args.register_final])
+    if parent is None:
+        return 1
     print(f"Cross-validation {plan.study_name} done: parent run {parent}")
     return 0
-
-
-def _failed_workers(codes: list[int]) -> bool:
-    if any(codes):
-        logger.error("%d of %d workers failed", sum(1 for c in codes if c), len(codes))
-    return any(codes)
 
 
 def _start_workers(command: str, args, plan, extra: list[str]) -> list[int]:

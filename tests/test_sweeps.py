@@ -90,7 +90,8 @@ def test_mlflow_run_tune_makes_a_parent_with_six_children_some_pruned_and_one_ve
             ["mlflow", "run", str(REPO), "-e", "tune", "--env-manager", "local", "--experiment-name", "sweep-test",
              "-P", "trials=6", "-P", f"space={space}", "-P", "study=six", "-P", "sampler=random", "-P", "sampler_seed=4", "-P", "max_iter=6", "-P", "eval_period=2",
              "-P", "min_size=64", "-P", "model_name=sweep-detector", "-P", f"opts={' '.join(TINY_OPTS)}",
-             "-P", f"train_json={tj}", "-P", f"train_images={ti}", "-P", f"val_json={vj}", "-P", f"val_images={vi}"],
+             "-P", f"train_json={tj}", "-P", f"train_images={ti}", "-P", f"val_json={vj}", "-P", f"val_images={vi}",
+             "-P", f"output_dir={tmp_path / 'out'}"],  # mlflow run works in the project: not into its folder
             capture_output=True, text=True, timeout=1500, cwd=tmp_path,
             env=venv_env(MLFLOW_TRACKING_URI=uri, SEIZURE_OPTUNA_STORAGE=f"sqlite:///{tmp_path}/optuna.db"))
         assert done.returncode == 0, done.stderr[-3000:]

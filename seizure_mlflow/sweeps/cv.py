@@ -96,6 +96,9 @@ def plan_cv(request: CvRequest) -> CvPlan:
     if request.base.num_processes != 1:
         raise UserError("each fold runs in one process; for several GPUs run several workers (--workers N)",
                         param="num_processes")
+    if request.base.resume:
+        raise UserError("folds always start afresh (a killed worker's fold is retried by another worker); to go on "
+                        "with a study, start cv again with its --study", param="resume")
     base = plan_run(request.base)
     pool = pool_datasets([base.datasets.train, base.datasets.val])
     folds = make_folds(pool, request.folds, request.fold_seed, request.patient_map)
