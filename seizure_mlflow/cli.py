@@ -485,6 +485,9 @@ def _add_trace(sub) -> None:
                    help=f"seconds the index must stay above the threshold (default {r.min_duration_s:g})")
     p.add_argument("--window", type=float, default=r.window_s, help=f"analysis window, s (default {r.window_s:g})")
     p.add_argument("--step", type=float, default=r.step_s, help=f"window step, s (default {r.step_s:g})")
+    p.add_argument("--target-false-alarms-per-hour", type=optional(float), default=None,
+                   help="with --truth: choose, off the threshold curve, the threshold with the highest sensitivity "
+                        "at no more false alarms per hour than this (default: at zero false alarms)")
     p.add_argument("--min-score", type=float, default=0.5, help="detections below this score are ignored")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--overlay", action="store_true", help="also write overlay.mp4 (the video with the patient's mask "
@@ -503,13 +506,20 @@ def cmd_trace(args) -> int:
 
     if args.batch_size < 1:
         raise UserError(f"must be >= 1, got {args.batch_size}", param="batch_size")
+    target = args.target_false_alarms_per_hour
+    if target is not None and not args.truth:
+        raise UserError("needs --truth: the threshold is chosen by scoring against it",
+                        param="target_false_alarms_per_hour")
+    if target is not None and target < 0:
+        raise UserError(f"must be >= 0, got {target}", param="target_false_alarms_per_hour")
     rhythm = replace(RhythmSettings(), threshold=args.threshold, min_duration_s=args.min_duration,
                      window_s=args.window, step_s=args.step)
     options = TraceOptions(fps=args.fps, method=args.method, region=args.region, rhythm=rhythm,
                            min_score=args.min_score, batch_size=args.batch_size,
                            accept_short_video=args.accept_short_video)
     request = TraceRequest(input=args.input, output=args.output, model_uri=args.model_uri, masks=args.masks,
-                           truth=args.truth, options=options, overlay=args.overlay, log_to_mlflow=not args.no_mlflow)
+                           truth=args.truth, options=options, overlay=args.overlay, log_to_mlflow=not args.no_mlflow,
+                           target_false_alarms_per_hour=target)
     summary = run_trace(plan_trace(request))
     events = sum(v["events"] for v in summary["videos"])
     print(f"{len(summary['videos'])} video(s), {sum(v['seconds'] for v in summary['videos']):.0f} s: {events} "
@@ -520,6 +530,11 @@ def cmd_trace(args) -> int:
         latency = "n/a" if s["mean_latency_s"] is None else f"{s['mean_latency_s']:.1f} s"
         print(f"sensitivity {sensitivity} ({s['detected']}/{s['events']}), {s['false_alarms']} false alarm(s) "
               f"({s['false_alarms_per_hour']:.1f}/h), mean latency {latency}")
+        z, chosen = summary["szcore"], summary["thresholds"]["chosen"]
+        print(f"SzCORE: sensitivity {z.get('sensitivity', float('nan')):.0%}, precision "
+              f"{z.get('precision', float('nan')):.0%}, {z['fp_per_24h']:.1f} false detections per 24 h")
+        print(f"threshold curve: {chosen['rule']}: " + (f"threshold {chosen['threshold']:g}" if chosen["threshold"]
+                                                       is not None else "no threshold of the range meets it"))
     return 0
 
 

@@ -95,6 +95,53 @@ def test_scores_count_detections_false_alarms_and_latency():
     assert scores.latencies == (3.0, None)
 
 
+def _traced(components: np.ndarray, settings: RhythmSettings = RhythmSettings()):
+    """What the threshold sweep reads of a traced video: its windows, envelope, settings and length."""
+    from types import SimpleNamespace
+
+    windows = rhythm_windows(components, np.ones(len(components), bool), FPS, settings)
+    table = pd.DataFrame({"band_power": band_envelope(components, FPS, settings)})
+    return SimpleNamespace(windows=windows, table=table, settings=settings, fps=FPS, seconds=len(components) / FPS)
+
+
+def test_one_pass_scores_every_threshold_and_the_chosen_one_sits_between_alarm_and_episode():
+    from seizure_mlflow.motion import thresholds
+    from seizure_mlflow.motion.thresholds import ThresholdSweep, choose_threshold
+
+    components = _oscillation(60, (10.0, 20.0), 4.0)  # a strong rhythm: the true episode
+    t = np.arange(len(components)) / FPS
+    weak = (t >= 40) & (t < 46)  # a weak rhythm elsewhere: a false alarm at low thresholds only
+    components[weak, 2] += 0.12 * np.cos(2 * np.pi * 3.0 * t[weak])
+    video = _traced(components)
+    sweep = ThresholdSweep(also=0.6)
+    sweep.add(video, [(10.0, 20.0)])
+    curve = sweep.curve()
+    assert len(curve) == len(thresholds.THRESHOLDS) and 0.6 in set(curve["threshold"])
+    strict = choose_threshold(curve)
+    assert strict.sensitivity == 1.0 and strict.false_alarms_per_hour == 0
+    at_zero = curve[(curve["false_alarms"] == 0) & (curve["sensitivity"] == 1.0)]["threshold"]
+    assert strict.threshold == sorted(at_zero)[(len(at_zero) - 1) // 2]  # the middle of the thresholds that tie
+    alarms_below = curve[curve["false_alarms"] > 0]["threshold"]
+    assert len(alarms_below), "the weaker rhythm should raise an alarm at the lowest thresholds"
+    assert strict.threshold > alarms_below.max()
+    loose = choose_threshold(curve, target_false_alarms_per_hour=1000)
+    assert loose.threshold < strict.threshold and loose.sensitivity == 1.0
+    weakest = sweep.weakest_detection(strict.threshold)
+    assert weakest is not None and weakest > strict.threshold
+
+
+def test_szcore_scores_by_its_own_tolerances_where_the_package_rule_is_strict():
+    from seizure_mlflow.motion.szcore import score_events
+
+    late = [Interval(40.0, 45.0, 0.9, 4.0, alarm_at=44.0)]  # starts 20 s after the seizure ended
+    own = score_intervals(late, truth=[(11.0, 20.0)], seconds=600)
+    assert (own.detected, own.false_alarms) == (0, 1)
+    szcore = score_events([(40.0, 45.0)], [(11.0, 20.0)], 600).as_metrics()  # within SzCORE's 60 s after the end
+    assert szcore["sensitivity"] == 1.0 and szcore["precision"] == 1.0 and szcore["fp_per_24h"] == 0
+    far = score_events([(200.0, 205.0)], [(11.0, 20.0)], 600).as_metrics()
+    assert far["sensitivity"] == 0 and far["fp_per_24h"] == pytest.approx(86400 / 600)
+
+
 # --------------------------------------------------------------------------------------------- tracking
 
 
@@ -261,18 +308,36 @@ def test_true_masks_find_every_episode_and_no_caregiver_only_alarm(trace_sample,
 
 
 @pytest.mark.slow
-def test_trace_run_in_mlflow_holds_files_and_scores_but_no_names(trace_sample, tracking, tmp_path):
+def test_trace_run_in_mlflow_holds_files_and_scores_but_no_names(trace_sample, tracking, tmp_path, monkeypatch):
+    """Also: with --truth one pass scores every threshold (the rhythm index is computed once per video) and
+    SzCORE's event scores, which on the sample traces agree with the package's own sensitivity."""
+    from seizure_mlflow.motion import pipeline
+
+    calls = []
+    monkeypatch.setattr(pipeline, "rhythm_windows", lambda *a, **k: calls.append(1) or rhythm_windows(*a, **k))
     out = tmp_path / "out"
     assert main(["trace", "--input", str(trace_sample / "videos"), "--masks", str(trace_sample / "masks"),
                  "--truth", str(trace_sample / "truth.json"), "--output", str(out)]) == 0
     client = MlflowClient()
     (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert run.info.status == "FINISHED"
-    assert run.data.metrics["sensitivity"] == 1.0 and run.data.metrics["false_alarms"] == 0
-    assert run.data.metrics["videos"] == 4 and run.data.metrics["video_seconds"] == 160
+    metrics = run.data.metrics
+    assert metrics["sensitivity"] == 1.0 and metrics["false_alarms"] == 0
+    assert metrics["videos"] == 4 and metrics["video_seconds"] == 160
     assert run.data.params["trace.source"] == "true_masks" and run.data.params["trace.method"] == "flow"
-    artifacts = {f.path for d in client.list_artifacts(run.info.run_id) for f in client.list_artifacts(run.info.run_id, d.path)}
+    artifacts = {f.path for d in client.list_artifacts(run.info.run_id) if d.is_dir
+                 for f in client.list_artifacts(run.info.run_id, d.path)}
     assert artifacts == {f"video_{n:02d}/{name}" for n in range(1, 5) for name in ("trace.csv", "events.json", "trace.png")}
+    assert {"threshold_curve.csv", "threshold_curve.png"} <= {f.path for f in client.list_artifacts(run.info.run_id)}
+
+    curve = pd.read_csv(out / "threshold_curve.csv")
+    assert len(calls) == 4 and len(curve) > 60, "the rhythm index must be computed once per video, for every threshold"
+    at_run = curve[curve["threshold"] == 0.6].iloc[0]
+    assert at_run["sensitivity"] == metrics["sensitivity"] and at_run["false_alarms"] == metrics["false_alarms"]
+    assert metrics["chosen_threshold"] in set(curve[(curve["false_alarms"] == 0)]["threshold"])
+    assert metrics["threshold_margin"] == pytest.approx(metrics["weakest_detected_peak"] - 0.6, abs=1e-4) and metrics["threshold_margin"] > 0
+    assert metrics["szcore/sensitivity"] == metrics["sensitivity"]
+    assert metrics["szcore/precision"] == 1.0 and metrics["szcore/fp_per_24h"] == 0
     local = Path(client.download_artifacts(run.info.run_id, "", str(tmp_path / "downloaded")))
     recorded = " ".join([json.dumps(run.data.params), json.dumps(run.data.tags)] +
                         [p.read_text() for p in local.rglob("*") if p.suffix in (".csv", ".json")])

@@ -43,6 +43,7 @@ class TraceRequest:
     options: TraceOptions = TraceOptions()
     overlay: bool = False
     log_to_mlflow: bool = True
+    target_false_alarms_per_hour: float | None = None  # with truth: the threshold chosen off the curve
 
 
 @dataclass
@@ -160,10 +161,13 @@ def run_trace(plan: TracePlan) -> dict:
 
 
 def _trace_all(plan: TracePlan) -> dict:
-    request, single = plan.request, len(plan.videos) == 1
-    videos, total = [], None
     from seizure_mlflow.motion.outputs import OVERLAY, write_overlay, write_trace
+    from seizure_mlflow.motion.scoring import ScoreBoard
 
+    request, single = plan.request, len(plan.videos) == 1
+    board = (ScoreBoard(request.options.rhythm.threshold, request.target_false_alarms_per_hour)
+             if plan.truth is not None else None)
+    videos = []
     with staged_folder(request.output, TRACE_COMMAND) as tmp:
         for number, (video, source) in enumerate(zip(plan.videos, plan.sources), start=1):
             result = trace_video(video, source, request.options, keep_masks=request.overlay)
@@ -172,9 +176,8 @@ def _trace_all(plan: TracePlan) -> dict:
             document = write_trace(result, folder, request.options.method, truth)
             if request.overlay:
                 write_overlay(video, result, folder / OVERLAY)
-            if truth is not None:
-                scores = result.score(truth)
-                total = scores if total is None else total + scores
+            if board is not None:
+                board.add(result, truth)
             videos.append({"number": number, "folder": "." if single else video.stem,
                            "seconds": document["seconds"], "frames": document["frames"],
                            "processing_seconds": round(result.processing_seconds, 3),
@@ -182,7 +185,7 @@ def _trace_all(plan: TracePlan) -> dict:
                            "patient_found_fraction": document["patient_found_fraction"]})
             logger.info("%s: %d candidate interval(s), max rhythm index %s", video.name, len(document["events"]),
                         document["max_index"])
-        summary = {"videos": videos, "scores": total.as_dict() if total is not None else None,
+        summary = {"videos": videos, "scores": None, **(board.summary(tmp) if board is not None else {}),
                    "source": TRUE_MASKS if request.masks else request.model_uri,
                    "model_version": list(plan.model_version) if plan.model_version else None}
         if not single:

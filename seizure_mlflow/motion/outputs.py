@@ -135,3 +135,37 @@ def write_overlay(video: Path, result: TraceResult, path: Path) -> None:
             cv2.putText(bgr, label, (4, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.35,
                         (0, 0, 255) if alarm else (255, 255, 255), 1, cv2.LINE_AA)
             writer.write(bgr[:, :, ::-1])
+
+
+THRESHOLD_CSV = "threshold_curve.csv"
+THRESHOLD_PNG = "threshold_curve.png"
+
+
+def write_threshold_curve(curve, folder: Path, run_threshold: float, chosen: float | None) -> None:
+    """``threshold_curve.csv`` and ``threshold_curve.png``: sensitivity against false alarms per hour, one point
+    per threshold, the run's threshold and the chosen one marked."""
+    curve.to_csv(folder / THRESHOLD_CSV, index=False, float_format="%.5g")
+    fig, (ax, by) = plt.subplots(1, 2, figsize=(11, 4.5))
+    ax.plot(curve["false_alarms_per_hour"], curve["sensitivity"], marker=".", color="black", lw=1)
+    for label, threshold, colour in (("this run", run_threshold, "tab:orange"), ("chosen", chosen, "tab:green")):
+        row = curve[curve["threshold"] == threshold]
+        if threshold is not None and len(row):
+            ax.scatter(row["false_alarms_per_hour"], row["sensitivity"], s=80, color=colour, zorder=3,
+                       label=f"{label}: threshold {threshold:g}")
+    ax.set_xlabel("false alarms per hour")
+    ax.set_ylabel("sensitivity")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title("sensitivity against false alarms (one point per threshold)")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc="lower right")
+    by.plot(curve["threshold"], curve["sensitivity"], color="tab:red", label="sensitivity")
+    by.set_xlabel("rhythm index threshold")
+    by.set_ylabel("sensitivity")
+    by.set_ylim(-0.02, 1.02)
+    twin = by.twinx()
+    twin.plot(curve["threshold"], curve["false_alarms_per_hour"], color="tab:blue", label="false alarms per hour")
+    twin.set_ylabel("false alarms per hour")
+    by.set_title("both against the threshold")
+    fig.tight_layout()
+    fig.savefig(folder / THRESHOLD_PNG, dpi=100)
+    plt.close(fig)

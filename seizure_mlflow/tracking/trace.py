@@ -10,7 +10,7 @@ from pathlib import Path
 
 import mlflow
 
-from seizure_mlflow.motion.outputs import EVENTS_JSON, TRACE_CSV, TRACE_PNG
+from seizure_mlflow.motion.outputs import EVENTS_JSON, THRESHOLD_CSV, THRESHOLD_PNG, TRACE_CSV, TRACE_PNG
 
 PARAM_PREFIX = "trace."
 
@@ -40,6 +40,9 @@ def log_trace(summary: dict, output: Path) -> None:
         where = None if video["folder"] == "." else f"video_{video['number']:02d}"
         for name in (TRACE_CSV, EVENTS_JSON, TRACE_PNG):
             mlflow.log_artifact(str(folder / name), artifact_path=where)
+    if summary.get("thresholds"):  # over all videos, at the root
+        for name in (THRESHOLD_CSV, THRESHOLD_PNG):
+            mlflow.log_artifact(str(output / name))
 
 
 def overall(summary: dict) -> dict[str, float]:
@@ -62,5 +65,13 @@ def overall(summary: dict) -> dict[str, float]:
             metrics["sensitivity"] = scores["sensitivity"]
         if scores["mean_latency_s"] is not None:
             metrics["mean_latency_s"] = scores["mean_latency_s"]
+        metrics.update({f"szcore/{k}": v for k, v in summary["szcore"].items()
+                        if k in ("sensitivity", "precision", "f1", "fp_per_24h")})
+        thresholds = summary["thresholds"]
+        for name, value in (("chosen_threshold", thresholds["chosen"]["threshold"]),
+                            ("weakest_detected_peak", thresholds["weakest_detected_peak"]),
+                            ("threshold_margin", thresholds["margin"])):
+            if value is not None:
+                metrics[name] = value
     return metrics
 
