@@ -288,6 +288,8 @@ def _add_sample_data(sub) -> None:
                         "episodes and caregiver visits, every frame's true masks and truth.json, the input of "
                         "`trace` (sizes from --num-videos/--width/--height/--seconds when given)")
     p.add_argument("--seconds", type=float, default=None, help="with --format trace: length of each video")
+    p.add_argument("--camera-motion", action="store_true", help="with --format trace: a camera that shakes at "
+                                                               "2-6 Hz, pans and drifts (camera.json says when)")
     p.set_defaults(func=cmd_sample_data)
 
 
@@ -300,13 +302,14 @@ def cmd_sample_data(args) -> int:
                                "seed": args.seed}.items() if v is not None}
     check_output_folder(args.output, "output")
     if args.format == "trace":
-        trace_spec = TraceSpec(**given, **({"seconds": args.seconds} if args.seconds is not None else {}))
+        trace_spec = TraceSpec(**given, **({"seconds": args.seconds} if args.seconds is not None else {}),
+                               camera=args.camera_motion)
         root = write_trace_sample(args.output, trace_spec)
         print(f"{trace_spec.num_videos} trace videos in {root}/videos, their true masks in {root}/masks and the "
               f"seizure intervals in {root}/truth.json")
         return 0
-    if args.seconds is not None:
-        raise UserError("is for --format trace only", param="seconds")
+    if args.seconds is not None or args.camera_motion:
+        raise UserError("is for --format trace only", param="seconds" if args.seconds is not None else "camera_motion")
     spec = SampleSpec(frames_per_video=args.frames_per_video, **given)
     if args.format == "per-video":
         root = write_sample_exports(args.output, spec)
@@ -492,6 +495,8 @@ def _add_trace(sub) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--overlay", action="store_true", help="also write overlay.mp4 (the video with the patient's mask "
                                                          "and the running index; kept local, never logged)")
+    p.add_argument("--no-camera-compensation", action="store_true",
+                   help="keep the camera's own motion in the flow (default: fitted on the background and removed)")
     p.add_argument("--no-mlflow", action="store_true", help="do not record an MLflow run")
     p.add_argument("--accept-short-video", action="store_true", help="use a video that ends before the frames its container declares (cut short), with a warning")
     p.set_defaults(func=cmd_trace)
@@ -516,7 +521,8 @@ def cmd_trace(args) -> int:
                      window_s=args.window, step_s=args.step)
     options = TraceOptions(fps=args.fps, method=args.method, region=args.region, rhythm=rhythm,
                            min_score=args.min_score, batch_size=args.batch_size,
-                           accept_short_video=args.accept_short_video)
+                           accept_short_video=args.accept_short_video,
+                           compensate_camera=not args.no_camera_compensation)
     request = TraceRequest(input=args.input, output=args.output, model_uri=args.model_uri, masks=args.masks,
                            truth=args.truth, options=options, overlay=args.overlay, log_to_mlflow=not args.no_mlflow,
                            target_false_alarms_per_hour=target)

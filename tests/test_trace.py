@@ -345,6 +345,42 @@ def test_trace_run_in_mlflow_holds_files_and_scores_but_no_names(trace_sample, t
         assert private not in recorded
 
 
+@pytest.fixture(scope="module")
+def camera_sample(tmp_path_factory) -> Path:
+    return write_trace_sample(tmp_path_factory.mktemp("camera") / "sample", TraceSpec(camera=True))
+
+
+@pytest.mark.slow
+def test_a_moving_camera_raises_nothing_once_its_motion_is_removed_and_episodes_are_still_found(camera_sample, tmp_path):
+    """The sample camera shakes at 2-6 Hz while the patient lies still, pans, drifts, and shakes during an
+    episode. Uncompensated, the shakes raise false alarms; compensated, every episode is found and nothing
+    else is raised, and the motion removed (trace.csv) is the camera's."""
+    from seizure_mlflow.data.sample import CameraMove
+
+    truth = json.loads((camera_sample / "truth.json").read_text())
+    camera = json.loads((camera_sample / "camera.json").read_text())
+    args = ["--input", str(camera_sample / "videos"), "--masks", str(camera_sample / "masks"),
+            "--truth", str(camera_sample / "truth.json"), "--no-mlflow"]
+    assert _trace(*args, "--output", str(tmp_path / "raw"), "--no-camera-compensation") == 0
+    raw = json.loads((tmp_path / "raw" / "summary.json").read_text())["scores"]
+    assert raw["false_alarms"] > 0, "the shaking camera should fool the uncompensated trace: nothing to show"
+    assert _trace(*args, "--output", str(tmp_path / "out")) == 0
+    scores = json.loads((tmp_path / "out" / "summary.json").read_text())["scores"]
+    assert scores["sensitivity"] == 1.0 and scores["false_alarms"] == 0, scores
+    for video, moves in camera.items():
+        table = pd.read_csv(tmp_path / "out" / video / "trace.csv")
+        assert table["camera_fitted"].mean() > 0.9
+        moves = [CameraMove(**m) for m in moves]
+        offsets = np.array([[sum(m.offset(t)[k] for m in moves) for k in (0, 1)] for t in table["time"]])
+        moving = np.linalg.norm(np.diff(offsets, axis=0), axis=1) > 0.3
+        removed = table[["camera_dx", "camera_dy"]].to_numpy()[1:]
+        both = moving & np.isfinite(removed).all(axis=1)
+        correlation = np.corrcoef(np.diff(offsets, axis=0)[both].ravel(), removed[both].ravel())[0, 1]
+        assert correlation > 0.9, (video, correlation)  # the motion removed is the camera's, frame by frame
+    assert all(len(json.loads((tmp_path / "out" / v / "events.json").read_text())["events"]) == len(e)
+               for v, e in truth.items())
+
+
 # --------------------------------------------------------------------------------------------- with a model
 
 

@@ -109,6 +109,7 @@ class _Video:
     episodes: tuple["Episode", ...] = ()
     visits: tuple["Visit", ...] = ()
     moves: tuple["Move", ...] = ()
+    camera: tuple["CameraMove", ...] = ()
 
 
 @dataclass(frozen=True)
@@ -129,6 +130,29 @@ class Visit:
     start: float
     end: float
     frequency_hz: float = 0.0
+
+
+@dataclass(frozen=True)
+class CameraMove:
+    """The camera moves the whole image from ``start`` to ``end`` seconds: it ``shake``s (a vibration of
+    ``amplitude_px`` at ``frequency_hz``, eased in and out), ``pan``s (turns by ``amplitude_px`` sideways, smoothly,
+    and stays there) or ``drift``s (a slow sway of ``amplitude_px`` at ``frequency_hz``)."""
+
+    kind: str
+    start: float
+    end: float
+    amplitude_px: float
+    frequency_hz: float = 0.0
+
+    def offset(self, t: float) -> tuple[float, float]:
+        if self.kind == "pan":
+            share = _smoothstep((t - self.start) / (self.end - self.start))
+            return self.amplitude_px * share, 0.3 * self.amplitude_px * share
+        if not self.start <= t <= self.end:
+            return 0.0, 0.0
+        ease = min(1.0, (t - self.start) / 0.5, (self.end - t) / 0.5) if self.kind == "shake" else 1.0
+        phase = 2 * math.pi * self.frequency_hz * (t - self.start)
+        return (self.amplitude_px * ease * math.sin(phase), 0.6 * self.amplitude_px * ease * math.sin(phase + 1.1))
 
 
 @dataclass(frozen=True)
@@ -282,6 +306,8 @@ def render_frame(video: _Video, t: int, w: int, h: int, rng: np.random.Generator
     horizon = int(h * 0.3)
     img[:horizon] = video.wall
     img[horizon:] = video.floor
+    if video.camera:  # a room with something to see when the camera moves (flat walls show no motion)
+        _furnish(img, video, horizon)
     x0, y0, x1, y1 = video.bed
     img[y0:y1, x0:x1] = video.sheet
     pillow_x = (x0 + 3, x0 + (x1 - x0) // 6) if video.head_left else (x1 - (x1 - x0) // 6, x1 - 3)
@@ -306,8 +332,39 @@ def render_frame(video: _Video, t: int, w: int, h: int, rng: np.random.Generator
         masks[2] = caregiver
 
     ramp = 1.0 + video.gradient * np.linspace(-1, 1, w, dtype=np.float32)[None, :, None]
-    img = img * video.light * ramp + rng.normal(0, video.noise, img.shape).astype(np.float32)
+    img = img * video.light * ramp
+    if video.camera:
+        img, masks = _filmed_by_camera(video, t, img, masks)
+    img = img + rng.normal(0, video.noise, img.shape).astype(np.float32)
     return np.clip(img, 0, 255).astype(np.uint8), masks
+
+
+def _furnish(img: np.ndarray, video: _Video, horizon: int) -> None:
+    """Floor tiles and, on the wall, a window and two frames: still texture in the room, as a real ward has."""
+    h, w = img.shape[:2]
+    step = max(8, w // 14)
+    img[horizon::step, :] = video.floor * 0.7
+    img[horizon:, ::step] = video.floor * 0.7
+    for fx0, fy0, fx1, fy1, shade in ((0.06, 0.05, 0.24, 0.24, 0.55), (0.42, 0.06, 0.52, 0.2, 0.4),
+                                      (0.7, 0.04, 0.92, 0.22, 0.6)):
+        a, b, c, d = int(fx0 * w), int(fy0 * h), int(fx1 * w), int(fy1 * h)
+        img[b:d, a:c] = video.wall * shade
+        img[b + 2:d - 2, a + 2:c - 2] = video.wall * (shade + 0.3)
+        img[(b + d) // 2, a:c] = video.wall * shade  # a window's cross bar, a frame's motif
+
+
+def _filmed_by_camera(video: _Video, t: int, img: np.ndarray, masks: dict[int, np.ndarray]):
+    """The scene as a moving camera sees it at frame ``t``: shifted by the sum of the camera's moves (sub-pixel;
+    the edge the camera turns towards is filled by reflection), the masks with it."""
+    seconds = t / video.fps
+    dx = sum(m.offset(seconds)[0] for m in video.camera)
+    dy = sum(m.offset(seconds)[1] for m in video.camera)
+    h, w = img.shape[:2]
+    shift = np.float32([[1, 0, dx], [0, 1, dy]])
+    moved = cv2.warpAffine(img, shift, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    return moved, {cid: cv2.warpAffine(m.astype(np.uint8), shift, (w, h), flags=cv2.INTER_NEAREST,
+                                       borderMode=cv2.BORDER_CONSTANT, borderValue=0).astype(bool)
+                   for cid, m in masks.items()}
 
 
 def mask_to_annotation(mask: np.ndarray, category_id: int) -> dict | None:
@@ -427,6 +484,7 @@ def write_sample_exports(root: str | os.PathLike, spec: SampleSpec | None = None
 TRACE_TRUTH = "truth.json"
 TRACE_VIDEOS = "videos"
 TRACE_MASKS = "masks"
+TRACE_CAMERA = "camera.json"
 
 
 @dataclass(frozen=True)
@@ -439,6 +497,7 @@ class TraceSpec:
     width: int = 160
     height: int = 120
     seed: int = 0
+    camera: bool = False  # a camera that shakes (2-6 Hz), pans and drifts, at quiet times and during episodes
 
     def __post_init__(self) -> None:
         if not 1 <= self.num_videos <= 100:
@@ -460,6 +519,28 @@ _TRACE_TIMETABLES = (
      "moves": [(0.58, 0.62)]},
     {"episodes": [(0.15, 0.28), (0.60, 0.75)], "visits": [("pat", 0.38, 0.52)], "moves": [(0.85, 0.89)]},
 )
+
+
+# Per video, in the same fractions as its timetable: shakes while the patient lies still (no episode, no visit:
+# anything raised there is a false alarm by construction), one during an episode (still to be found), a pan.
+_CAMERA_TIMETABLES = (
+    [("shake", 0.86, 0.99, 3.0), ("pan", 0.52, 0.58, 0.0), ("shake", 0.32, 0.46, 4.5)],
+    [("shake", 0.46, 0.60, 3.5), ("pan", 0.85, 0.92, 0.0), ("shake", 0.65, 0.79, 2.5)],
+    [("shake", 0.00, 0.13, 5.5), ("shake", 0.36, 0.44, 2.2), ("pan", 0.76, 0.81, 0.0)],
+    [("shake", 0.29, 0.37, 4.0), ("pan", 0.53, 0.59, 0.0), ("shake", 0.62, 0.73, 3.0)],
+)
+SHAKE_PX = 2.5
+PAN_PX = 12.0
+DRIFT_PX, DRIFT_HZ = 2.0, 0.08
+
+
+def _camera_moves(spec: TraceSpec, index: int, rng: np.random.Generator) -> tuple[CameraMove, ...]:
+    length = spec.seconds
+    moves = [CameraMove("drift", 0.0, length, DRIFT_PX, DRIFT_HZ)]
+    for kind, a, b, frequency in _CAMERA_TIMETABLES[index % len(_CAMERA_TIMETABLES)]:
+        amplitude = PAN_PX * float(rng.choice([-1, 1])) if kind == "pan" else SHAKE_PX
+        moves.append(CameraMove(kind, round(a * length, 2), round(b * length, 2), amplitude, frequency))
+    return tuple(moves)
 
 
 def make_trace_video(spec: TraceSpec, index: int, rng: np.random.Generator) -> _Video:
@@ -484,13 +565,16 @@ def make_trace_video(spec: TraceSpec, index: int, rng: np.random.Generator) -> _
     return _Video(**{**base.__dict__, "gown": gown, "caregiver_colour": caregiver,
                      "drift": np.zeros(2), "blanket": True, "caregiver_frames": frozenset(),
                      "seizure_amp": float(rng.uniform(0.3, 0.45)), "seizure_freq": 0.0,
-                     "fps": spec.fps, "episodes": episodes, "visits": visits, "moves": moves})
+                     "fps": spec.fps, "episodes": episodes, "visits": visits, "moves": moves,
+                     "camera": _camera_moves(spec, index, np.random.default_rng([spec.seed, 2000 + index]))
+                     if spec.camera else ()})
 
 
 def write_trace_sample(root: str | os.PathLike, spec: TraceSpec | None = None) -> Path:
     """Write trace sample videos under ``root``: ``videos/NAME.mp4``, ``masks/NAME.json`` (every frame's
     true masks as COCO, images with ``frame_id``) and ``truth.json`` (``{NAME: [{"start", "end",
-    "frequency_hz"}]}``, seconds), plus ``visits.json`` (when the caregiver is in the picture, and doing what).
+    "frequency_hz"}]}``, seconds), plus ``visits.json`` (when the caregiver is in the picture, and doing what) and,
+    with ``spec.camera``, ``camera.json`` (when the camera shakes, pans and drifts).
 
     The input of ``seizure-mlflow trace`` (``--masks`` and ``--truth`` take the masks and truth).
     Written to a temporary folder and moved into place.
@@ -503,7 +587,7 @@ def write_trace_sample(root: str | os.PathLike, spec: TraceSpec | None = None) -
     root = Path(root)
     check_replaceable(root, SAMPLE_COMMAND, param="output")
     frames = int(round(spec.seconds * spec.fps))
-    truth, visits = {}, {}
+    truth, visits, camera = {}, {}, {}
     with staged_folder(root, SAMPLE_COMMAND) as tmp, tqdm(total=frames * spec.num_videos, desc="trace videos", unit="frame") as bar:
         (tmp / TRACE_VIDEOS).mkdir()
         (tmp / TRACE_MASKS).mkdir()
@@ -526,8 +610,11 @@ def write_trace_sample(root: str | os.PathLike, spec: TraceSpec | None = None) -
                 json.dumps({"images": images, "annotations": annotations, "categories": CATEGORIES}))
             truth[name] = [asdict(e) for e in video.episodes]
             visits[name] = [asdict(e) for e in video.visits]
+            camera[name] = [asdict(m) for m in video.camera]
         (tmp / TRACE_TRUTH).write_text(json.dumps(truth, indent=2))
         (tmp / "visits.json").write_text(json.dumps(visits, indent=2))
+        if spec.camera:
+            (tmp / TRACE_CAMERA).write_text(json.dumps(camera, indent=2))
         (tmp / MANIFEST).write_text(json.dumps({"generator": "seizure_mlflow.data.sample.write_trace_sample",
                                                 "spec": asdict(spec)}, indent=2))
     return root

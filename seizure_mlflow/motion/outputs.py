@@ -24,7 +24,8 @@ EVENTS_JSON = "events.json"
 TRACE_PNG = "trace.png"
 OVERLAY = "overlay.mp4"
 COLUMNS = ("frame", "time", "patient_found", "motion_inside", "motion_outside", "motion_frame", "area", "area_rel",
-           "displacement", "mask_change", "band_power", "rhythm_index", "dominant_hz")
+           "displacement", "mask_change", "camera_dx", "camera_dy", "camera_inliers", "camera_fitted", "band_power",
+           "rhythm_index", "dominant_hz")
 
 
 def events_document(result: TraceResult, method: str, truth: list[tuple[float, float]] | None = None) -> dict:

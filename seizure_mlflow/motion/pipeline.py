@@ -42,6 +42,7 @@ class TraceOptions:
     min_score: float = 0.5
     batch_size: int = 8
     accept_short_video: bool = False  # trace a video cut short (see seizure_mlflow.data.video.iter_frames)
+    compensate_camera: bool = True  # remove the camera's own motion from the flow (see .camera)
 
 
 @dataclass
@@ -104,7 +105,7 @@ def trace_video(path: str | Path, source: Callable, options: TraceOptions, keep_
     frames, declared, source_fps = iter_frames(path, accept_short=options.accept_short_video)
     fps = options.fps or source_fps
     track = PatientTrack(min_score=options.min_score)
-    meter = MotionMeter(options.method, options.cells, options.max_width)
+    meter = MotionMeter(options.method, options.cells, options.max_width, options.compensate_camera)
     rows, components, rles = [], {r: [] for r in REGIONS}, [] if keep_masks else None
     expected = int(declared * fps / source_fps) if declared else None
 

@@ -8,7 +8,9 @@ and measures between consecutive frames:
 - ``motion_outside``: the same outside the (widened) patient: caregivers, background;
 - ``motion_frame``: the same over the whole frame (what whole-frame detectors measure);
 - ``area`` (pixels), ``displacement`` (centroid shift / sqrt(area)), ``mask_change`` (1 - IoU of consecutive
-  masks).
+  masks);
+- ``camera_dx``, ``camera_dy``, ``camera_inliers``, ``camera_fitted``: the camera's own motion, removed from the
+  frame before any of the above is measured (:mod:`.camera`; unless ``compensate_camera`` is off).
 
 Motion is dense optical flow (OpenCV's Farnebäck; magnitude in pixels per frame at the analysis size) or,
 the cheap option, the absolute frame difference. For the rhythm analysis each region also yields
@@ -28,6 +30,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from seizure_mlflow.motion.camera import fit_camera, stabilize
 from seizure_mlflow.motion.patient_track import TrackedFrame, mask_iou
 
 METHODS = ("flow", "diff")
@@ -43,10 +46,11 @@ class FrameMeasure:
 class MotionMeter:
     """Measures each frame against the previous one; call :meth:`measure` on every frame, in order."""
 
-    def __init__(self, method: str = "flow", cells: int = 8, max_width: int = 320) -> None:
+    def __init__(self, method: str = "flow", cells: int = 8, max_width: int = 320, compensate_camera: bool = True) -> None:
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         self.method, self.cells, self.max_width = method, cells, max_width
+        self.compensate_camera = compensate_camera
         self._previous: tuple[np.ndarray, np.ndarray | None] | None = None
         self._cell_of: np.ndarray | None = None
         self._scale = 1.0
@@ -76,7 +80,8 @@ class MotionMeter:
         patient, others = self._mask(tracked.patient), self._mask(tracked.others)
         values = {"area": float(np.count_nonzero(patient)) / self._scale ** 2 if patient is not None else np.nan,
                   "displacement": np.nan, "mask_change": np.nan,
-                  "motion_inside": np.nan, "motion_outside": np.nan, "motion_frame": np.nan}
+                  "motion_inside": np.nan, "motion_outside": np.nan, "motion_frame": np.nan,
+                  "camera_dx": np.nan, "camera_dy": np.nan, "camera_inliers": np.nan, "camera_fitted": np.nan}
         nan = np.full(self.component_count, np.nan)
         components = {region: nan for region in REGIONS}
         previous = self._previous
@@ -84,6 +89,8 @@ class MotionMeter:
         if previous is None:
             return FrameMeasure(values, components)
         previous_gray, previous_patient, previous_others = previous
+        if self.compensate_camera:  # this frame (and its masks) in the previous frame's place
+            gray, patient, others = self._stabilized(previous, (gray, patient, others), values)
 
         if self.method == "flow":
             flow = cv2.calcOpticalFlowFarneback(previous_gray, gray, None, pyr_scale=0.5, levels=3, winsize=9,
@@ -109,6 +116,22 @@ class MotionMeter:
                 values["displacement"] = float(np.hypot(*shift) / np.sqrt(np.count_nonzero(patient)))
         return FrameMeasure(values, components)
 
+    @staticmethod
+    def _stabilized(previous: tuple, current: tuple, values: dict) -> tuple:
+        """``current`` (grey frame, patient, others) warped back by the camera's motion since ``previous``, fitted
+        on the background of both (see :mod:`.camera`); the fit goes into ``values``. A frame that cannot be fitted
+        is returned as it is, marked ``camera_fitted = 0``."""
+        anyone = np.zeros(current[0].shape, bool)
+        for mask in (*previous[1:], *current[1:]):
+            if mask is not None:
+                anyone |= mask
+        camera = fit_camera(previous[0], current[0], ~_widen(anyone, radius=2 * _FLOW_RADIUS))
+        values.update(camera_dx=camera.dx, camera_dy=camera.dy, camera_inliers=camera.inliers,
+                      camera_fitted=float(camera.fitted))
+        gray, patient, others = current
+        return (stabilize(gray, camera), None if patient is None else stabilize(patient, camera, nearest=True),
+                None if others is None else stabilize(others, camera, nearest=True))
+
     def _region(self, region: np.ndarray, magnitude: np.ndarray, signed: list[np.ndarray]) -> tuple[float, np.ndarray]:
         flat = region.ravel()
         if not flat.any():
@@ -118,7 +141,10 @@ class MotionMeter:
         return float(magnitude.ravel()[flat].mean()), np.concatenate(parts)
 
 
-def _widen(mask: np.ndarray, radius: int = 4) -> np.ndarray:
+_FLOW_RADIUS = 4  # Farnebäck's window reaches this far across an edge
+
+
+def _widen(mask: np.ndarray, radius: int = _FLOW_RADIUS) -> np.ndarray:
     """The mask grown by the flow's smoothing radius (Farnebäck's window), so that motion bleeding across
     its edge is not counted on the other side."""
     if not mask.any():

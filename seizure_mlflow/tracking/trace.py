@@ -23,7 +23,8 @@ def trace_params(plan) -> dict[str, str]:
               "step_s": settings.step_s, "band_hz": f"{settings.band[0]:g}-{settings.band[1]:g}",
               "total_hz": f"{settings.total[0]:g}-{settings.total[1]:g}", "threshold": settings.threshold,
               "min_duration_s": settings.min_duration_s, "min_score": options.min_score,
-              "videos": len(plan.videos), "truth": bool(plan.truth)}
+              "videos": len(plan.videos), "truth": bool(plan.truth),
+              "camera_compensation": options.compensate_camera}
     if not request.masks:
         params["model_uri"] = request.model_uri
         if plan.model_version:
