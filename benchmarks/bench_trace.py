@@ -1,10 +1,12 @@
-"""Motion trace on the sample trace videos: measured on the patient vs over the whole frame, side by side.
+"""Motion trace on the sample trace videos: on the patient vs over the whole frame, and with vs without the camera's
+motion removed, side by side.
 
-Writes the sample trace videos (4 x 40 s at 25 frames/s: clonic episodes of known frequency, a caregiver
-who walks past, pats the blanket or adjusts it at other times), traces them with their *true masks* (the
-signal chain without the detector) with the rhythm measured on the patient and over the whole frame (the
-baseline of whole-frame detectors), and, with ``--model-uri``, with a registered detector in place of the
-true masks. For each: sensitivity, false alarms per hour, mean latency, frequency error, frames/s.
+Writes the sample trace videos twice (4 x 40 s at 25 frames/s: clonic episodes of known frequency, a caregiver
+who walks past, pats the blanket or adjusts it at other times), once with a still camera and once with a camera
+that shakes at 2-6 Hz (while the patient is still, and during an episode), pans and drifts. Traces them with
+their *true masks* (the signal chain without the detector) and, with ``--model-uri``, with a registered detector
+in place of the true masks; with the camera's motion removed and not. For each: sensitivity, false alarms per
+hour, mean latency, frequency error, SzCORE's event scores, frames/s (what compensation costs).
 Prints a table and writes benchmarks/results/trace.json.
 """
 
@@ -35,7 +37,9 @@ def frequency_errors(result, episodes: list[dict]) -> list[float]:
 
 def measure(name: str, sample: Path, source_of, truth: dict, options: TraceOptions,
             regions=("patient",)) -> list[dict]:
-    rows = {region: {"scores": None, "errors": [], "frames": 0, "seconds": 0.0} for region in regions}
+    from seizure_mlflow.motion.szcore import score_events
+
+    rows = {region: {"scores": None, "szcore": None, "errors": [], "frames": 0, "seconds": 0.0} for region in regions}
     for video in sorted(truth):
         started = time.perf_counter()
         result = trace_video(sample / "videos" / f"{video}.mp4", source_of(video), options)
@@ -45,17 +49,22 @@ def measure(name: str, sample: Path, source_of, truth: dict, options: TraceOptio
             analysed = result.reanalysed(region=region)
             row = rows[region]
             scores = analysed.score(intervals)
+            events = score_events([(i.start, i.end) for i in analysed.intervals], intervals, analysed.seconds)
             row["scores"] = scores if row["scores"] is None else row["scores"] + scores
+            row["szcore"] = events if row["szcore"] is None else row["szcore"] + events
             row["errors"] += frequency_errors(analysed, truth[video])
             row["frames"] += len(result.table)
             row["seconds"] += elapsed
     out = []
     for region, row in rows.items():
         scores: Scores = row["scores"]
-        out.append({"masks": name, "region": region, "sensitivity": scores.sensitivity,
+        szcore = row["szcore"].as_metrics()
+        out.append({"masks": name, "region": region, "compensated": options.compensate_camera,
+                    "sensitivity": scores.sensitivity,
                     "false_alarms": scores.false_alarms, "false_alarms_per_hour": round(scores.false_alarms_per_hour, 1),
                     "mean_latency_s": None if scores.mean_latency is None else round(scores.mean_latency, 2),
                     "max_frequency_error_hz": round(max(row["errors"]), 3) if row["errors"] else None,
+                    **{f"szcore_{k}": round(v, 3) for k, v in szcore.items()},
                     "frames_per_s": round(row["frames"] / row["seconds"], 1)})
     return out
 
@@ -68,25 +77,33 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/trace.json")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    with tempfile.TemporaryDirectory() as tmp:
-        sample = write_trace_sample(Path(tmp) / "sample", TraceSpec())
-        truth = json.loads((sample / "truth.json").read_text())
-        options = TraceOptions(min_score=args.min_score)
-        rows = measure("true", sample, lambda v: TrueMaskSource(sample / "masks" / f"{v}.json"), truth, options,
-                       regions=("patient", "frame"))
-        if args.model_uri:
-            from seizure_mlflow.registry.uris import detector_from_uri
+    rows = []
+    source = None
+    if args.model_uri:
+        from seizure_mlflow.registry.uris import detector_from_uri
 
-            source = ModelSource(detector_from_uri(args.model_uri))
-            rows += measure(f"model {args.model_uri}", sample, lambda v: source, truth, options,
-                            regions=("patient", "frame"))
-    header = ("masks", "region", "sensitivity", "false_alarms", "false_alarms_per_hour", "mean_latency_s",
-              "max_frequency_error_hz", "frames_per_s")
+        source = ModelSource(detector_from_uri(args.model_uri))
+    with tempfile.TemporaryDirectory() as tmp:
+        for camera in (False, True):
+            sample = write_trace_sample(Path(tmp) / f"sample-{camera}", TraceSpec(camera=camera))
+            truth = json.loads((sample / "truth.json").read_text())
+            for compensate in (True, False):
+                options = TraceOptions(min_score=args.min_score, compensate_camera=compensate)
+                label = "moving camera" if camera else "still camera"
+                rows += [{"camera": label, **row} for row in measure(
+                    "true", sample, lambda v, s=sample: TrueMaskSource(s / "masks" / f"{v}.json"), truth, options,
+                    regions=("patient", "frame"))]
+                if source is not None:
+                    rows += [{"camera": label, **row} for row in measure(
+                        "model", sample, lambda v: source, truth, options, regions=("patient",))]
+    header = ("camera", "masks", "region", "compensated", "sensitivity", "false_alarms", "false_alarms_per_hour",
+              "mean_latency_s", "max_frequency_error_hz", "szcore_sensitivity", "szcore_precision", "szcore_fp_per_24h",
+              "frames_per_s")
     print(f"\n{len(truth)} videos x {TraceSpec().seconds:.0f} s, "
           f"{sum(len(v) for v in truth.values())} clonic episodes")
     print(" | ".join(header))
     for row in rows:
-        print(" | ".join(str(row[h]) for h in header))
+        print(" | ".join(str(row.get(h)) for h in header))
     write_results(args.out, {"videos": len(truth), "seconds_each": TraceSpec().seconds, "rows": rows})
 
 
