@@ -234,6 +234,8 @@ def test_frame_difference_is_the_cheap_option(clip, tmp_path):
     (["--input", "{clip}/clip.mp4", "--masks", "{clip}/missing.json"], "--masks:"),
     (["--input", "{clip}/cut.mkv", "--masks", "{clip}/clip.json"], "cut.mkv ended after "),
     (["--input", "{clip}/clip.mp4", "--masks", "{clip}/clip.json", "--fps", "nan"], "--fps: must be a finite number"),
+    (["--input", "{clip}/clip.mp4", "--masks", "{clip}/clip.json", "--target-false-alarms-per-hour", "1"],
+     "--target-false-alarms-per-hour: needs --truth"),
     (["--input", "{clip}/clip.mp4", "--masks", "{clip}/other_camera.json"], "are these the masks of another video?"),
     (["--input", "{clip}/clip.mp4", "--masks", "{clip}/other_night.json"], "frame_id 299 is outside"),
 ])

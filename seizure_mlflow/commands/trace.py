@@ -161,7 +161,7 @@ def run_trace(plan: TracePlan) -> dict:
 
 
 def _trace_all(plan: TracePlan) -> dict:
-    from seizure_mlflow.motion.outputs import OVERLAY, write_overlay, write_trace
+    from seizure_mlflow.motion.outputs import OVERLAY, write_overlay, write_threshold_curve, write_trace
     from seizure_mlflow.motion.scoring import ScoreBoard
 
     request, single = plan.request, len(plan.videos) == 1
@@ -185,7 +185,11 @@ def _trace_all(plan: TracePlan) -> dict:
                            "patient_found_fraction": document["patient_found_fraction"]})
             logger.info("%s: %d candidate interval(s), max rhythm index %s", video.name, len(document["events"]),
                         document["max_index"])
-        summary = {"videos": videos, "scores": None, **(board.summary(tmp) if board is not None else {}),
+        scored = {}
+        if board is not None:
+            scored, curve = board.summary()
+            write_threshold_curve(curve, tmp, board.threshold, scored["thresholds"]["chosen"]["threshold"])
+        summary = {"videos": videos, "scores": None, **scored,
                    "source": TRUE_MASKS if request.masks else request.model_uri,
                    "model_version": list(plan.model_version) if plan.model_version else None}
         if not single:

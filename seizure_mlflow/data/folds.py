@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from seizure_mlflow.data.checks import CocoSummary, load_coco_json
@@ -101,6 +102,7 @@ class Folds:
         path.write_text(json.dumps(self.pool.subset(set(self.pool.videos))))
         return str(path)
 
+    @cached_property
     def membership(self) -> list[dict]:
         """Which videos each fold holds out, as counts and digests (never names)."""
         frames: dict[str, int] = {}

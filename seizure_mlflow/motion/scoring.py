@@ -4,17 +4,16 @@ own rule (:func:`~.rhythm.score_intervals`), SzCORE's (:mod:`.szcore`), and the 
 
 from __future__ import annotations
 
-from pathlib import Path
+import pandas as pd
 
-from seizure_mlflow.motion.outputs import write_threshold_curve
 from seizure_mlflow.motion.rhythm import Scores
 from seizure_mlflow.motion.szcore import EventCounts, score_events
 from seizure_mlflow.motion.thresholds import ThresholdSweep, choose_threshold
 
 
 class ScoreBoard:
-    """:meth:`add` each traced video with its truth; :meth:`summary` then writes the threshold curve into a
-    folder and returns every score."""
+    """:meth:`add` each traced video with its truth; :meth:`summary` then gives every score and the threshold
+    curve. Nothing here writes files."""
 
     def __init__(self, threshold: float, target_false_alarms_per_hour: float | None = None) -> None:
         self.threshold, self.target = threshold, target_false_alarms_per_hour
@@ -31,14 +30,14 @@ class ScoreBoard:
         self.sweep.add(result, truth)
         return own
 
-    def summary(self, folder: Path) -> dict:
+    def summary(self) -> tuple[dict, pd.DataFrame]:
+        """Every score, and the threshold curve (for :func:`~.outputs.write_threshold_curve`)."""
         curve = self.sweep.curve()
         choice = choose_threshold(curve, self.target)
-        write_threshold_curve(curve, folder, self.threshold, choice.threshold)
         weakest = self.sweep.weakest_detection(self.threshold)
         return {"scores": self.own.as_dict(),
                 "szcore": {**self.szcore.as_metrics(), "events": self.szcore.events, "hits": self.szcore.hits,
                            "false_detections": self.szcore.false_detections},
                 "thresholds": {"run_threshold": self.threshold, "chosen": choice.as_dict(),
                                "weakest_detected_peak": weakest,
-                               "margin": round(weakest - self.threshold, 4) if weakest is not None else None}}
+                               "margin": round(weakest - self.threshold, 4) if weakest is not None else None}}, curve

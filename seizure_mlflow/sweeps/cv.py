@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 from mlflow import MlflowClient
-from mlflow.entities import Metric
+from mlflow.entities import Metric, Param
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from seizure_mlflow.config import TrainParams
@@ -83,7 +83,7 @@ class CvPlan:
 
     @property
     def membership_digest(self) -> str:
-        return video_set_digest([m["digest"] for m in self.folds.membership()])
+        return video_set_digest([m["digest"] for m in self.folds.membership])
 
 
 def plan_cv(request: CvRequest) -> CvPlan:
@@ -131,7 +131,7 @@ def parent_run(study, plan: CvPlan) -> str:
                            "fold_seed": request.fold_seed, "monitor": plan.monitor.metric,
                            "register_final": request.register_final}.items():
             client.log_param(run_id, f"cv.{key}", value)
-        client.log_text(run_id, json.dumps(folds.membership(), indent=2), MEMBERSHIP_JSON)
+        client.log_text(run_id, json.dumps(folds.membership, indent=2), MEMBERSHIP_JSON)
 
     parent = elect_parent(study, plan.shared, f"cv {plan.study_name}", describe)
     recorded = study.user_attrs.get(MEMBERSHIP_ATTR)
@@ -174,7 +174,7 @@ def _objective(trial, plan: CvPlan, parent: str) -> float:
     params = plan.request.base.replace(train_json=train_json, train_images=root, val_json=val_json, val_images=root,
                                        test_json="", test_images="", run_name=f"fold {k}",
                                        output_dir=str(folder / "run"))
-    membership = plan.folds.membership()[k]
+    membership = plan.folds.membership[k]
     finish = TrialFinish(parent_run_id=parent, trial_tags={CV_TAG: plan.study_name, FOLD_TAG: str(k)},
                          on_start=lambda run_id: _started(trial, run_id, membership), log_model=False)
     started = time.perf_counter()
@@ -195,10 +195,11 @@ def _objective(trial, plan: CvPlan, parent: str) -> float:
 
 
 def _started(trial, run_id: str, membership: dict) -> None:
+    """The fold's run exists: remember it (to close it if this worker dies) and give it the fold's membership."""
     trial.set_user_attr("run_id", run_id)
-    client = MlflowClient()
-    for key in ("fold", "videos", "frames", "digest"):
-        client.log_param(run_id, f"cv.{key}" if key == "fold" else f"cv.fold_{key}", membership[key])
+    MlflowClient().log_batch(run_id, params=[
+        Param("cv.fold", str(membership["fold"])), Param("cv.fold_videos", str(membership["videos"])),
+        Param("cv.fold_frames", str(membership["frames"])), Param("cv.fold_digest", membership["digest"])])
 
 
 def _values_at(run_id: str, iteration: int, monitor: Monitor) -> tuple[dict[str, float], float]:
@@ -217,7 +218,7 @@ def _values_at(run_id: str, iteration: int, monitor: Monitor) -> tuple[dict[str,
 def fold_table(study, plan: CvPlan) -> pd.DataFrame:
     """One row per fold trial: its membership (counts, digest), how it ended, and its validation metrics at
     its best checkpoint (``last_<monitor>``: at its last validation)."""
-    membership = plan.folds.membership()
+    membership = plan.folds.membership
     rows = []
     for t in sorted(study.get_trials(deepcopy=False), key=lambda t: (t.params.get("fold", -1), t.number)):
         if "fold" not in t.params:

@@ -27,7 +27,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 from seizure_mlflow.errors import UserError
 
 PARENT_ATTR = "mlflow_parent_run_id"
-PARENT_LOCK = ".parent"
+PARENT_LOCK = "parent"  # the helper study NAME.parent
 PARENT_WAIT_S = 300
 
 
@@ -70,14 +70,14 @@ def elect_parent(study, shared: SharedStudy, run_name: str, describe: Callable[[
     known = study.user_attrs.get(PARENT_ATTR)
     if known:
         return known
-    if not claim_once(shared, PARENT_LOCK.lstrip(".")):
+    if not claim_once(shared, PARENT_LOCK):
         deadline = time.time() + PARENT_WAIT_S
         while time.time() < deadline:
             if study.user_attrs.get(PARENT_ATTR):
                 return study.user_attrs[PARENT_ATTR]
             time.sleep(1)
         raise UserError(f"another worker of study {shared.name} did not record its parent run within 5 "
-                        f"minutes; if it died, delete the study {shared.name}{PARENT_LOCK} or use a new --study",
+                        f"minutes; if it died, delete the study {shared.name}.{PARENT_LOCK} or use a new --study",
                         param="study") from None
     client = MlflowClient()
     run_id = os.environ.get("MLFLOW_RUN_ID")

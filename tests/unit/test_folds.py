@@ -74,7 +74,7 @@ def test_a_folds_files_hold_out_its_videos_and_train_on_the_rest(pool, tmp_path)
 
 def test_membership_gives_counts_and_digests_never_a_video_name(pool):
     folds = make_folds(pool, 3, seed=0)
-    membership = folds.membership()
+    membership = folds.membership
     text = json.dumps(membership)
     assert not any(v in text for v in pool.videos)
     assert [m["videos"] for m in membership] == [len(p) for p in folds.parts]
