@@ -460,6 +460,7 @@ def cmd_predict(args) -> int:
 
 
 def _add_trace(sub) -> None:
+    from seizure_mlflow.motion.carry import DEFAULT_DETECT_EVERY
     from seizure_mlflow.motion.rhythm import RhythmSettings
 
     r = RhythmSettings()
@@ -497,6 +498,18 @@ def _add_trace(sub) -> None:
                                                          "and the running index; kept local, never logged)")
     p.add_argument("--no-camera-compensation", action="store_true",
                    help="keep the camera's own motion in the flow (default: fitted on the background and removed)")
+    p.add_argument("--detect-every", type=int, default=DEFAULT_DETECT_EVERY, metavar="K",
+                   help=f"run the detector on every K-th analysed frame and carry the masks by the optical flow in "
+                        f"between (re-detecting where carrying drifts); 1: every frame (default {DEFAULT_DETECT_EVERY})")
+    p.add_argument("--engine", choices=("serial", "ray"), default="serial",
+                   help="serial: the videos one after another here (default); ray: videos, and long videos in "
+                        "segments, on a Ray cluster (pip install 'seizure-mlflow[ray]')")
+    p.add_argument("--ray-address", default="", help="with --engine ray: join this cluster (auto, ray://HOST:10001); "
+                                                   "default: start a local one")
+    p.add_argument("--ray-workers", type=int, default=0, help="with --engine ray: actors (default: one per GPU of "
+                                                            "the cluster, else one per CPU)")
+    p.add_argument("--segment-seconds", type=float, default=600.0,
+                   help="with --engine ray: measure videos in segments of this many seconds (default 600)")
     p.add_argument("--no-mlflow", action="store_true", help="do not record an MLflow run")
     p.add_argument("--accept-short-video", action="store_true", help="use a video that ends before the frames its container declares (cut short), with a warning")
     p.set_defaults(func=cmd_trace)
@@ -505,6 +518,7 @@ def _add_trace(sub) -> None:
 def cmd_trace(args) -> int:
     from dataclasses import replace
 
+    from seizure_mlflow.motion.carry import CarryRules
     from seizure_mlflow.motion.pipeline import TraceOptions
     from seizure_mlflow.motion.rhythm import RhythmSettings
     from seizure_mlflow.commands.trace import TraceRequest, plan_trace, run_trace
@@ -522,10 +536,12 @@ def cmd_trace(args) -> int:
     options = TraceOptions(fps=args.fps, method=args.method, region=args.region, rhythm=rhythm,
                            min_score=args.min_score, batch_size=args.batch_size,
                            accept_short_video=args.accept_short_video,
-                           compensate_camera=not args.no_camera_compensation)
+                           compensate_camera=not args.no_camera_compensation,
+                           carry=CarryRules(every=args.detect_every))
     request = TraceRequest(input=args.input, output=args.output, model_uri=args.model_uri, masks=args.masks,
                            truth=args.truth, options=options, overlay=args.overlay, log_to_mlflow=not args.no_mlflow,
-                           target_false_alarms_per_hour=target)
+                           target_false_alarms_per_hour=target, engine=args.engine, ray_address=args.ray_address,
+                           ray_workers=args.ray_workers, segment_seconds=args.segment_seconds)
     summary = run_trace(plan_trace(request))
     events = sum(v["events"] for v in summary["videos"])
     print(f"{len(summary['videos'])} video(s), {sum(v['seconds'] for v in summary['videos']):.0f} s: {events} "

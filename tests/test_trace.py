@@ -18,7 +18,11 @@ from seizure_mlflow.data.sample import TraceSpec, write_trace_sample
 from seizure_mlflow.data.video import iter_frames, write_video
 from seizure_mlflow.motion.rhythm import (Interval, RhythmSettings, band_envelope, candidate_intervals, rhythm_windows,
                                           score_intervals)
+from seizure_mlflow.motion.carry import CarryRules
 from seizure_mlflow.motion.patient_track import Instance, PatientTrack
+from seizure_mlflow.motion.pipeline import (TraceOptions, check_traceable, finish_trace, join_measured, measure_frames,
+                                            trace_video)
+from seizure_mlflow.motion.sources import TrueMaskSource
 
 FPS = 25.0
 
@@ -213,6 +217,7 @@ def test_trace_of_a_clip_with_true_masks_writes_its_files(clip, tmp_path):
     table = pd.read_csv(out / "trace.csv")
     assert len(table) == 150 and table["patient_found"].all()
     assert {"motion_inside", "motion_outside", "area_rel", "displacement", "mask_change", "rhythm_index"} <= set(table)
+    assert (table["mask_from"] == "detected").all()  # the default: the detector on every frame
 
 
 def test_frame_difference_is_the_cheap_option(clip, tmp_path):
@@ -274,6 +279,66 @@ def test_an_output_folder_with_files_is_never_overwritten(clip, tmp_path, capsys
 
 
 # --------------------------------------------------------------------------------------------- the sample set
+
+
+# --------------------------------------------------------------------------------------------- every K-th frame
+
+
+class _CountingMasks(TrueMaskSource):
+    """True masks that remember which frames they were asked for: the frames the detector would have seen."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.asked: list[int] = []
+
+    def __call__(self, frames):
+        self.asked += [index for index, _ in frames]
+        return super().__call__(frames)
+
+
+def _episode_video(clip: Path) -> tuple[Path, Path, list[tuple[float, float]]]:
+    sample = clip / "sample"
+    truth = json.loads((sample / "truth.json").read_text())["trace_00"]
+    return sample / "videos" / "trace_00.mp4", sample / "masks" / "trace_00.json", [(e["start"], e["end"]) for e in truth]
+
+
+def test_detecting_every_fifth_frame_carries_the_masks_between_and_scores_as_every_frame(clip):
+    video, masks, truth = _episode_video(clip)
+    every_frame = trace_video(video, TrueMaskSource(masks), TraceOptions())
+    counted = _CountingMasks(masks)
+    fifth = trace_video(video, counted, TraceOptions(carry=CarryRules(every=5)))
+
+    assert fifth.score(truth).as_dict() | {"latency_s": None, "mean_latency_s": None} == \
+        every_frame.score(truth).as_dict() | {"latency_s": None, "mean_latency_s": None}
+    assert fifth.score(truth).detected == 1 and fifth.score(truth).false_alarms == 0
+    assert len(fifth.intervals) == len(every_frame.intervals)
+    for a, b in zip(fifth.intervals, every_frame.intervals):
+        assert abs(a.start - b.start) <= 0.5 and abs(a.end - b.end) <= 0.5
+    table = fifth.table
+    scheduled = table["frame"] % 5 == 0
+    assert (table.loc[scheduled, "mask_from"] == "detected").all()
+    between = table[~scheduled]
+    assert (between["mask_from"] == "carried").mean() > 0.9
+    assert ((between["mask_from"] == "detected") == (between["redetect"] != "")).all()  # off schedule only with a why
+    assert sorted(counted.asked) == sorted(table.loc[table["mask_from"] == "detected", "frame"])  # nothing else seen
+    assert table["carry_agreement"].dropna().between(0.6, 1).all()
+
+
+def test_a_video_measured_in_segments_joins_into_its_one_pass(clip):
+    video, masks, _ = _episode_video(clip)
+    options = TraceOptions(carry=CarryRules(every=5))
+    whole = trace_video(video, TrueMaskSource(masks), options)
+    settings, warning = check_traceable(video, options)
+    parts = [measure_frames(video, TrueMaskSource(masks), options, first=first, stop=stop, progress=False)
+             for first, stop in ((500, None), (0, 250), (250, 500))]
+    joined = finish_trace(video, join_measured(parts), options, settings, warning)
+    pd.testing.assert_frame_equal(joined.table, whole.table)
+    assert np.array_equal(joined.windows.index, whole.windows.index, equal_nan=True)
+    assert [i.as_dict() for i in joined.intervals] == [i.as_dict() for i in whole.intervals] != []
+    with pytest.raises(ValueError, match="detection schedule"):
+        measure_frames(video, TrueMaskSource(masks), options, first=252, stop=500, progress=False)
+    with pytest.raises(RuntimeError, match="do not join"):  # the middle segment missing
+        join_measured([parts[0], parts[1]])
 
 
 @pytest.fixture(scope="module")

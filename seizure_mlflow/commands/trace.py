@@ -21,9 +21,9 @@ from pathlib import Path
 
 from seizure_mlflow.config import is_number
 from seizure_mlflow.data.staging import check_output_folder, check_replaceable, staged_folder
-from seizure_mlflow.data.video import VIDEO_SUFFIXES, check_video_readable
+from seizure_mlflow.data.video import VIDEO_SUFFIXES, check_video_readable, frame_count, frame_rate
 from seizure_mlflow.errors import UserError
-from seizure_mlflow.motion.pipeline import TraceOptions, check_traceable, trace_video
+from seizure_mlflow.motion.pipeline import TraceOptions, check_traceable, finish_trace, trace_video
 from seizure_mlflow.motion.sources import ModelSource, TrueMaskSource
 
 logger = logging.getLogger(__name__)
@@ -44,6 +44,10 @@ class TraceRequest:
     overlay: bool = False
     log_to_mlflow: bool = True
     target_false_alarms_per_hour: float | None = None  # with truth: the threshold chosen off the curve
+    engine: str = "serial"  # or "ray": videos and segments of videos on a Ray cluster (see motion.ray_engine)
+    ray_address: str = ""  # an existing Ray cluster; empty: a local one
+    ray_workers: int = 0  # Ray actors; 0: one per GPU of the cluster, else one per CPU
+    segment_seconds: float = 600.0  # with Ray: videos longer than this are measured in segments of this length
 
 
 @dataclass
@@ -114,8 +118,25 @@ def _mask_files(masks: str, videos: list[Path]) -> list[Path]:
                     "folder holding NAME.json per video)", param="masks")
 
 
+ENGINES = ("serial", "ray")
+
+
 def plan_trace(request: TraceRequest) -> TracePlan:
     request.options.rhythm.check()
+    request.options.carry.check(request.options.method)
+    if request.engine not in ENGINES:
+        raise UserError(f"must be one of {'/'.join(ENGINES)}, got {request.engine!r}", param="engine")
+    if request.engine == "ray":
+        from seizure_mlflow.motion.ray_engine import import_ray
+
+        import_ray()  # installed, before any work
+        if request.ray_workers < 0:
+            raise UserError(f"must be >= 0 (0: one per GPU or CPU of the cluster), got {request.ray_workers}",
+                            param="ray_workers")
+        if not request.segment_seconds > 0:
+            raise UserError(f"must be > 0, got {request.segment_seconds}", param="segment_seconds")
+    elif request.ray_address or request.ray_workers:
+        raise UserError("is for --engine ray only", param="ray_address" if request.ray_address else "ray_workers")
     if request.options.method not in ("flow", "diff"):
         raise UserError(f"must be flow or diff, got {request.options.method!r}", param="method")
     if request.options.region not in ("patient", "frame"):
@@ -160,6 +181,34 @@ def run_trace(plan: TracePlan) -> dict:
     return summary
 
 
+def traced(plan: TracePlan):
+    """Each video's :class:`~seizure_mlflow.motion.pipeline.TraceResult`, in the plan's order: one after another
+    here, or measured on a Ray cluster (in segments) and finished here."""
+    request, options = plan.request, plan.request.options
+    if request.engine == "serial":
+        for video, source in zip(plan.videos, plan.sources):
+            yield trace_video(video, source, options, keep_masks=request.overlay)
+        return
+    from seizure_mlflow.motion.ray_engine import measure_on_ray
+
+    checked = [check_traceable(video, options) for video in plan.videos]
+    for video, (_, warning) in zip(plan.videos, checked):
+        if warning:
+            logger.warning("%s: %s", video.name, warning)
+    frames = [analysed_frames(video, options) for video in plan.videos]
+    segments = [round(request.segment_seconds * (options.fps or frame_rate(video))) for video in plan.videos]
+    measured = measure_on_ray(plan.videos, plan.sources, options, frames, segments, request.ray_address,
+                              request.ray_workers, keep_masks=request.overlay)
+    for video, (settings, warning), part in zip(plan.videos, checked, measured):
+        yield finish_trace(video, part, options, settings, warning)
+
+
+def analysed_frames(video: Path, options: TraceOptions) -> int | None:
+    """How many frames a trace of ``video`` analyses, as its container declares (None when it does not say)."""
+    declared, source_fps = frame_count(video), frame_rate(video)
+    return int(declared * (options.fps or source_fps) / source_fps) if declared else None
+
+
 def _trace_all(plan: TracePlan) -> dict:
     from seizure_mlflow.motion.outputs import OVERLAY, write_overlay, write_threshold_curve, write_trace
     from seizure_mlflow.motion.scoring import ScoreBoard
@@ -169,8 +218,7 @@ def _trace_all(plan: TracePlan) -> dict:
              if plan.truth is not None else None)
     videos = []
     with staged_folder(request.output, TRACE_COMMAND) as tmp:
-        for number, (video, source) in enumerate(zip(plan.videos, plan.sources), start=1):
-            result = trace_video(video, source, request.options, keep_masks=request.overlay)
+        for number, (video, result) in enumerate(zip(plan.videos, traced(plan)), start=1):
             folder = tmp if single else tmp / video.stem
             truth = plan.truth[video.stem] if plan.truth is not None else None
             document = write_trace(result, folder, request.options.method, truth)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from functools import partial
 from typing import Callable, Iterable
 
 import av
@@ -164,9 +165,11 @@ def _cut_short(decoded: int, last_time: float | None, frames: int | None, second
     return ""
 
 
-def iter_frames(path: str | os.PathLike, accept_short: bool = False):
+def iter_frames(path: str | os.PathLike, accept_short: bool = False, lazy: bool = False):
     """``(frames, expected, fps)``: ``frames`` yields ``(index, timestamp_seconds, bgr)`` for every frame, decoded as
-    a stream (``timestamp_seconds`` is the frame's own presentation time, None where the file gives none);
+    a stream (``timestamp_seconds`` is the frame's own presentation time, None where the file gives none; with
+    ``lazy``, ``bgr`` is a function that converts the decoded frame when called, so that frames skipped cost only
+    their decoding);
     ``expected`` is the number of frames the container declares (or its duration times its rate, or None).
 
     A video that ends more than 1% (at least 2 frames) before the frames (or, without a count, the duration) its
@@ -190,7 +193,8 @@ def iter_frames(path: str | os.PathLike, accept_short: bool = False):
                     if timestamp is not None:
                         first = timestamp if first is None else first
                         last = timestamp - first
-                    yield index, timestamp, frame.to_ndarray(format="bgr24")
+                    yield index, timestamp, (partial(frame.to_ndarray, format="bgr24") if lazy else
+                                             frame.to_ndarray(format="bgr24"))
             except av.error.FFmpegError as exc:
                 raise DatasetError(f"{path}: decoding failed at frame {decoded} ({exc})") from None
         short = _cut_short(decoded, last, declared_frames, declared_seconds, fps)

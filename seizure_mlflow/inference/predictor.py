@@ -33,6 +33,11 @@ class Detector:
         self.resize = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
         self.input_format = cfg.INPUT.FORMAT
 
+    def to(self, device: str) -> "Detector":
+        """Move the model (Detectron2 moves each batch to the model's device)."""
+        self.model.to(device)
+        return self
+
     @torch.inference_mode()
     def predict_instances(self, images_bgr: Sequence[np.ndarray]) -> list:
         """Detectron2 ``Instances`` (on the CPU, in each image's coordinates), one per image."""

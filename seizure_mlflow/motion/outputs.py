@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from pycocotools import mask as mask_util  # noqa: E402
 
+from seizure_mlflow.motion.analyser import DETECTED  # noqa: E402
 from seizure_mlflow.motion.pipeline import TraceResult  # noqa: E402
 
 TRACE_CSV = "trace.csv"
@@ -24,8 +25,8 @@ EVENTS_JSON = "events.json"
 TRACE_PNG = "trace.png"
 OVERLAY = "overlay.mp4"
 COLUMNS = ("frame", "time", "patient_found", "motion_inside", "motion_outside", "motion_frame", "area", "area_rel",
-           "displacement", "mask_change", "camera_dx", "camera_dy", "camera_inliers", "camera_fitted", "band_power",
-           "rhythm_index", "dominant_hz")
+           "displacement", "mask_change", "camera_dx", "camera_dy", "camera_inliers", "camera_fitted", "mask_from",
+           "redetect", "carry_agreement", "band_power", "rhythm_index", "dominant_hz")
 
 
 def events_document(result: TraceResult, method: str, truth: list[tuple[float, float]] | None = None) -> dict:
@@ -37,6 +38,7 @@ def events_document(result: TraceResult, method: str, truth: list[tuple[float, f
                      "total_hz": list(settings.total), "threshold": settings.threshold,
                      "min_duration_s": settings.min_duration_s, "merge_gap_s": settings.merge_gap_s},
         "patient_found_fraction": round(float(result.table["patient_found"].mean()), 4),
+        "detected_fraction": round(float((result.table["mask_from"] == DETECTED).mean()), 4),
         "max_index": _max_index(result),
         "events": [i.as_dict() for i in result.intervals],
     }

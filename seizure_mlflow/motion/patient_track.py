@@ -63,3 +63,8 @@ class PatientTrack:
         patient = None if chosen is None else chosen.mask & ~others
         self._previous = patient if patient is not None and patient.any() else None
         return TrackedFrame(patient=self._previous, others=others)
+
+    def carry(self, patient: np.ndarray | None, others: np.ndarray) -> TrackedFrame:
+        """A frame whose masks were carried from the previous one (see :mod:`.carry`): the track continues with them."""
+        self._previous = patient if patient is not None and patient.any() else None
+        return TrackedFrame(patient=self._previous, others=others)

@@ -23,6 +23,8 @@ from seizure_mlflow.data.video import frame_count, frame_rate, iter_frames
 from seizure_mlflow.errors import UserError
 from seizure_mlflow.motion.rhythm import (Interval, RhythmSettings, Scores, Windows, band_envelope, candidate_intervals,
                                           rhythm_windows, score_intervals)
+from seizure_mlflow.motion.analyser import FrameAnalyser
+from seizure_mlflow.motion.carry import CarryRules
 from seizure_mlflow.motion.patient_track import PatientTrack
 from seizure_mlflow.motion.signals import REGIONS, MotionMeter
 
@@ -43,6 +45,7 @@ class TraceOptions:
     batch_size: int = 8
     accept_short_video: bool = False  # trace a video cut short (see seizure_mlflow.data.video.iter_frames)
     compensate_camera: bool = True  # remove the camera's own motion from the flow (see .camera)
+    carry: CarryRules = field(default_factory=CarryRules)  # the detector on every K-th frame (see .carry)
 
 
 @dataclass
@@ -97,46 +100,117 @@ def check_traceable(path: str | Path, options: TraceOptions) -> tuple[RhythmSett
 
 
 def trace_video(path: str | Path, source: Callable, options: TraceOptions, keep_masks: bool = False) -> TraceResult:
-    """Measure one video. ``source(batch)`` gives each frame's people (see :mod:`.sources`)."""
+    """Measure one video in one pass. ``source(batch)`` gives each frame's people (see :mod:`.sources`)."""
     settings, warning = check_traceable(path, options)
     if warning:
         logger.warning("%s: %s", Path(path).name, warning)
+    return finish_trace(path, measure_frames(path, source, options, keep_masks), options, settings, warning)
+
+
+@dataclass
+class Measured:
+    """The per-frame measurements of a run of analysed frames: a whole video, or a segment of it (see
+    :func:`join_measured`)."""
+
+    first: int  # the number of the first analysed frame here (0: the video's first)
+    rows: list[dict]
+    components: dict[str, list]
+    rles: list | None
+    processing_seconds: float
+    fps: float
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def lead_in(options: TraceOptions, fps: float) -> int:
+    """Frames analysed before a segment's first and dropped, so that its first frames are measured as in one pass:
+    the flow needs the previous frame, the track and the carried masks a detection before it. Two detection periods
+    and at least one second, rounded up to a whole detection period (segments start on the detection schedule)."""
+    every = options.carry.every
+    frames = max(2 * every, int(np.ceil(fps)))
+    return -(-frames // every) * every
+
+
+def measure_frames(path: str | Path, source: Callable, options: TraceOptions, keep_masks: bool = False,
+                   first: int = 0, stop: int | None = None, progress: bool = True) -> Measured:
+    """Measure the analysed frames numbered ``first`` to ``stop - 1`` (to the video's end when ``stop`` is None).
+
+    From a ``first`` above 0, the :func:`lead_in` frames before it are analysed too and dropped; the frames before
+    those are decoded and skipped. ``first`` must lie on the detection schedule (a multiple of
+    ``options.carry.every``)."""
+    every = options.carry.every
+    if first % every:
+        raise ValueError(f"a segment starts on the detection schedule (a multiple of {every}), not at {first}")
+    start = max(0, first - lead_in(options, options.fps or frame_rate(path))) if first else 0
     started = time.perf_counter()
-    frames, declared, source_fps = iter_frames(path, accept_short=options.accept_short_video)
+    frames, declared, source_fps = iter_frames(path, accept_short=options.accept_short_video, lazy=True)
     fps = options.fps or source_fps
-    track = PatientTrack(min_score=options.min_score)
-    meter = MotionMeter(options.method, options.cells, options.max_width, options.compensate_camera)
-    rows, components, rles = [], {r: [] for r in REGIONS}, [] if keep_masks else None
+    analyser = FrameAnalyser(source, PatientTrack(min_score=options.min_score),
+                             MotionMeter(options.method, options.cells, options.max_width, options.compensate_camera),
+                             options.carry)
+    measured = Measured(first, [], {r: [] for r in REGIONS}, [] if keep_masks else None, 0.0, fps)
     expected = int(declared * fps / source_fps) if declared else None
+    if expected is not None:
+        expected = (expected if stop is None else min(stop, expected)) - first
 
     def analyse(batch):
-        for (index, bgr), people in zip(batch, source(batch)):
-            tracked = track.update(people, bgr.shape[:2])
-            measure = meter.measure(bgr, tracked)
-            rows.append({"frame": index, "time": round(len(rows) / fps, 4),
-                         "patient_found": int(tracked.patient is not None), **measure.values})
+        for (number, index, _), record in zip(batch, analyser.analyse(batch)):
+            if number < first:
+                continue
+            measured.rows.append({"frame": index, "time": round(number / fps, 4),
+                                  "patient_found": int(record.tracked.patient is not None), **record.values})
             for region in REGIONS:
-                components[region].append(measure.components[region])
-            if rles is not None:
-                rles.append(None if tracked.patient is None else
-                            mask_to_rle(tracked.patient))
+                measured.components[region].append(record.measure.components[region])
+            if measured.rles is not None:
+                measured.rles.append(None if record.tracked.patient is None else mask_to_rle(record.tracked.patient))
+        if first <= batch[-1][0]:
+            bar.update(sum(1 for f in batch if f[0] >= first))
 
     batch = []
-
-    def take(frame) -> None:
-        batch.append(frame)
-        if len(batch) == options.batch_size:
-            analyse(batch)
-            bar.update(len(batch))
-            batch.clear()
-
-    with tqdm(total=expected, desc=f"trace {Path(path).name}", unit="frame") as bar:
-        for tick in analysis_ticks(frames, fps, source_fps):
-            take(tick)
+    size = options.batch_size * every  # a batch holds batch_size scheduled detections
+    with tqdm(total=expected, desc=f"trace {Path(path).name}", unit="frame", disable=not progress) as bar:
+        for number, (index, bgr) in enumerate(analysis_ticks(frames, fps, source_fps)):
+            if stop is not None and number >= stop:
+                frames.close()
+                break
+            if number < start:
+                continue
+            batch.append((number, index, bgr()))
+            if len(batch) == size:
+                analyse(batch)
+                batch.clear()
         if batch:
             analyse(batch)
-            bar.update(len(batch))
-    table = pd.DataFrame(rows)
+    measured.processing_seconds = time.perf_counter() - started
+    return measured
+
+
+def join_measured(parts: list[Measured]) -> Measured:
+    """Segments of one video, in order, as one: they must follow each other frame by frame."""
+    parts = sorted(parts, key=lambda m: m.first)
+    joined = Measured(0, [], {r: [] for r in REGIONS}, [] if parts[0].rles is not None else None, 0.0, parts[0].fps)
+    for part in parts:
+        if not part.rows:  # a segment past the end of a video that declared more frames than it has
+            continue
+        if part.first != len(joined.rows):
+            raise RuntimeError(f"segments do not join: one starts at frame {part.first}, the previous ones end at "
+                               f"{len(joined.rows)}")
+        joined.rows += part.rows
+        for region in REGIONS:
+            joined.components[region] += part.components[region]
+        if joined.rles is not None:
+            joined.rles += part.rles
+        joined.processing_seconds += part.processing_seconds
+    return joined
+
+
+def finish_trace(path: str | Path, measured: Measured, options: TraceOptions, settings: RhythmSettings,
+                 warning: str | None) -> TraceResult:
+    """The whole video's measurements -> its rhythm windows and candidate intervals (one pass over all frames,
+    however they were measured), after checking the video was long enough and the patient found often enough."""
+    fps = measured.fps
+    table = pd.DataFrame(measured.rows)
     if len(table) / fps < settings.window_s:
         raise UserError(f"{path} lasts {len(table) / fps:.1f} s, shorter than one {settings.window_s:g} s window "
                         "of the rhythm analysis; give a longer video (or a shorter --window)", param="input")
@@ -147,9 +221,9 @@ def trace_video(path: str | Path, source: Callable, options: TraceOptions, keep_
                         "right --min-score?", param="input")
     areas = table["area"]
     table["area_rel"] = areas / np.nanmedian(areas)
-    result = TraceResult(table, {r: np.array(v) for r, v in components.items()}, fps, settings, options.region,
-                         windows=None, intervals=[], processing_seconds=time.perf_counter() - started,
-                         patient_rles=rles, warning=warning)
+    result = TraceResult(table, {r: np.array(v) for r, v in measured.components.items()}, fps, settings,
+                         options.region, windows=None, intervals=[], processing_seconds=measured.processing_seconds,
+                         patient_rles=measured.rles, warning=warning)
     return result.reanalysed()
 
 

@@ -24,7 +24,8 @@ def trace_params(plan) -> dict[str, str]:
               "total_hz": f"{settings.total[0]:g}-{settings.total[1]:g}", "threshold": settings.threshold,
               "min_duration_s": settings.min_duration_s, "min_score": options.min_score,
               "videos": len(plan.videos), "truth": bool(plan.truth),
-              "camera_compensation": options.compensate_camera}
+              "camera_compensation": options.compensate_camera, "detect_every": options.carry.every,
+              "engine": request.engine}
     if not request.masks:
         params["model_uri"] = request.model_uri
         if plan.model_version:

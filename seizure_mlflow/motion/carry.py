@@ -1,0 +1,119 @@
+"""Masks carried from one frame to the next by the motion already measured, so that the detector need not run on
+every frame (``trace --detect-every K``).
+
+Between two frames 40 ms apart a patient barely changes shape, and the dense flow that the motion signal needs
+anyway says where every pixel of a mask went: a mask of the previous frame, moved by the flow (and by the camera's
+own motion, when it is removed), is this frame's mask. Carrying drifts, so it is trusted only within bounds
+(:class:`CarryRules`); outside them the frame is detected instead (see :class:`~.analyser.FrameAnalyser`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from seizure_mlflow.errors import UserError
+
+
+DEFAULT_DETECT_EVERY = 1  # trace's --detect-every; chosen by benchmarks/bench_trace.py (docs/motion-trace.md)
+
+
+@dataclass(frozen=True)
+class CarryRules:
+    """When the detector runs.
+
+    ``every``: on every K-th analysed frame (counted from the video's first, so that segments of a video agree);
+    in between, masks are carried. A carried frame is detected instead when
+    - its patient's area differs from the area at the last detection by more than ``max_area_change`` (relative);
+    - the camera's motion could not be fitted (its masks would be moved by an unknown amount);
+    and after a detection whose patient mask overlaps the carried one by less than ``min_agreement`` (IoU), the
+    frames up to the next scheduled detection are detected too. While the patient is not found, frames in between
+    detections stay without a patient (a gap of at most K-1 frames when they come back).
+    """
+
+    every: int = 1
+    max_area_change: float = 0.25
+    min_agreement: float = 0.6
+
+    def check(self, method: str) -> None:
+        if not isinstance(self.every, int) or isinstance(self.every, bool) or self.every < 1:
+            raise UserError(f"must be a whole number >= 1, got {self.every!r}", param="detect_every")
+        if self.every > 1 and method != "flow":
+            raise UserError(f"{self.every} carries the masks by the optical flow between detections, which needs --method flow "
+                            f"(got {method})", param="detect_every")
+
+    def area_trusted(self, area: float, detected_area: float | None) -> bool:
+        if detected_area is None or not detected_area:
+            return True
+        return abs(area / detected_area - 1.0) <= self.max_area_change
+
+
+@dataclass(frozen=True)
+class Carried:
+    """The previous frame's masks moved into this one, at the analysis size (``scale`` of the frame's size)."""
+
+    patient: np.ndarray | None
+    others: np.ndarray
+    camera_fitted: bool  # False: the camera's motion was not known, so neither is where the masks went
+    scale: float
+
+    @property
+    def patient_area(self) -> float:
+        return float(np.count_nonzero(self.patient)) / self.scale ** 2 if self.patient is not None else 0.0
+
+
+def carry_mask(mask: np.ndarray, flow: np.ndarray, camera: np.ndarray | None = None) -> np.ndarray:
+    """``mask`` of the earlier frame moved into the later one.
+
+    ``flow`` is the dense flow from the earlier frame to the later one *stabilized* (warped back into the earlier
+    frame's place by the camera's 2x3 motion ``camera``; None: no camera motion removed). Every pixel at ``x`` is
+    pushed to ``x + flow(x)`` (splatted onto its four neighbours); a pixel of the later frame is in the mask when at
+    least half a pixel of the mask landed on it. The moving patient covers what it moves over, whatever of the
+    background landed there too, so the leading edge moves with the patient (pulling each pixel back along the flow
+    found at its target would not: ahead of a moving edge the target is background, whose flow is zero). Where
+    little landed at all (the flow spreads apart), the pixel is pulled back along the flow instead. The result is
+    then moved by the camera."""
+    height, width = mask.shape
+    xs, ys = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
+    flow = _edges_from_inside(mask, flow)
+    to_x, to_y = xs + flow[..., 0], ys + flow[..., 1]
+    left, top = np.floor(to_x), np.floor(to_y)
+    right_share, low_share = to_x - left, to_y - top
+    value = mask.astype(np.float32)
+    landed, weight = np.zeros(height * width), np.zeros(height * width)
+    for dx, dy, share in ((0, 0, (1 - right_share) * (1 - low_share)), (1, 0, right_share * (1 - low_share)),
+                          (0, 1, (1 - right_share) * low_share), (1, 1, right_share * low_share)):
+        cx, cy = left + dx, top + dy
+        inside = (cx >= 0) & (cx < width) & (cy >= 0) & (cy < height)
+        index = (cy[inside] * width + cx[inside]).astype(np.int64)
+        landed += np.bincount(index, weights=(share * value)[inside], minlength=height * width)
+        weight += np.bincount(index, weights=share[inside], minlength=height * width)
+    weight = weight.reshape(height, width)
+    pulled = cv2.remap(value, xs - flow[..., 0], ys - flow[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                       borderValue=0)
+    moved = np.where(weight >= 0.5, landed.reshape(height, width), np.maximum(landed.reshape(height, width), pulled))
+    moved = moved.astype(np.float32)
+    if camera is not None:
+        moved = cv2.warpAffine(moved, camera, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                               borderValue=0)
+    return moved >= 0.5
+
+
+EDGE_PX = 4  # the dense flow's window (Farnebäck's) blurs motion across a mask's edge this far
+EDGE_SIGMA = 6.0  # px: how far inside the mask its edge's motion is read
+
+
+def _edges_from_inside(mask: np.ndarray, flow: np.ndarray) -> np.ndarray:
+    """``flow`` with the mask's edge band (``EDGE_PX`` wide) given the motion of the mask's inside nearby: across an
+    edge the dense flow blends the moving patient with the still background behind it, and an edge carried by that
+    blend lags the patient (by about a third of its motion, measured on a textured disc)."""
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * EDGE_PX + 1, 2 * EDGE_PX + 1))
+    inside = cv2.erode(mask.astype(np.uint8), kernel).astype(np.float32)
+    if not inside.any():
+        return flow
+    share = cv2.GaussianBlur(inside, (0, 0), EDGE_SIGMA)
+    near = cv2.GaussianBlur(flow * inside[..., None], (0, 0), EDGE_SIGMA) / np.maximum(share, 1e-6)[..., None]
+    edge = (mask & (inside == 0) & (share > 1e-3))[..., None]
+    return np.where(edge, near, flow).astype(np.float32)
