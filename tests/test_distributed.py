@@ -38,7 +38,7 @@ def two_processes(tiny_data, tmp_path_factory):
     from conftest import private_tracking_store
 
     root = tmp_path_factory.mktemp("reference")
-    with private_tracking_store(root) as uri:
+    with private_tracking_store(root):
         result = run_training(tiny_params(tiny_data, root, max_iter=4, eval_period=2, ims_per_batch=2,
                                           num_processes=2, system_metrics=False, model_name="reference"))
         client = MlflowClient()

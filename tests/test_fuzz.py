@@ -18,8 +18,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
-import shutil
 from pathlib import Path
 
 import pytest

@@ -23,7 +23,6 @@ from seizure_mlflow.motion.pipeline import TraceOptions, measure_frames
 from seizure_mlflow.motion.ray_engine import WORKER_TRACKING_URI, measure_on_ray, ray_init_options
 from seizure_mlflow.motion.sources import TrueMaskSource
 
-pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +36,7 @@ def _files(folder: Path) -> dict[str, str]:
             for name in ("events.json", "trace.csv")}
 
 
+@pytest.mark.slow
 def test_ray_gives_the_serial_events_and_traces_in_one_mlflow_run(sample, tmp_path):
     given = ["--input", str(sample / "videos"), "--masks", str(sample / "masks"), "--truth",
              str(sample / "truth.json"), "--detect-every", "5"]
@@ -70,6 +70,7 @@ class _MasksThatKillTheirWorker(TrueMaskSource):
         return super().__call__(frames)
 
 
+@pytest.mark.slow
 def test_workers_cannot_reach_the_tracking_server_and_a_killed_one_is_retried_to_the_same_result(sample, tmp_path):
     video, masks = sample / "videos" / "trace_00.mp4", sample / "masks" / "trace_00.json"
     options = TraceOptions(carry=CarryRules(every=5))
@@ -105,3 +106,32 @@ def _same_rows(a: list[dict], b: list[dict]) -> bool:
     """Rows equal, NaN equal to NaN."""
     return len(a) == len(b) and all(x.keys() == y.keys() and all(
         x[k] == y[k] or (isinstance(x[k], float) and np.isnan(x[k]) and np.isnan(y[k])) for k in x) for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("where", ["trace.sbatch", "trace-rayjob.yaml"])
+def test_the_cluster_examples_run_trace_on_ray_and_keep_the_tracking_login_on_the_driver(where):
+    import shlex
+    import subprocess
+
+    import yaml
+
+    from conftest import REPO
+    from seizure_mlflow.cli import build_parser
+
+    path = REPO / "docs" / "cluster" / where
+    if where.endswith(".sbatch"):
+        assert subprocess.run(["bash", "-n", str(path)], capture_output=True).returncode == 0
+        text = path.read_text()
+        line = text[text.index("seizure-mlflow trace"):].split("\n\"$RAY\" stop")[0].replace("\\\n", " ")
+        assert "team.env" in text and "PASSWORD=" not in text
+    else:
+        job = yaml.safe_load(path.read_text())
+        assert job["kind"] == "RayJob"
+        line = job["spec"]["entrypoint"]
+        head = job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+        assert head["envFrom"] == [{"secretRef": {"name": "seizure-mlflow-tracking"}}]
+        for group in job["spec"]["rayClusterSpec"]["workerGroupSpecs"]:
+            for container in group["template"]["spec"]["containers"]:
+                assert "envFrom" not in container and "env" not in container  # workers get no login
+    args = build_parser().parse_args(shlex.split(line.replace("seizure-mlflow trace", "trace", 1).replace('"', "")))
+    assert args.engine == "ray" and args.ray_address and args.detect_every >= 1

@@ -76,6 +76,24 @@ def carry_mask(mask: np.ndarray, flow: np.ndarray, camera: np.ndarray | None = N
     little landed at all (the flow spreads apart), the pixel is pulled back along the flow instead. The result is
     then moved by the camera."""
     height, width = mask.shape
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if not len(rows):
+        return np.zeros_like(mask, dtype=bool)
+    # only the mask's surroundings: as far as it can move and its edge be read from inside
+    reach = int(np.ceil(np.abs(flow[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]).max())) + int(3 * EDGE_SIGMA) + 2
+    top, left = max(0, rows[0] - reach), max(0, cols[0] - reach)
+    bottom, right = min(height, rows[-1] + reach + 1), min(width, cols[-1] + reach + 1)
+    moved = np.zeros((height, width), np.float32)
+    moved[top:bottom, left:right] = _pushed(mask[top:bottom, left:right], flow[top:bottom, left:right])
+    if camera is not None:
+        moved = cv2.warpAffine(moved, camera, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                               borderValue=0)
+    return moved >= 0.5
+
+
+def _pushed(mask: np.ndarray, flow: np.ndarray) -> np.ndarray:
+    """The mask's share of each pixel after its pixels are pushed along the flow (see :func:`carry_mask`)."""
+    height, width = mask.shape
     xs, ys = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
     flow = _edges_from_inside(mask, flow)
     to_x, to_y = xs + flow[..., 0], ys + flow[..., 1]
@@ -93,12 +111,8 @@ def carry_mask(mask: np.ndarray, flow: np.ndarray, camera: np.ndarray | None = N
     weight = weight.reshape(height, width)
     pulled = cv2.remap(value, xs - flow[..., 0], ys - flow[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
                        borderValue=0)
-    moved = np.where(weight >= 0.5, landed.reshape(height, width), np.maximum(landed.reshape(height, width), pulled))
-    moved = moved.astype(np.float32)
-    if camera is not None:
-        moved = cv2.warpAffine(moved, camera, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
-                               borderValue=0)
-    return moved >= 0.5
+    landed = landed.reshape(height, width)
+    return np.where(weight >= 0.5, landed, np.maximum(landed, pulled)).astype(np.float32)
 
 
 EDGE_PX = 4  # the dense flow's window (Farnebäck's) blurs motion across a mask's edge this far
