@@ -498,9 +498,10 @@ def _add_trace(sub) -> None:
                                                          "and the running index; kept local, never logged)")
     p.add_argument("--no-camera-compensation", action="store_true",
                    help="keep the camera's own motion in the flow (default: fitted on the background and removed)")
-    p.add_argument("--detect-every", type=int, default=DEFAULT_DETECT_EVERY, metavar="K",
+    p.add_argument("--detect-every", type=optional(int), default=None, metavar="K",
                    help=f"run the detector on every K-th analysed frame and carry the masks by the optical flow in "
-                        f"between (re-detecting where carrying drifts); 1: every frame (default {DEFAULT_DETECT_EVERY})")
+                        f"between, re-detecting where carrying drifts (default {DEFAULT_DETECT_EVERY} with --method "
+                        f"flow, 1 with diff; 1: every frame)")
     p.add_argument("--engine", choices=("serial", "ray"), default="serial",
                    help="serial: the videos one after another here (default); ray: videos, and long videos in "
                         "segments, on a Ray cluster (pip install 'seizure-mlflow[ray]')")
@@ -518,7 +519,7 @@ def _add_trace(sub) -> None:
 def cmd_trace(args) -> int:
     from dataclasses import replace
 
-    from seizure_mlflow.motion.carry import CarryRules
+    from seizure_mlflow.motion.carry import DEFAULT_DETECT_EVERY, CarryRules
     from seizure_mlflow.motion.pipeline import TraceOptions
     from seizure_mlflow.motion.rhythm import RhythmSettings
     from seizure_mlflow.commands.trace import TraceRequest, plan_trace, run_trace
@@ -531,13 +532,16 @@ def cmd_trace(args) -> int:
                         param="target_false_alarms_per_hour")
     if target is not None and target < 0:
         raise UserError(f"must be >= 0, got {target}", param="target_false_alarms_per_hour")
+    detect_every = args.detect_every  # frame differences carry no masks: there the detector sees every frame
+    if detect_every is None:
+        detect_every = DEFAULT_DETECT_EVERY if args.method == "flow" else 1
     rhythm = replace(RhythmSettings(), threshold=args.threshold, min_duration_s=args.min_duration,
                      window_s=args.window, step_s=args.step)
     options = TraceOptions(fps=args.fps, method=args.method, region=args.region, rhythm=rhythm,
                            min_score=args.min_score, batch_size=args.batch_size,
                            accept_short_video=args.accept_short_video,
                            compensate_camera=not args.no_camera_compensation,
-                           carry=CarryRules(every=args.detect_every))
+                           carry=CarryRules(every=detect_every))
     request = TraceRequest(input=args.input, output=args.output, model_uri=args.model_uri, masks=args.masks,
                            truth=args.truth, options=options, overlay=args.overlay, log_to_mlflow=not args.no_mlflow,
                            target_false_alarms_per_hour=target, engine=args.engine, ray_address=args.ray_address,

@@ -15,7 +15,7 @@ from mlflow import MlflowClient
 from conftest import REPO, private_tracking_store, venv_env
 from seizure_mlflow.cli import main
 from seizure_mlflow.data.sample import TraceSpec, write_trace_sample
-from seizure_mlflow.data.video import iter_frames, write_video
+from seizure_mlflow.data.video import write_video
 from seizure_mlflow.motion.rhythm import (Interval, RhythmSettings, band_envelope, candidate_intervals, rhythm_windows,
                                           score_intervals)
 from seizure_mlflow.motion.carry import CarryRules
@@ -217,7 +217,8 @@ def test_trace_of_a_clip_with_true_masks_writes_its_files(clip, tmp_path):
     table = pd.read_csv(out / "trace.csv")
     assert len(table) == 150 and table["patient_found"].all()
     assert {"motion_inside", "motion_outside", "area_rel", "displacement", "mask_change", "rhythm_index"} <= set(table)
-    assert (table["mask_from"] == "detected").all()  # the default: the detector on every frame
+    assert (table.loc[table["frame"] % 10 == 0, "mask_from"] == "detected").all()  # the default: every 10th frame
+    assert (table["mask_from"] == "carried").mean() > 0.8
 
 
 def test_frame_difference_is_the_cheap_option(clip, tmp_path):
@@ -304,7 +305,7 @@ def _episode_video(clip: Path) -> tuple[Path, Path, list[tuple[float, float]]]:
 
 def test_detecting_every_fifth_frame_carries_the_masks_between_and_scores_as_every_frame(clip):
     video, masks, truth = _episode_video(clip)
-    every_frame = trace_video(video, TrueMaskSource(masks), TraceOptions())
+    every_frame = trace_video(video, TrueMaskSource(masks), TraceOptions(carry=CarryRules(every=1)))
     counted = _CountingMasks(masks)
     fifth = trace_video(video, counted, TraceOptions(carry=CarryRules(every=5)))
 
@@ -450,39 +451,59 @@ def test_a_moving_camera_raises_nothing_once_its_motion_is_removed_and_episodes_
 
 
 @pytest.mark.slow
-def test_mlflow_run_trace_with_a_model_trained_through_main(tiny_data, trace_sample, tmp_path):
-    """End to end: a detector trained on the sample data through the training path of `main`, registered,
-    then `mlflow run . -e trace` on a sample video by its alias."""
-    from seizure_mlflow.config import TrainParams
-    from seizure_mlflow.data.sample import SampleSpec, sample_paths, write_sample_dataset
+def test_a_model_trained_through_main_finds_the_seizures_a_shaking_camera_films_every_tenth_frame_as_every_frame(
+        camera_sample, tmp_path):
+    """End to end, with a model in place of the true masks: a detector trained through `prepare` and the training
+    path of `main` on frames of the trace scenes (other videos than those traced), registered, then
+    `mlflow run . -e trace` by its alias on the moving-camera sample at the default --detect-every: every episode,
+    the one filmed while the camera shakes included, and no alarm on the shakes; uncompensated, the shakes raise
+    one; and with the detector on every frame, the same scores."""
     from seizure_mlflow.commands.train import run_training
+    from seizure_mlflow.config import TrainParams
+    from seizure_mlflow.data.sample import write_trace_exports
+    from seizure_mlflow.motion.carry import DEFAULT_DETECT_EVERY
+    from seizure_mlflow.motion.sources import ModelSource
+    from seizure_mlflow.registry.uris import detector_from_uri
 
-    data = sample_paths(write_sample_dataset(tmp_path / "data", SampleSpec(num_videos=10, frames_per_video=6)))
+    exports = write_trace_exports(tmp_path / "exports", {
+        "still": TraceSpec(num_videos=4, seconds=30, seed=11), "cam": TraceSpec(num_videos=4, seconds=30, seed=12, camera=True)})
+    prepared = tmp_path / "prepared"
+    assert main(["prepare", "--input", str(exports), "--output", str(prepared), "--no-mlflow"]) == 0
+    part = {name: (str(prepared / f"{name}.json"), str(prepared / "images")) for name in ("train", "val")}
     with private_tracking_store(tmp_path) as uri:
-        params = TrainParams(train_json=data["train"][0], train_images=data["train"][1], val_json=data["val"][0],
-                             val_images=data["val"][1], max_iter=200, eval_period=100, device="cpu", seed=1,
-                             model_name="trace-detector", output_dir=str(tmp_path / "output"), system_metrics=False)
-        run_training(params)
+        run_training(TrainParams(train_json=part["train"][0], train_images=part["train"][1], val_json=part["val"][0],
+                                 val_images=part["val"][1], max_iter=400, eval_period=400, device="cpu", seed=1,
+                                 model_name="trace-detector", output_dir=str(tmp_path / "output"), system_metrics=False))
     out = tmp_path / "trace"
-    video = tmp_path / "clip.mp4"  # the first 12 s of a sample trace video: the path, not the rhythm, is under test
-    frames, _, _ = iter_frames(trace_sample / "videos" / "trace_00.mp4")
-    write_video(video, (np.ascontiguousarray(bgr[..., ::-1]) for index, _, bgr in frames if index < 300), fps=25)
     done = subprocess.run(
         ["mlflow", "run", str(REPO), "-e", "trace", "--env-manager", "local", "--experiment-name", "trace-test",
-         "-P", "model_uri=models:/trace-detector@champion", "-P", f"input={video}", "-P", f"output={out}",
-         "-P", "min_score=0.3"],
+         "-P", "model_uri=models:/trace-detector@champion", "-P", f"input={camera_sample / 'videos'}",
+         "-P", f"output={out}", "-P", f"truth={camera_sample / 'truth.json'}"],
         capture_output=True, text=True, timeout=900, cwd=tmp_path, env=venv_env(MLFLOW_TRACKING_URI=uri))
     assert done.returncode == 0, done.stderr[-3000:]
-    assert sorted(p.name for p in out.iterdir()) == [".seizure-mlflow-output", "events.json", "trace.csv", "trace.png"]
-    table = pd.read_csv(out / "trace.csv")
-    assert len(table) == 300 and table["patient_found"].mean() >= 0.5
+    scores = json.loads((out / "summary.json").read_text())["scores"]
+    assert scores["events"] == 2 and scores["sensitivity"] == 1.0 and scores["false_alarms"] == 0, scores
+    first = pd.read_csv(out / "trace_00" / "trace.csv")
+    assert (first.loc[first["frame"] % DEFAULT_DETECT_EVERY == 0, "mask_from"] == "detected").all()
+    assert (first["mask_from"] == "carried").mean() > 0.5 and first["patient_found"].mean() > 0.9
     with private_tracking_store(tmp_path):
         client = MlflowClient()
         (run,) = client.search_runs([client.get_experiment_by_name("trace-test").experiment_id])
         assert run.info.status == "FINISHED"
         assert run.data.params["trace.model_name"] == "trace-detector" and run.data.params["trace.model_version"] == "1"
-        assert {f.path for f in client.list_artifacts(run.info.run_id)} == {"trace.csv", "events.json", "trace.png"}
-        assert run.data.metrics["processing_fps"] > 0
+        assert run.data.params["trace.detect_every"] == str(DEFAULT_DETECT_EVERY)
+        assert {f.path for f in client.list_artifacts(run.info.run_id, "video_01")} == {
+            "video_01/trace.csv", "video_01/events.json", "video_01/trace.png"}
+        assert run.data.metrics["sensitivity"] == 1.0 and run.data.metrics["false_alarms"] == 0
+        source = ModelSource(detector_from_uri("models:/trace-detector@champion"))
+
+    video = camera_sample / "videos" / "trace_00.mp4"  # quiet shakes, and an episode filmed while the camera shakes
+    truth = [(e["start"], e["end"]) for e in json.loads((camera_sample / "truth.json").read_text())["trace_00"]]
+    shaken = trace_video(video, source, TraceOptions(compensate_camera=False))
+    assert shaken.score(truth).false_alarms > 0, "the shakes should fool the uncompensated trace: nothing to show"
+    every_frame = trace_video(video, source, TraceOptions(carry=CarryRules(every=1))).score(truth)
+    tenth = trace_video(video, source, TraceOptions()).score(truth)
+    assert (tenth.detected, tenth.false_alarms) == (every_frame.detected, every_frame.false_alarms) == (1, 0)
 
 
 def _variable_rate_copy(video: Path, masks: Path, truth: list[dict], out: Path) -> tuple[Path, Path]:

@@ -618,3 +618,25 @@ def write_trace_sample(root: str | os.PathLike, spec: TraceSpec | None = None) -
         (tmp / MANIFEST).write_text(json.dumps({"generator": "seizure_mlflow.data.sample.write_trace_sample",
                                                 "spec": asdict(spec)}, indent=2))
     return root
+
+
+def write_trace_exports(root: str | os.PathLike, specs: dict[str, TraceSpec], every: int = 5) -> Path:
+    """Trace videos in per-video export form (``PREFIX_NAME.mp4`` + ``PREFIX_NAME.json``, the input of ``prepare``)
+    to train a detector for the trace scenes: for each ``prefix: spec``, the videos of ``write_trace_sample(spec)``
+    with every ``every``-th frame's true masks (neighbouring frames 40 ms apart teach a detector little). Use other
+    seeds than the trace sample's own, so that the detector is then traced on videos it never saw."""
+    import shutil
+    import tempfile
+
+    root = Path(root)
+    with staged_folder(root, SAMPLE_COMMAND) as tmp, tempfile.TemporaryDirectory(prefix="seizure-trace-") as scratch:
+        for prefix, spec in specs.items():
+            sample = write_trace_sample(Path(scratch) / prefix, spec)
+            for masks in sorted((sample / TRACE_MASKS).glob("*.json")):
+                coco = json.loads(masks.read_text())
+                keep = {image["id"] for image in coco["images"] if image["frame_id"] % every == 0}
+                coco["images"] = [image for image in coco["images"] if image["id"] in keep]
+                coco["annotations"] = [a for a in coco["annotations"] if a["image_id"] in keep]
+                (tmp / f"{prefix}_{masks.stem}.json").write_text(json.dumps(coco))
+                shutil.copy(sample / TRACE_VIDEOS / f"{masks.stem}.mp4", tmp / f"{prefix}_{masks.stem}.mp4")
+    return root

@@ -34,17 +34,20 @@ INLIER_PX = 0.75  # px at the analysis size: a followed corner agrees with the t
 class CameraFit:
     """``dx``, ``dy``: the camera's motion at the frame's centre (px/frame at the analysis size); ``inliers``: the
     share of the followed background corners that agree with it; ``fitted``: whether it is removed;
-    ``transform``: the 2x3 similarity from the earlier frame to the later one (None when not fitted)."""
+    ``transform``: the 2x3 similarity from the earlier frame to the later one (None when not fitted); ``unfitted``:
+    why not (``background``: too little of it visible; ``corners``: too few corners to follow, a featureless
+    background; ``inliers``: the corners disagree, a scene change)."""
 
     dx: float
     dy: float
     inliers: float
     fitted: bool
     transform: np.ndarray | None = None
+    unfitted_by: str = ""
 
     @staticmethod
-    def unfitted(inliers: float = np.nan) -> "CameraFit":
-        return CameraFit(np.nan, np.nan, inliers, False)
+    def unfitted(why: str, inliers: float = np.nan) -> "CameraFit":
+        return CameraFit(np.nan, np.nan, inliers, False, unfitted_by=why)
 
 
 def fit_camera(previous: np.ndarray, current: np.ndarray, background: np.ndarray) -> CameraFit:
@@ -52,25 +55,25 @@ def fit_camera(previous: np.ndarray, current: np.ndarray, background: np.ndarray
     is True (in either frame)."""
     height, width = background.shape
     if np.count_nonzero(background) < MIN_BACKGROUND * height * width:
-        return CameraFit.unfitted()
+        return CameraFit.unfitted("background")
     previous, current = (cv2.GaussianBlur(g, (5, 5), 1.0) for g in (previous, current))  # no corners in noise
     corners = cv2.goodFeaturesToTrack(previous, MAX_CORNERS, qualityLevel=0.02, minDistance=3,
                                       mask=background.astype(np.uint8), blockSize=5)
     if corners is None or len(corners) < MIN_POINTS:
-        return CameraFit.unfitted()
+        return CameraFit.unfitted("corners")
     followed, status, _ = cv2.calcOpticalFlowPyrLK(previous, current, corners, None, winSize=(15, 15), maxLevel=2)
     good = status.ravel() == 1
     if good.sum() < MIN_POINTS:
-        return CameraFit.unfitted()
+        return CameraFit.unfitted("corners")
     source, target = corners[good].reshape(-1, 2), followed[good].reshape(-1, 2)
     transform, inlier_mask = cv2.estimateAffinePartial2D(source, target, method=cv2.RANSAC,
                                                          ransacReprojThreshold=INLIER_PX, maxIters=500,
                                                          confidence=0.995, refineIters=10)
     if transform is None:
-        return CameraFit.unfitted()
+        return CameraFit.unfitted("inliers")
     inliers = float(np.mean(inlier_mask))
     if inliers < MIN_INLIERS:
-        return CameraFit.unfitted(inliers)
+        return CameraFit.unfitted("inliers", inliers)
     centre = np.array([width / 2, height / 2, 1.0])
     dx, dy = transform @ centre - centre[:2]
     return CameraFit(float(dx), float(dy), inliers, True, transform)

@@ -17,7 +17,9 @@ import numpy as np
 from seizure_mlflow.errors import UserError
 
 
-DEFAULT_DETECT_EVERY = 1  # trace's --detect-every; chosen by benchmarks/bench_trace.py (docs/motion-trace.md)
+# trace's --detect-every: the largest K measured whose scores equal every frame's on the sample videos, still and
+# moving camera, with the model (benchmarks/bench_trace.py; the table in docs/motion-trace.md)
+DEFAULT_DETECT_EVERY = 10
 
 
 @dataclass(frozen=True)
@@ -27,13 +29,14 @@ class CarryRules:
     ``every``: on every K-th analysed frame (counted from the video's first, so that segments of a video agree);
     in between, masks are carried. A carried frame is detected instead when
     - its patient's area differs from the area at the last detection by more than ``max_area_change`` (relative);
-    - the camera's motion could not be fitted (its masks would be moved by an unknown amount);
+    - the camera's motion could not be fitted because the view changed or is mostly hidden (a featureless
+      background, which shows no camera motion, is not a reason: nothing is removed, and the flow moves the masks);
     and after a detection whose patient mask overlaps the carried one by less than ``min_agreement`` (IoU), the
     frames up to the next scheduled detection are detected too. While the patient is not found, frames in between
     detections stay without a patient (a gap of at most K-1 frames when they come back).
     """
 
-    every: int = 1
+    every: int = DEFAULT_DETECT_EVERY
     max_area_change: float = 0.25
     min_agreement: float = 0.6
 
@@ -56,7 +59,7 @@ class Carried:
 
     patient: np.ndarray | None
     others: np.ndarray
-    camera_fitted: bool  # False: the camera's motion was not known, so neither is where the masks went
+    camera_fitted: bool  # False: the view changed or is hidden (see .camera), so where the masks went is not known
     scale: float
 
     @property
@@ -80,7 +83,7 @@ def carry_mask(mask: np.ndarray, flow: np.ndarray, camera: np.ndarray | None = N
     if not len(rows):
         return np.zeros_like(mask, dtype=bool)
     # only the mask's surroundings: as far as it can move and its edge be read from inside
-    reach = int(np.ceil(np.abs(flow[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]).max())) + int(3 * EDGE_SIGMA) + 2
+    reach = int(np.ceil(np.abs(flow[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]).max())) + EDGE_REACH + EDGE_PX + 2
     top, left = max(0, rows[0] - reach), max(0, cols[0] - reach)
     bottom, right = min(height, rows[-1] + reach + 1), min(width, cols[-1] + reach + 1)
     moved = np.zeros((height, width), np.float32)
@@ -94,40 +97,39 @@ def carry_mask(mask: np.ndarray, flow: np.ndarray, camera: np.ndarray | None = N
 def _pushed(mask: np.ndarray, flow: np.ndarray) -> np.ndarray:
     """The mask's share of each pixel after its pixels are pushed along the flow (see :func:`carry_mask`)."""
     height, width = mask.shape
-    xs, ys = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
     flow = _edges_from_inside(mask, flow)
-    to_x, to_y = xs + flow[..., 0], ys + flow[..., 1]
+    ys, xs = np.indices((height, width), dtype=np.float32)
+    to_x, to_y = (xs + flow[..., 0]).ravel(), (ys + flow[..., 1]).ravel()
     left, top = np.floor(to_x), np.floor(to_y)
-    right_share, low_share = to_x - left, to_y - top
-    value = mask.astype(np.float32)
-    landed, weight = np.zeros(height * width), np.zeros(height * width)
-    for dx, dy, share in ((0, 0, (1 - right_share) * (1 - low_share)), (1, 0, right_share * (1 - low_share)),
-                          (0, 1, (1 - right_share) * low_share), (1, 1, right_share * low_share)):
-        cx, cy = left + dx, top + dy
-        inside = (cx >= 0) & (cx < width) & (cy >= 0) & (cy < height)
-        index = (cy[inside] * width + cx[inside]).astype(np.int64)
-        landed += np.bincount(index, weights=(share * value)[inside], minlength=height * width)
-        weight += np.bincount(index, weights=share[inside], minlength=height * width)
-    weight = weight.reshape(height, width)
-    pulled = cv2.remap(value, xs - flow[..., 0], ys - flow[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
-                       borderValue=0)
-    landed = landed.reshape(height, width)
+    right, low = to_x - left, to_y - top
+    # each pixel's four neighbours where it lands, and its share of each (bilinear)
+    column = np.concatenate([left, left + 1, left, left + 1])
+    row = np.concatenate([top, top, top + 1, top + 1])
+    share = np.concatenate([(1 - right) * (1 - low), right * (1 - low), (1 - right) * low, right * low])
+    inside = (column >= 0) & (column < width) & (row >= 0) & (row < height)
+    index = (row * width + column).astype(np.int64)
+    weight = np.bincount(index[inside], weights=share[inside], minlength=height * width).reshape(height, width)
+    of_mask = inside & np.tile(mask.ravel(), 4)
+    landed = np.bincount(index[of_mask], weights=share[of_mask], minlength=height * width).reshape(height, width)
+    pulled = cv2.remap(mask.astype(np.float32), xs - flow[..., 0], ys - flow[..., 1], cv2.INTER_LINEAR,
+                       borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     return np.where(weight >= 0.5, landed, np.maximum(landed, pulled)).astype(np.float32)
 
 
 EDGE_PX = 4  # the dense flow's window (Farnebäck's) blurs motion across a mask's edge this far
-EDGE_SIGMA = 6.0  # px: how far inside the mask its edge's motion is read
+EDGE_REACH = 8  # px: how far inside the mask its edge's motion is read (a box average)
 
 
 def _edges_from_inside(mask: np.ndarray, flow: np.ndarray) -> np.ndarray:
-    """``flow`` with the mask's edge band (``EDGE_PX`` wide) given the motion of the mask's inside nearby: across an
-    edge the dense flow blends the moving patient with the still background behind it, and an edge carried by that
-    blend lags the patient (by about a third of its motion, measured on a textured disc)."""
+    """``flow`` with the mask's edge band (``EDGE_PX`` wide) given the mean motion of the mask's inside within
+    ``EDGE_REACH``: across an edge the dense flow blends the moving patient with the still background behind it, and
+    an edge carried by that blend lags the patient (by about a third of its motion, measured on a textured disc)."""
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * EDGE_PX + 1, 2 * EDGE_PX + 1))
     inside = cv2.erode(mask.astype(np.uint8), kernel).astype(np.float32)
     if not inside.any():
         return flow
-    share = cv2.GaussianBlur(inside, (0, 0), EDGE_SIGMA)
-    near = cv2.GaussianBlur(flow * inside[..., None], (0, 0), EDGE_SIGMA) / np.maximum(share, 1e-6)[..., None]
+    box = (2 * EDGE_REACH + 1, 2 * EDGE_REACH + 1)
+    share = cv2.blur(inside, box)
+    near = cv2.blur(flow * inside[..., None], box) / np.maximum(share, 1e-6)[..., None]
     edge = (mask & (inside == 0) & (share > 1e-3))[..., None]
     return np.where(edge, near, flow).astype(np.float32)

@@ -132,8 +132,9 @@ class MotionMeter:
         transform = look.camera.transform if look.camera is not None and look.camera.fitted else None
         patient = None if patient is None else carry_mask(patient, look.flow, transform)
         others = carry_mask(others, look.flow, transform)
-        fitted = look.camera is None or look.camera.fitted
-        return Carried(patient if patient is not None and patient.any() else None, others, fitted, self._scale)
+        # a featureless background shows no camera motion, and none is removed: the flow alone moves the masks
+        known = look.camera is None or look.camera.fitted or look.camera.unfitted_by == "corners"
+        return Carried(patient if patient is not None and patient.any() else None, others, known, self._scale)
 
     def full_size(self, mask: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray | None:
         """A mask at the analysis size scaled back to the frame's ``(height, width)``."""
