@@ -141,7 +141,4 @@ def _worker_class(ray):
             return measure_frames(path, self.sources[video], options, keep_masks, first=first, stop=stop,
                                   progress=False)
 
-        def pid(self) -> int:
-            return os.getpid()
-
     return TraceWorker
