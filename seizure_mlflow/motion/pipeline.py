@@ -142,10 +142,10 @@ def measure_frames(path: str | Path, source: Callable, options: TraceOptions, ke
     every = options.carry.every
     if first % every:
         raise ValueError(f"a segment starts on the detection schedule (a multiple of {every}), not at {first}")
-    start = max(0, first - lead_in(options, options.fps or frame_rate(path))) if first else 0
     started = time.perf_counter()
     frames, declared, source_fps = iter_frames(path, accept_short=options.accept_short_video, lazy=True)
     fps = options.fps or source_fps
+    start = max(0, first - lead_in(options, fps))
     analyser = FrameAnalyser(source, PatientTrack(min_score=options.min_score),
                              MotionMeter(options.method, options.cells, options.max_width, options.compensate_camera),
                              options.carry)
@@ -164,8 +164,7 @@ def measure_frames(path: str | Path, source: Callable, options: TraceOptions, ke
                 measured.components[region].append(record.measure.components[region])
             if measured.rles is not None:
                 measured.rles.append(None if record.tracked.patient is None else mask_to_rle(record.tracked.patient))
-        if first <= batch[-1][0]:
-            bar.update(sum(1 for f in batch if f[0] >= first))
+        bar.update(sum(1 for f in batch if f[0] >= first))
 
     batch = []
     size = options.batch_size * every  # a batch holds batch_size scheduled detections
