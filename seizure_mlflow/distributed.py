@@ -85,6 +85,19 @@ def join_process_group(launcher: LauncherProcess, device: str) -> None:
     comm.synchronize()
 
 
+def leave_process_group() -> None:
+    """Take this process's groups down in order (idempotent). Left to the interpreter's exit, gloo's threads can
+    abort the process ("terminate called without an active exception", SIGABRT), and a launcher such as torchrun
+    then stops every other process of the job. Local: it waits for no other process."""
+    import torch.distributed as dist
+    from detectron2.utils import comm
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    comm._LOCAL_PROCESS_GROUP = None
+    comm.create_local_process_group.cache_clear()  # a later join in this process makes its local group anew
+
+
 def share(value):
     """Every process gives a value; every process gets them all, by global rank (a collective call)."""
     from detectron2.utils import comm
@@ -151,13 +164,18 @@ class Job:
 
 def run_as_job(params, lead, follow):
     """Join the job this process belongs to and run ``lead(job)`` on global rank 0, ``follow(job)`` elsewhere;
-    returns what ``lead`` returns (None on a follower)."""
+    returns what ``lead`` returns (None on a follower). A process that joined a launcher's job leaves its process
+    group when its part ends, however it ends (see :func:`leave_process_group`)."""
     launcher = launcher_from_env()
     if launcher is not None:
         check_launcher_params(params)
         join_process_group(launcher, params.device)
     job = Job(launcher, params.machine_rank)
-    if job.leads:
-        return lead(job)
-    follow(job)
-    return None
+    try:
+        if job.leads:
+            return lead(job)
+        follow(job)
+        return None
+    finally:
+        if launcher is not None:
+            leave_process_group()

@@ -12,7 +12,7 @@ import torch
 from mlflow import MlflowClient
 
 from conftest import TINY_OPTS, tiny_params, venv_env
-from seizure_mlflow.distributed import launcher_from_env
+from seizure_mlflow.distributed import launcher_from_env, run_as_job
 from seizure_mlflow.errors import ConfigError
 from helpers.servers import free_port
 from seizure_mlflow.commands.train import run_training
@@ -118,6 +118,34 @@ def test_under_a_launcher_bad_input_on_one_rank_stops_every_rank_before_a_run(ti
     assert "/no/such.json" in done.stderr and "process 1 of the job failed its checks" in done.stderr
     if (tmp_path / "mlflow.db").exists():
         assert not MlflowClient(uri).search_runs(["0"])  # no run was started
+
+
+@pytest.mark.parametrize("part_fails", [False, True])
+def test_a_launched_process_leaves_its_process_group_when_its_part_ends(monkeypatch, part_fails):
+    """Left to the interpreter's exit, gloo's threads can abort a process that a launcher started (SIGABRT), and
+    torchrun then kills the other ranks: the CI run that failed so had rank 1 abort while rank 0 registered."""
+    import torch.distributed as dist
+    from types import SimpleNamespace
+
+    for name, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1",
+                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}.items():
+        monkeypatch.setenv(name, value)
+    params = SimpleNamespace(num_processes=1, num_machines=1, machine_rank=0, device="cpu")
+    seen = []
+
+    def lead(job):
+        seen.append(dist.is_initialized() and dist.get_world_size())
+        if part_fails:
+            raise RuntimeError("training failed")
+        return "result"
+
+    if part_fails:
+        with pytest.raises(RuntimeError, match="training failed"):
+            run_as_job(params, lead=lead, follow=None)
+    else:
+        assert run_as_job(params, lead=lead, follow=None) == "result"
+    assert seen == [1]  # in the job while leading
+    assert not dist.is_initialized()
 
 
 def test_launcher_variables_are_read_and_checked(tiny_data, tmp_path):

@@ -125,6 +125,7 @@ def _distributed_loss(cfg, datasets, weights_path, out_path):
     from detectron2.utils import comm
 
     from seizure_mlflow.commands.train import build_trainer
+    from seizure_mlflow.distributed import leave_process_group
 
     trainer = build_trainer(cfg, datasets)
     model = trainer.model.module  # DistributedDataParallel on CPU processes
@@ -136,7 +137,7 @@ def _distributed_loss(cfg, datasets, weights_path, out_path):
         with open(out_path, "w") as fh:
             json.dump({"losses": losses, "shards": gathered}, fh)
     comm.synchronize()
-    torch.distributed.destroy_process_group()  # in order: left to the exit, gloo's threads can abort a process
+    leave_process_group()
 
 
 @pytest.mark.slow

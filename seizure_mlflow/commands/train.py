@@ -195,14 +195,14 @@ def train(cfg, plan: Plan, run_id: str, extra_hooks=None, job: Job | None = None
 
 def _launched_worker(*args) -> None:
     """:func:`_train_worker` in a process Detectron2's ``launch`` started; the process group is then taken down in
-    order (left to the interpreter's exit, gloo's threads can abort the process: "terminate called without an
-    active exception")."""
-    import torch.distributed as dist
+    order (see :func:`~seizure_mlflow.distributed.leave_process_group`)."""
     from detectron2.utils import comm
+
+    from seizure_mlflow.distributed import leave_process_group
 
     _train_worker(*args)
     comm.synchronize()
-    dist.destroy_process_group()
+    leave_process_group()
 
 
 def _train_worker(cfg, run_id: str, tracking_uri: str, datasets: Datasets, resume: bool = False,
