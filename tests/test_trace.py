@@ -221,6 +221,20 @@ def test_trace_of_a_clip_with_true_masks_writes_its_files(clip, tmp_path):
     assert (table["mask_from"] == "carried").mean() > 0.8
 
 
+def test_the_serial_trace_never_imports_ray(clip, tmp_path):
+    """Ray is an optional extra: a trace without --engine ray runs, and never imports it, where Ray is installed."""
+    import sys
+
+    code = ("import sys; from seizure_mlflow.cli import main; "
+            f"rc = main(['trace', '--no-mlflow', '--input', {str(clip / 'clip.mp4')!r}, '--masks', "
+            f"{str(clip / 'clip.json')!r}, '--output', {str(tmp_path / 'out')!r}]); "
+            "print('imported:', sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.'))); sys.exit(rc)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=venv_env())
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "imported: []" in done.stdout, done.stdout[-500:]
+    assert (tmp_path / "out" / "events.json").is_file()
+
+
 def test_frame_difference_is_the_cheap_option(clip, tmp_path):
     out = tmp_path / "out"
     assert _trace("--input", str(clip / "clip.mp4"), "--masks", str(clip / "clip.json"), "--output", str(out),
@@ -244,6 +258,10 @@ def test_frame_difference_is_the_cheap_option(clip, tmp_path):
      "--target-false-alarms-per-hour: needs --truth"),
     (["--input", "{clip}/clip.mp4", "--masks", "{clip}/other_camera.json"], "are these the masks of another video?"),
     (["--input", "{clip}/clip.mp4", "--masks", "{clip}/other_night.json"], "frame_id 299 is outside"),
+    (["--input", "{clip}/clip.mp4", "--masks", "{clip}/clip.json", "--engine", "ray", "--ray-address", "127.0.0.1:9"],
+     "--ray-address: nothing answers at 127.0.0.1:9"),
+    (["--input", "{clip}/clip.mp4", "--masks", "{clip}/clip.json", "--engine", "ray", "--ray-address", "head-node"],
+     "--ray-address: expected HOST:PORT"),
 ])
 def test_bad_input_is_a_clear_error_and_writes_nothing(clip, tmp_path, capsys, case, message):
     out = tmp_path / "out"

@@ -127,9 +127,10 @@ def plan_trace(request: TraceRequest) -> TracePlan:
     if request.engine not in ENGINES:
         raise UserError(f"must be one of {'/'.join(ENGINES)}, got {request.engine!r}", param="engine")
     if request.engine == "ray":
-        from seizure_mlflow.motion.ray_engine import import_ray
+        from seizure_mlflow.motion.ray_engine import check_ray_address, import_ray
 
         import_ray()  # installed, before any work
+        check_ray_address(request.ray_address)
         if request.ray_workers < 0:
             raise UserError(f"must be >= 0 (0: one per GPU or CPU of the cluster), got {request.ray_workers}",
                             param="ray_workers")

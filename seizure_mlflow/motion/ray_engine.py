@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -50,6 +51,21 @@ def import_ray():
     except ImportError:
         raise UserError(f"--engine ray needs Ray, an optional extra: {RAY_EXTRA}", param="engine") from None
     return ray
+
+
+def check_ray_address(address: str, timeout_s: float = 5.0) -> None:
+    """Before any work: an explicit cluster address (``HOST:PORT``, ``ray://HOST:PORT``) takes a TCP connection.
+    Empty (a local cluster) and ``auto`` (the cluster this machine belongs to) are Ray's to resolve."""
+    if address in ("", "auto"):
+        return
+    host, colon, port = address.split("://", 1)[-1].rpartition(":")
+    if not colon or not host or not port.isdigit():
+        raise UserError(f"expected HOST:PORT, ray://HOST:PORT or auto, got {address!r}", param="ray_address")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise UserError(f"nothing answers at {address} ({exc.strerror or exc}); is the cluster up (ray start --head "
+                        "on its head node)?", param="ray_address") from None
 
 
 def plan_segments(frames: list[int | None], segment_frames: list[int], every: int) -> list[Segment]:
