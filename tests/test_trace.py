@@ -221,6 +221,7 @@ def test_trace_of_a_clip_with_true_masks_writes_its_files(clip, tmp_path):
     assert (table["mask_from"] == "carried").mean() > 0.8
 
 
+@pytest.mark.slow  # a fresh process (imports torch and Detectron2): 8 s
 def test_the_serial_trace_never_imports_ray(clip, tmp_path):
     """Ray is an optional extra: a trace without --engine ray runs, and never imports it, where Ray is installed."""
     import sys
