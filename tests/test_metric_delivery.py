@@ -148,3 +148,36 @@ def test_http_503_and_429_are_retried_and_4xx_stops(server, tmp_path, caplog):
     assert "HTTP 400" in delivery.stopped_reason
     with pytest.raises(PermanentFailure):
         batch_sender(run_id, server)(_values(1))
+
+
+def test_workers_logging_the_same_new_dataset_at_once_all_record_it(tracking, tiny_data):
+    """A sweep's workers log the same validation set to one experiment at the same moment: MLflow looks a dataset up,
+    then inserts it, so all but one lose a race on its unique key (a trial failed so in CI). Every run records it."""
+    import threading
+
+    from seizure_mlflow.data.checks import check_coco
+    from seizure_mlflow.tracking.datasets import log_datasets
+
+    val = check_coco(*tiny_data["val"])
+    client = MlflowClient()
+    experiment = client.create_experiment("race")
+    for context in ("one", "two", "three"):  # a dataset new to the experiment each round
+        runs = [client.create_run(experiment).info.run_id for _ in range(6)]
+        start, errors = threading.Barrier(len(runs)), []
+
+        def log(run_id):
+            worker = MlflowClient()
+            start.wait()
+            try:
+                log_datasets(run_id, {context: val}, client=worker)
+            except Exception as exc:  # noqa: BLE001 - the test reports what failed
+                errors.append(exc)
+
+        threads = [threading.Thread(target=log, args=(run_id,)) for run_id in runs]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert not errors, errors[:1]
+        for run_id in runs:
+            assert [i.dataset.name for i in client.get_run(run_id).inputs.dataset_inputs] == [f"seizure-{context}"]

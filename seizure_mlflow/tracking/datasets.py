@@ -12,12 +12,31 @@ from __future__ import annotations
 from mlflow.data.code_dataset_source import CodeDatasetSource
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.entities import DatasetInput, InputTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from seizure_mlflow.data.checks import CocoSummary, check_coco
 
 TRAINING, VALIDATION, VALIDATION_SAMPLE, TESTING = "training", "validation", "validation_sample", "testing"
 _SOURCE = CodeDatasetSource({"producer": "seizure-mlflow", "format": "COCO instances"})
+
+
+LOG_INPUT_ATTEMPTS = 3
+
+
+def log_inputs(client: MlflowClient, run_id: str, inputs: list[DatasetInput]) -> None:
+    """``client.log_inputs``, again when another process created the same dataset first. A dataset is one row per
+    experiment, name and digest, which MLflow looks up and then inserts: the workers of a sweep or a cross-validation
+    log the same validation sample at once, and the one that loses the race gets a unique-constraint error (SQLite's
+    "UNIQUE constraint failed", PostgreSQL's "duplicate key value violates unique constraint"). Its transaction was
+    rolled back whole; the next attempt finds the dataset and only links it to the run."""
+    for attempt in range(1, LOG_INPUT_ATTEMPTS + 1):
+        try:
+            client.log_inputs(run_id, datasets=inputs)
+            return
+        except MlflowException as exc:
+            if attempt == LOG_INPUT_ATTEMPTS or "unique constraint" not in str(exc).lower():
+                raise
 
 
 def coco_dataset(summary: CocoSummary, context: str) -> MetaDataset:
@@ -38,7 +57,7 @@ def log_datasets(run_id: str, datasets: dict[str, CocoSummary], client: MlflowCl
         entity = coco_dataset(summary, context)._to_mlflow_entity()
         tags = [InputTag("mlflow.data.context", context)] + [InputTag(k, v) for k, v in dataset_counts(summary).items()]
         inputs.append(DatasetInput(dataset=entity, tags=tags))
-    client.log_inputs(run_id, datasets=inputs)
+    log_inputs(client, run_id, inputs)
 
 
 SPLIT_CONTEXTS = {"train": TRAINING, "val": VALIDATION, "test": TESTING}
@@ -88,4 +107,4 @@ def log_validation_sample(run_id: str, record_path: str, val: CocoSummary, clien
             InputTag("of_images", str(choice["full_size"])), InputTag("chosen", choice["mode"])]
     if choice.get("decided_by"):  # auto: which limit decided its size
         tags.append(InputTag("decided_by", choice["decided_by"]))
-    client.log_inputs(run_id, datasets=[DatasetInput(dataset=entity, tags=tags)])
+    log_inputs(client, run_id, [DatasetInput(dataset=entity, tags=tags)])
