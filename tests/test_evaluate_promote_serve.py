@@ -231,15 +231,15 @@ def test_the_same_weights_twice_are_not_promoted_and_the_record_says_why(fresh_a
         assert (tags["promotion_videos"], tags["promotion_resamples"]) == ("3", "1000")
 
 
-def _truth_made_of_detections(frames: tuple[str, str], out: Path, model_of_video) -> tuple[str, str]:
+def _truth_made_of_detections(frames: tuple[str, str], out: Path, model_of_video, found: dict) -> tuple[str, str]:
     """A copy of the COCO file ``frames`` whose truth, on each frame of video V, is the best detection (as a box) of
     the model ``model_of_video(V)``: on V that model is right by construction, whatever its training came to on
-    this machine's arithmetic."""
+    this machine's arithmetic. ``found`` keeps each model's detections ({uri: per frame}) across calls."""
     coco = json.loads(Path(frames[0]).read_text())
-    found = {}
-    for uri in {model_of_video(image["video_id"]) for image in coco["images"]}:
-        images = [Path(frames[1], image["file_name"]).read_bytes() for image in coco["images"]]
-        found[uri] = mlflow.pyfunc.load_model(uri).predict(pd.DataFrame({"image": images}))
+    wanted = {model_of_video(image["video_id"]) for image in coco["images"]} - set(found)
+    if wanted:
+        images = pd.DataFrame({"image": [Path(frames[1], image["file_name"]).read_bytes() for image in coco["images"]]})
+        found.update({uri: mlflow.pyfunc.load_model(uri).predict(images) for uri in wanted})
     coco["annotations"] = []
     for k, image in enumerate(coco["images"]):
         detections = found[model_of_video(image["video_id"])][k]
@@ -266,9 +266,11 @@ def test_a_challenger_better_on_every_test_video_is_promoted_only_when_surely_be
     client.set_registered_model_alias(name, "challenger", strong)
     weak_uri, strong_uri = f"models:/{name}/1", f"models:/{name}/{strong}"
     first_video = min(image["video_id"] for image in json.loads(Path(three_videos[0]).read_text())["images"])
+    found = {}
     mixed = _truth_made_of_detections(three_videos, tmp_path / "mixed_truth.json",
-                                      lambda video: weak_uri if video == first_video else strong_uri)
-    three_videos = _truth_made_of_detections(three_videos, tmp_path / "its_own_truth.json", lambda video: strong_uri)
+                                      lambda video: weak_uri if video == first_video else strong_uri, found)
+    three_videos = _truth_made_of_detections(three_videos, tmp_path / "its_own_truth.json", lambda video: strong_uri,
+                                             found)
     test = check_coco(*three_videos)
     per_video = {}
     for version in ("1", strong):
