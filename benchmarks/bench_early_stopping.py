@@ -20,7 +20,7 @@ from results import private_store, write_results  # benchmarks/results.py
 def overfitting_params(root: Path, **changes):
     """TrainParams of the overfitting setting, with its sample data written under ``root``."""
     from seizure_mlflow.config import TrainParams
-    from seizure_mlflow.data.sample import (OVERFITTING_OPTS, OVERFITTING_SEED, OVERFITTING_SPEC, sample_paths,
+    from seizure_mlflow.sample.scenes import (OVERFITTING_OPTS, OVERFITTING_SEED, OVERFITTING_SPEC, sample_paths,
                                             write_sample_dataset)
 
     data = sample_paths(write_sample_dataset(root / "data", OVERFITTING_SPEC))
@@ -58,7 +58,7 @@ def main() -> None:
                                                 "stop_reason")))
     print(f"early stopping saved {saved:.0%} of the wall time; same best: "
           f"{rows[0]['best_val_total_loss'] == rows[1]['best_val_total_loss']}")
-    from seizure_mlflow.data.sample import OVERFITTING_OPTS, OVERFITTING_SPEC
+    from seizure_mlflow.sample.scenes import OVERFITTING_OPTS, OVERFITTING_SPEC
 
     write_results(args.out, {"setting": {"num_videos": OVERFITTING_SPEC.num_videos,
                                          "frames_per_video": OVERFITTING_SPEC.frames_per_video,

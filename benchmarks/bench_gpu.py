@@ -108,8 +108,8 @@ def main() -> None:
     import torch
 
     from seizure_mlflow.config import TrainParams
-    from seizure_mlflow.data.datasets import check_datasets
-    from seizure_mlflow.data.sample import SampleSpec, sample_paths, write_sample_dataset
+    from seizure_mlflow.sample.datasets import check_datasets
+    from seizure_mlflow.sample.scenes import SampleSpec, sample_paths, write_sample_dataset
 
     s = setting(args.dry_run)
     if s["device"] == "cuda" and not torch.cuda.is_available():

@@ -69,7 +69,7 @@ def main() -> None:
     from detectron2.engine import DefaultPredictor
 
     from seizure_mlflow.config import TrainParams
-    from seizure_mlflow.data.sample import SampleSpec, sample_paths, write_sample_dataset
+    from seizure_mlflow.sample.scenes import SampleSpec, sample_paths, write_sample_dataset
     from seizure_mlflow.commands.train import run_training
 
     with tempfile.TemporaryDirectory() as tmp, private_store(Path(tmp)) as uri:

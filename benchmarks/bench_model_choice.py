@@ -75,7 +75,7 @@ def run_seed(root: Path, seed: int, args) -> dict:
     from seizure_mlflow.commands.train import run_training
     from seizure_mlflow.config import TrainParams, build_config
     from seizure_mlflow.data.checks import check_coco
-    from seizure_mlflow.data.sample import SampleSpec, sample_paths, write_sample_dataset
+    from seizure_mlflow.sample.scenes import SampleSpec, sample_paths, write_sample_dataset
 
     data = sample_paths(write_sample_dataset(root / f"data-{seed}", SampleSpec(num_videos=args.videos,
                                                                                frames_per_video=args.frames, seed=seed)))

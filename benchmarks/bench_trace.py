@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from results import write_results  # benchmarks/results.py
-from seizure_mlflow.data.sample import TraceSpec, write_trace_sample
+from seizure_mlflow.sample.scenes import TraceSpec, write_trace_sample
 from seizure_mlflow.motion.pipeline import TraceOptions, trace_video
 from seizure_mlflow.motion.rhythm import Scores
 from seizure_mlflow.motion.sources import ModelSource, TrueMaskSource
@@ -110,7 +110,7 @@ def engines(sample: Path, min_score: float, model_uri: str, segment_seconds: flo
         for engine in ("serial", "ray"):
             request = TraceRequest(input=str(sample / "videos"), output=f"{tmp}/{engine}", model_uri=model_uri,
                                    masks="" if model_uri else str(sample / "masks"), truth=str(sample / "truth.json"),
-                                   options=TraceOptions(min_score=min_score), log_to_mlflow=False, engine=engine,
+                                   min_score=min_score, no_mlflow=True, engine=engine,
                                    ray_workers=2 if engine == "ray" else 0, segment_seconds=segment_seconds)
             started = time.perf_counter()
             summary = run_trace(plan_trace(request))

@@ -89,8 +89,8 @@ def main() -> None:
     logging.getLogger("detectron2").setLevel(logging.WARNING)
 
     from seizure_mlflow.data.catalog import register_coco
-    from seizure_mlflow.data.datasets import check_datasets
-    from seizure_mlflow.data.sample import SampleSpec, sample_paths, write_sample_dataset
+    from seizure_mlflow.sample.datasets import check_datasets
+    from seizure_mlflow.sample.scenes import SampleSpec, sample_paths, write_sample_dataset
     from helpers.servers import FaultyProxy, free_port, local_server
 
     rows = []

@@ -92,8 +92,8 @@ def main() -> None:
     logging.getLogger("detectron2").setLevel(logging.WARNING)
 
     from seizure_mlflow.config import VAL_DATASET, TrainParams, build_config
-    from seizure_mlflow.data.datasets import check_datasets
-    from seizure_mlflow.data.sample import SampleSpec, sample_paths, write_sample_dataset
+    from seizure_mlflow.sample.datasets import check_datasets
+    from seizure_mlflow.sample.scenes import SampleSpec, sample_paths, write_sample_dataset
     from seizure_mlflow.engine.measures import compute_validation_loss
     from seizure_mlflow.engine.validation import CachedBatches, build_validation_loader
     from seizure_mlflow.commands.train import build_trainer

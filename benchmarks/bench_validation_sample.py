@@ -69,8 +69,8 @@ def main() -> None:
     import mlflow
 
     from seizure_mlflow.config import TrainParams
-    from seizure_mlflow.data.datasets import check_datasets
-    from seizure_mlflow.data.sample import SampleSpec, sample_paths, write_sample_dataset
+    from seizure_mlflow.sample.datasets import check_datasets
+    from seizure_mlflow.sample.scenes import SampleSpec, sample_paths, write_sample_dataset
     from seizure_mlflow.commands.train import run_training
 
     rows, errors = [], []

@@ -17,7 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from seizure_mlflow.data.sample import TraceSpec, write_trace_exports
+from seizure_mlflow.sample.scenes import TraceSpec, write_trace_exports
 
 # other seeds than the sample trace videos' (seed 0), which bench_trace.py traces
 TRAINING_SCENES = {"still": TraceSpec(seed=11, seconds=30), "cam": TraceSpec(seed=12, seconds=30, camera=True)}

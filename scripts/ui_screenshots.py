@@ -35,7 +35,7 @@ def build_store(root: Path) -> dict:
     import mlflow
 
     from seizure_mlflow.config import TrainParams
-    from seizure_mlflow.data.sample import SampleSpec, sample_paths, write_sample_dataset
+    from seizure_mlflow.sample.scenes import SampleSpec, sample_paths, write_sample_dataset
     from seizure_mlflow.commands.train import run_training
 
     os.chdir(root)

@@ -23,7 +23,6 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-TASKS = ("bbox", "segm")
 # (key, IoU threshold index in COCOeval's precision array or None for the mean over 0.50:0.95)
 SUMMARY = (("AP", None), ("AP50", 0), ("AP75", 5))
 

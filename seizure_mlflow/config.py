@@ -8,15 +8,17 @@ then the typed parameters, then ``opts`` (``KEY VALUE ...``) last, so that ``opt
 from __future__ import annotations
 
 import dataclasses
-import math
-import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 
+from seizure_mlflow.metric_names import DEFAULT_MONITOR
 from seizure_mlflow.monitor import MONITOR_CHOICES, is_monitor_name
 from seizure_mlflow.errors import ConfigError
+from seizure_mlflow.options import (BOOL, FRACTION, NON_NEGATIVE_INT, NON_NEGATIVE_NUMBER, POSITIVE_INT,  # noqa: F401
+                                    POSITIVE_NUMBER, SEED, Rule, default_of, is_int, is_number,
+                                    option, option_fields, read_bool, read_number, read_text, spec_of, text_of)
 
 BUNDLED_CONFIG_DIR = Path(__file__).parent / "configs"
 DEFAULT_CONFIG = "cpu_demo.yaml"
@@ -27,41 +29,10 @@ DEVICES = ("auto", "cpu", "cuda")
 LOG_CHECKPOINTS = ("best", "improvements")
 
 
-@dataclass(frozen=True)
-class Rule:
-    """What a value must be: ``holds(value)`` and the words for it (``"a positive integer"``)."""
-
-    holds: Callable[[Any], bool]
-    expected: str
-
-    def __call__(self, value: Any) -> bool:
-        try:
-            return bool(self.holds(value))
-        except (TypeError, ValueError):
-            return False
-
-
-def is_int(value: Any) -> bool:
-    """An integer, and not a bool (JSON's and YAML's ``true`` is no count)."""
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def is_number(value: Any) -> bool:
-    """A finite int or float, and not a bool."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-POSITIVE_INT = Rule(lambda v: is_int(v) and v > 0, "a positive integer")
-NON_NEGATIVE_INT = Rule(lambda v: is_int(v) and v >= 0, "an integer >= 0")
-POSITIVE_NUMBER = Rule(lambda v: is_number(v) and v > 0, "a positive number")
-NON_NEGATIVE_NUMBER = Rule(lambda v: is_number(v) and v >= 0, "a number >= 0")
 POSITIVE_SIZE = Rule(lambda v: is_number(v) and v > 0, "a positive size")
 POSITIVE_SIZES = Rule(lambda v: len(v) > 0 and all(POSITIVE_SIZE(x) for x in v), "positive sizes")
-SEED = Rule(lambda v: is_int(v) and 0 <= v < 2**31, "an integer from 0 to 2**31 - 1")
 FRAMES = Rule(lambda v: v == "auto" or (isinstance(v, str) and v.isascii() and v.isdigit()) or NON_NEGATIVE_INT(v),
               "auto, 0 (the whole set) or a number of frames")
-BOOL = Rule(lambda v: isinstance(v, bool), "true or false")
-FRACTION = Rule(lambda v: is_number(v) and 0 < v < 1, "a number between 0 and 1")
 MONITOR = Rule(is_monitor_name, MONITOR_CHOICES)
 
 
@@ -87,14 +58,12 @@ TRAINING_BYTES_PER_PIXEL_FLOOR = 400
 
 
 def _param(default: Any, help: str, searchable: bool = True, keys: dict[str, Callable] | None = None,
-           rule: Rule | None = None, **extra: Any) -> Any:
-    """A ``main`` parameter: its default, its ``--help`` text, how the command line reads it, whether a sweep may
-    search it (not where data and outputs are, how the run is recorded or how processes are laid out), the
-    Detectron2 keys it sets (``{key: value -> config value}``, applied by :func:`build_config`) and the
-    :class:`Rule` its value (and those keys' final values) must follow."""
-    factory = {"default_factory": default} if callable(default) else {"default": default}
-    return field(metadata={"help": help, "searchable": searchable, "keys": keys or {}, "rule": rule, **extra},
-                 **factory)
+           rule: Rule | None = None, choices: tuple[str, ...] | None = None) -> Any:
+    """A ``main`` parameter (an :func:`~seizure_mlflow.options.option` of ``train``): its default, its ``--help``
+    text, whether a sweep may search it (not where data and outputs are, how the run is recorded or how processes
+    are laid out), the Detectron2 keys it sets (``{key: value -> config value}``, applied by :func:`build_config`)
+    and the :class:`Rule` its value (and those keys' final values) must follow."""
+    return option(default, help, rule=rule, choices=choices, searchable=searchable, keys=keys or {})
 
 
 def _same(value: Any) -> Any:
@@ -153,7 +122,7 @@ class TrainParams:
                                           "also each earlier improvement, as a logged model with its iteration "
                                           "(one model's size each)", choices=LOG_CHECKPOINTS, searchable=False)
     system_metrics: bool = _param(True, "log CPU, memory and GPU use as system metrics", searchable=False)
-    monitor: str = _param("val/total_loss", "the validation metric that chooses the best checkpoint, stops early "
+    monitor: str = _param(DEFAULT_MONITOR, "the validation metric that chooses the best checkpoint, stops early "
                                             "and ranks a sweep's trials: val/total_loss (lower is better; the "
                                             "default), a val/loss_* component, or val/segm/AP, val/segm/AP50, "
                                             "val/bbox/AP, val/bbox/AP50 (higher is better; computed on the "
@@ -190,7 +159,7 @@ class TrainParams:
 
     def __post_init__(self) -> None:
         for f in param_fields():  # each field's own rule, then the rules between fields
-            rule, value = f.metadata["rule"], getattr(self, f.name)
+            rule, value = spec_of(f).rule, getattr(self, f.name)
             _require(rule is None or rule(value), f"{f.name} must be {rule.expected if rule else ''}, got {value!r}")
         _require(self.device in DEVICES, f"device must be one of {', '.join(DEVICES)}; got {self.device!r}")
         _require(isinstance(self.machine_rank, int) and 0 <= self.machine_rank < self.num_machines,
@@ -221,23 +190,6 @@ def _require(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-def read_number(kind: type, text: str) -> int | float:
-    """``text`` as an ``int`` or a ``float``, taking only what a person means by a number: ASCII digits
-    (``int()`` also takes ``"٣"``) and finite values (``float()`` also takes ``"nan"``, ``"inf"``, ``"1e999"``).
-    Raises ``ValueError("must be ..., got '...'")``. The one number parser of every command's options."""
-    words = "an integer" if kind is int else "a number"
-    stripped = str(text).strip()
-    try:
-        value = kind(stripped) if stripped.isascii() else None
-    except ValueError:
-        value = None
-    if value is None:
-        raise ValueError(f"must be {words}, got {text!r}")
-    if kind is float and not math.isfinite(value):
-        raise ValueError(f"must be a finite number, got {text!r}")
-    return value
-
-
 def parse_int(name: str, text: str) -> int:
     """Parse an integer parameter given as text, with a message naming the parameter."""
     try:
@@ -254,11 +206,8 @@ def parse_float(name: str, text: str) -> float:
         raise ConfigError(f"{name} {exc}") from None
 
 
-TRUE_FALSE = ("true", "false")
-
-
 def param_fields() -> tuple[dataclasses.Field, ...]:
-    return dataclasses.fields(TrainParams)
+    return option_fields(TrainParams)
 
 
 def searchable_params() -> tuple[str, ...]:
@@ -266,37 +215,31 @@ def searchable_params() -> tuple[str, ...]:
     return tuple(f.name for f in param_fields() if f.metadata["searchable"])
 
 
-def param_kind(f: dataclasses.Field) -> str:
-    """``str``, ``int``, ``float``, ``bool`` or ``opts`` (a KEY VALUE list written as one string)."""
-    return "opts" if f.name == "opts" else str(f.type)
-
-
 def default_text(f: dataclasses.Field) -> str:
     """A field's default as a command line or ``mlflow run -P`` writes it (``0.02``, ``false``, ``""``)."""
-    value = f.default_factory() if f.default is dataclasses.MISSING else f.default
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, tuple):
-        return shlex.join(value)
-    return str(value)
+    return text_of(default_of(f))
 
 
 def parse_bool(name: str, text: str) -> bool:
-    value = str(text).strip().lower()
-    if value not in TRUE_FALSE:
-        raise ConfigError(f"{name} must be true or false, got {text!r}")
-    return value == "true"
+    try:
+        return read_bool(text)
+    except ValueError as exc:
+        raise ConfigError(f"{name} {exc}") from None
 
 
 def params_from_text(values: dict[str, str]) -> TrainParams:
-    """``TrainParams`` from text values keyed by field name (what the command line and ``mlflow run`` pass);
+    """``TrainParams`` from text values keyed by field name (what ``mlflow run -P`` and sweeps' spaces pass);
     a missing key takes the field's default. Each value is parsed with a message naming its parameter."""
     unknown = sorted(set(values) - {f.name for f in param_fields()})
     if unknown:
         raise ConfigError(f"unknown parameter(s) {', '.join(unknown)}")
-    parsers = {"str": lambda name, text: text, "int": parse_int, "float": parse_float, "bool": parse_bool,
-               "opts": lambda name, text: tuple(shlex.split(text))}
-    parsed = {f.name: parsers[param_kind(f)](f.name, values[f.name]) for f in param_fields() if f.name in values}
+    parsed = {}
+    for f in param_fields():
+        if f.name in values:
+            try:
+                parsed[f.name] = read_text(f, values[f.name])
+            except ValueError as exc:
+                raise ConfigError(f"{f.name} {exc}") from None
     return TrainParams(**parsed)
 
 
@@ -430,7 +373,7 @@ def build_config(params: TrainParams, num_classes: int, output_dir: str):
     cfg.OUTPUT_DIR = output_dir
     cfg.EARLY_STOPPING = type(cfg)({"PATIENCE": 0, "MIN_DELTA": 0.0})
     cfg.VALIDATION = type(cfg)({"MAX_IMAGES": "auto", "FULL_PERIOD": 0, "BATCH_SIZE": 4, "CACHE_MB": 1024,
-                                "MONITOR": "val/total_loss", "AP_PERIOD": 0, "PRECISION": 0.02})
+                                "MONITOR": DEFAULT_MONITOR, "AP_PERIOD": 0, "PRECISION": 0.02})
     for f in param_fields():
         for key, to_config in f.metadata["keys"].items():
             _set_key(cfg, key, to_config(getattr(params, f.name)))
@@ -482,7 +425,7 @@ def config_rules() -> dict[str, tuple[Rule, str | None]]:
     rules: dict[str, tuple[Rule, str | None]] = {key: (rule, None) for key, rule in _KEY_RULES.items()}
     for f in param_fields():
         for key in f.metadata["keys"]:
-            rule = _KEY_RULES.get(key, f.metadata["rule"])
+            rule = _KEY_RULES.get(key, spec_of(f).rule)
             if rule is not None:
                 rules[key] = (rule, f.name)
     return rules

@@ -31,23 +31,16 @@ from seizure_mlflow.data.checks import CocoSummary
 from seizure_mlflow.data.frames import read_frame
 from seizure_mlflow.data.video_identity import grouped_by_video, video_label
 from seizure_mlflow.errors import DatasetError
+from seizure_mlflow.metric_names import AP_STATS as SUMMARY_KEYS, CI_HIGH, CI_LOW, TASKS, VAL_AP_STATS, test_metric
 
 logger = logging.getLogger(__name__)
 
 TEST_DATASET = "seizure_test"
-TASKS = ("bbox", "segm")
-SUMMARY_KEYS = ("AP", "AP50", "AP75")
 PREDICTIONS = "predictions.json"
 RESAMPLES = 1000  # bootstrap resamples of the test videos
 BOOTSTRAP_SEED = 0
-CI_LOW, CI_HIGH = "AP_ci_low", "AP_ci_high"  # test/segm/AP_ci_low: the 95% interval of test/segm/AP over videos
 
 
-def metric_name(task: str, key: str) -> str:
-    return f"test/{task}/{key}"
-
-
-METRICS = tuple(metric_name(t, k) for t in TASKS for k in SUMMARY_KEYS)  # test/bbox/AP ... test/segm/AP75
 
 
 @dataclass
@@ -111,7 +104,7 @@ def evaluate_detector(detector, test: CocoSummary, output_dir: str | os.PathLike
     for task in TASKS:
         task_results = results.get(task, {})
         for key in SUMMARY_KEYS:
-            metrics[metric_name(task, key)] = _finite(task_results.get(key))
+            metrics[test_metric(task, key)] = _finite(task_results.get(key))
         for name in test.category_names:
             rows[name][f"{task}_AP"] = _finite(task_results.get(f"AP-{name}"))
     per_video, intervals = per_video_evidence(test.json_path, json.loads(predictions.read_text()))
@@ -147,12 +140,12 @@ def per_video_evidence(json_path: str, predictions: list[dict], resamples: int =
     intervals = {}
     for task, matches in by_task.items():
         alone = [matches.summary(np.eye(len(videos))[k]) for k in range(len(videos))]
-        for key in ("AP", "AP50"):
+        for key in VAL_AP_STATS:
             table[f"{task}_{key}"] = [_finite(a[key]) for a in alone]
         if len(videos) >= 2:
             values = [_finite(matches.summary(counts)["AP"]) for counts in matches.bootstrap(resamples, seed)]
             low, high = np.percentile(values, [2.5, 97.5])
-            intervals[metric_name(task, CI_LOW)], intervals[metric_name(task, CI_HIGH)] = float(low), float(high)
+            intervals[test_metric(task, CI_LOW)], intervals[test_metric(task, CI_HIGH)] = float(low), float(high)
     return table, intervals
 
 

@@ -12,9 +12,10 @@ import math
 import re
 from dataclasses import dataclass
 
-DEFAULT_MONITOR = "val/total_loss"
-AP_METRICS = ("val/bbox/AP", "val/bbox/AP50", "val/segm/AP", "val/segm/AP50")
-_LOSS = re.compile(r"^val/(total_loss|loss_[a-z_]+)$")
+from seizure_mlflow.metric_names import BEST, DEFAULT_MONITOR, TOTAL_LOSS, VAL, VAL_AP_METRICS
+
+AP_METRICS = VAL_AP_METRICS
+_LOSS = re.compile(rf"^{re.escape(VAL)}({TOTAL_LOSS}|loss_[a-z_]+)$")
 
 
 def is_monitor_name(name: object) -> bool:
@@ -22,7 +23,7 @@ def is_monitor_name(name: object) -> bool:
     return isinstance(name, str) and (name in AP_METRICS or bool(_LOSS.match(name)))
 
 
-MONITOR_CHOICES = "val/total_loss, a val/loss_* component, or " + ", ".join(AP_METRICS)
+MONITOR_CHOICES = f"{DEFAULT_MONITOR}, a {VAL}loss_* component, or " + ", ".join(AP_METRICS)
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ class Monitor:
     @property
     def best_metric(self) -> str:
         """The run's metric holding the best checkpoint's value: ``best/val_total_loss``, ``best/val_segm_AP``."""
-        return f"best/{self.key}"
+        return BEST + self.key
 
     @property
     def words(self) -> str:

@@ -189,3 +189,9 @@ def read_json(path: str | os.PathLike, param: str) -> Any:
         return json.loads(Path(path).read_text())
     except (OSError, ValueError, RecursionError) as exc:
         raise UserError(f"{path}: cannot read it as JSON ({exc})", param=param) from None
+
+
+def is_inside(path: str | os.PathLike, root_real: str) -> bool:
+    """Whether ``path``, with every symbolic link and ``..`` resolved, lies inside the real folder ``root_real``."""
+    real = os.path.realpath(path)
+    return real == root_real or real.startswith(root_real.rstrip(os.sep) + os.sep)

@@ -22,7 +22,7 @@ import pytest
 from hypothesis import settings
 
 from seizure_mlflow.config import TrainParams
-from seizure_mlflow.data.sample import SampleSpec, sample_paths, write_sample_dataset
+from seizure_mlflow.sample.scenes import SampleSpec, sample_paths, write_sample_dataset
 
 # Property-based tests (tests/test_fuzz.py): the same inputs on every run unless HYPOTHESIS_PROFILE=explore.
 settings.register_profile("ci", derandomize=True, deadline=None)

@@ -212,7 +212,7 @@ def test_promotion_evaluates_both_on_the_given_test_set(fresh_aliases, tiny_data
 @pytest.fixture(scope="module")
 def three_videos(tmp_path_factory) -> tuple[str, str]:
     """A test set of three videos of two frames (the tiny sample data's size and categories)."""
-    from seizure_mlflow.data.sample import SampleSpec, sample_paths, write_sample_dataset
+    from seizure_mlflow.sample.scenes import SampleSpec, sample_paths, write_sample_dataset
 
     root = tmp_path_factory.mktemp("three") / "sample"
     return sample_paths(write_sample_dataset(root, SampleSpec(num_videos=15, frames_per_video=2, width=96, height=72,

@@ -97,7 +97,7 @@ def mutate(coco: dict, edits: list[tuple]) -> dict:
 @pytest.fixture(scope="module")
 def coco_data(tmp_path_factory):
     """A tiny sample dataset (its train split to mutate) and a Detectron2 config for the data path."""
-    from seizure_mlflow.data.sample import SampleSpec, sample_paths, write_sample_dataset
+    from seizure_mlflow.sample.scenes import SampleSpec, sample_paths, write_sample_dataset
 
     root = write_sample_dataset(tmp_path_factory.mktemp("fuzz") / "sample",
                                 SampleSpec(num_videos=5, frames_per_video=2, width=96, height=72, seed=5))

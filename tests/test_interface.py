@@ -13,7 +13,7 @@ import yaml
 
 from conftest import REPO
 from seizure_mlflow.cli import build_parser, cli_flag
-from seizure_mlflow.config import default_text, param_fields
+from seizure_mlflow.config import TrainParams, default_text, param_fields
 
 PACKAGE = REPO / "seizure_mlflow"
 
@@ -198,16 +198,99 @@ def test_the_readmes_layer_list_is_the_import_graph():
     assert upward == [], f"imports against the README's layer order: {upward}"
 
 
-def test_the_tune_entry_point_passes_every_parameter_to_its_cli_option():
-    tune = yaml.safe_load((REPO / "MLproject").read_text())["entry_points"]["tune"]
-    options = {a.dest: a for a in build_parser()._subparsers._group_actions[0].choices["tune"]._actions}
-    for name, spec in tune["parameters"].items():
-        dest = name
-        assert dest in options, f"tune parameter {name} is no option of `seizure-mlflow tune`"
-        assert f"{options[dest].option_strings[0]} {{{name}}}" in tune["command"], f"{name} is not passed on"
-    passed = set(re.findall(r"(--[a-z-]+) \{(\w+)\}", tune["command"]))
-    assert {name for _, name in passed} == set(tune["parameters"]), "a {parameter} the entry point does not declare"
-    assert all(options[name].option_strings[0] == flag for flag, name in passed), "a parameter passed as another option"
+def test_the_mlproject_file_is_written_from_the_commands_requests():
+    """Options are declared once: the MLproject is generated from the request types (regenerate it with
+    `python -m seizure_mlflow.commands.entry_points > MLproject`)."""
+    from seizure_mlflow.commands.entry_points import mlproject_text
+
+    assert (REPO / "MLproject").read_text() == mlproject_text()
+
+
+def _entry_point_argv(spec: dict, values: dict[str, str]) -> list[str]:
+    import shlex
+
+    command = " ".join(spec["command"].split()).split("python -m seizure_mlflow ", 1)[1]
+    for name, value in values.items():
+        command = command.replace("{" + name + "}", shlex.quote(value))
+    return shlex.split(command)
+
+
+def _probe_value(kind: str, choices, k: int) -> tuple[str, object]:
+    """A text that differs from the default, and the value it must arrive as."""
+    if choices:
+        return choices[-1], choices[-1]
+    return {"int": (str(3 + k), 3 + k), "int?": (str(3 + k), 3 + k), "float": (f"0.{k + 1}5", float(f"0.{k + 1}5")),
+            "float?": (f"0.{k + 1}5", float(f"0.{k + 1}5")), "bool": ("true", True),
+            "words": ("0.5 0.25 0.25", ("0.5", "0.25", "0.25"))}.get(kind, (f"probe-{k}", f"probe-{k}"))
+
+
+@pytest.mark.parametrize("entry", ["main", "sample_data", "prepare", "evaluate", "predict", "trace", "tune", "cv"])
+def test_every_mlproject_parameter_of_every_entry_point_reaches_its_command(entry):
+    """Each parameter, given a value unlike its default, arrives in the command's request as that value."""
+    from seizure_mlflow.cli import request_of
+    from seizure_mlflow.commands.entry_points import COMMANDS
+    from seizure_mlflow.options import flag_of, kind_of, option_fields
+
+    spec = yaml.safe_load((REPO / "MLproject").read_text())["entry_points"][entry]
+    command = next(c for c in COMMANDS if c.entry_point and c.entry_point.name == entry)
+    fields = {flag_of(f)[2:].replace("-", "_"): (f, False) for f in option_fields(command.request)}
+    if command.request is not TrainParams:
+        fields.update({f.name: (f, True) for f in option_fields(TrainParams)} if command.train_options else {})
+    else:
+        fields = {f.name: (f, True) for f in option_fields(TrainParams)}
+    assert set(spec["parameters"]) <= set(fields), set(spec["parameters"]) - set(fields)
+    texts, expected = {}, {}
+    for k, name in enumerate(spec["parameters"]):
+        f, is_train = fields[name]
+        choices = f.metadata["option"].choices
+        if name in ("model_uri",):
+            texts[name], expected[name] = "runs:/probe/model", "runs:/probe/model"
+        elif name in ("monitor",):
+            texts[name], expected[name] = "val/segm/AP", "val/segm/AP"
+        elif name in ("val_max_images",):
+            texts[name], expected[name] = "17", "17"
+        elif name == "opts":
+            texts[name], expected[name] = "MODEL.X 'a b'", ("MODEL.X", "a b")
+        elif name in ("dist_url",):
+            texts[name], expected[name] = "tcp://127.0.0.1:1", "tcp://127.0.0.1:1"
+        elif name in ("model_name",):
+            texts[name], expected[name] = "probe-name", "probe-name"
+        elif name in ("num_machines", "machine_rank", "num_processes", "folds"):
+            texts[name], expected[name] = {"num_machines": ("2", 2), "machine_rank": ("1", 1), "num_processes": ("1", 1),
+                                           "folds": ("4", 4)}[name]
+        elif name in ("val_precision", "seed", "sampler_seed", "fold_seed", "frames_per_video", "num_videos"):
+            texts[name], expected[name] = str(5 + k if name != "val_precision" else 0.125), (5 + k if name != "val_precision" else 0.125)
+        elif name in ("workers",):
+            texts[name], expected[name] = "2", 2
+        else:
+            texts[name], expected[name] = _probe_value(kind_of(f), choices, k)
+        if kind_of(f) == "bool" and name == "system_metrics":
+            texts[name], expected[name] = "false", False
+    if "format" in texts:  # a sample-data format other than trace, so that trace-only options stay unset
+        texts["format"], expected["format"] = "per-video", "per-video"
+    if "test_json" in texts:
+        texts["test_images"], expected["test_images"] = "probe-images", "probe-images"
+    if "target_false_alarms_per_hour" in texts:
+        texts["truth"], expected["truth"] = "probe-truth", "probe-truth"
+    if "ray_address" in texts:
+        texts["engine"], expected["engine"] = "ray", "ray"
+    args = build_parser().parse_args(_entry_point_argv(spec, texts))
+    request = request_of(args)
+    for name, value in expected.items():
+        f, is_train = fields[name]
+        holder = request if not is_train or command.request is TrainParams else request.base
+        assert getattr(holder, f.name) == value, name
+
+
+def test_no_two_options_of_a_command_share_a_name():
+    """A training command's own options and TrainParams' land in one argparse namespace."""
+    from seizure_mlflow.commands.entry_points import COMMANDS
+    from seizure_mlflow.options import option_fields
+
+    train = {f.name for f in option_fields(TrainParams)}
+    for command in COMMANDS:
+        if command.train_options:
+            assert not {f.name for f in option_fields(command.request)} & train, command.name
 
 
 def test_every_number_option_of_every_command_takes_only_finite_ascii_numbers():

@@ -8,7 +8,7 @@ import pytest
 from mlflow import MlflowClient
 
 from conftest import REPO, TINY_OPTS, TINY_SPEC, venv_env
-from seizure_mlflow.data.sample import write_sample_exports
+from seizure_mlflow.sample.scenes import write_sample_exports
 
 pytestmark = pytest.mark.slow  # `mlflow run` subprocesses
 

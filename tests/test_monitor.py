@@ -115,7 +115,7 @@ def test_an_auto_sample_records_what_decided_its_size_and_every_value_has_its_er
     """Ten validation videos of 6 frames (60 frames) at one frame per batch: ``auto`` sizes the sample from its
     pilot and sizing passes; a sample smaller than the set logs ``_se`` beside every ``val/*`` value, and the
     record names the limit that decided."""
-    from seizure_mlflow.data.sample import SampleSpec, sample_paths, write_sample_dataset
+    from seizure_mlflow.sample.scenes import SampleSpec, sample_paths, write_sample_dataset
 
     data = sample_paths(write_sample_dataset(tmp_path / "data", SampleSpec(num_videos=50, frames_per_video=6, width=96,
                                                                            height=72, seed=4)))

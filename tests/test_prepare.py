@@ -20,7 +20,7 @@ from mlflow import MlflowClient
 from conftest import venv_env
 from seizure_mlflow.data.checks import check_coco
 from seizure_mlflow.data.prepare import discover_videos, prepare_dataset, split_merged
-from seizure_mlflow.data.sample import SampleSpec, write_sample_exports
+from seizure_mlflow.sample.scenes import SampleSpec, write_sample_exports
 from seizure_mlflow.errors import UserError
 from seizure_mlflow.tracking.datasets import log_prepared
 

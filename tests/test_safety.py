@@ -23,8 +23,9 @@ from mlflow import MlflowClient
 
 from conftest import TINY_OPTS, TINY_SPEC, tiny_params
 from seizure_mlflow.cli import main
-from seizure_mlflow.data.sample import write_sample_dataset
-from seizure_mlflow.data.staging import LOCK_FILE, OUTPUT_MARKER, OutputFolderLock
+from seizure_mlflow.sample.scenes import write_sample_dataset
+from seizure_mlflow.outputs.staging import OUTPUT_MARKER
+from seizure_mlflow.outputs.training_folder import LAST_CHECKPOINT, LOCK_FILE, OutputFolderLock
 from seizure_mlflow.errors import UserError
 
 

@@ -11,7 +11,7 @@ import pytest
 from pycocotools import mask as mask_util
 
 from seizure_mlflow.data.checks import check_coco
-from seizure_mlflow.data.sample import SampleSpec, sample_paths, split_counts, write_sample_dataset
+from seizure_mlflow.sample.scenes import SampleSpec, sample_paths, split_counts, write_sample_dataset
 from seizure_mlflow.errors import UserError
 
 SMALL = SampleSpec(num_videos=6, frames_per_video=3, width=96, height=72, seed=5)

@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 
 from conftest import REPO, private_tracking_store, venv_env
 from seizure_mlflow.cli import main
-from seizure_mlflow.data.sample import TraceSpec, write_trace_sample
+from seizure_mlflow.sample.scenes import TraceSpec, write_trace_sample
 from seizure_mlflow.data.video import write_video
 from seizure_mlflow.motion.rhythm import (Interval, RhythmSettings, band_envelope, candidate_intervals, rhythm_windows,
                                           score_intervals)
@@ -440,7 +440,7 @@ def test_a_moving_camera_raises_nothing_once_its_motion_is_removed_and_episodes_
     """The sample camera shakes at 2-6 Hz while the patient lies still, pans, drifts, and shakes during an
     episode. Uncompensated, the shakes raise false alarms; compensated, every episode is found and nothing
     else is raised, and the motion removed (trace.csv) is the camera's."""
-    from seizure_mlflow.data.sample import CameraMove
+    from seizure_mlflow.sample.scenes import CameraMove
 
     truth = json.loads((camera_sample / "truth.json").read_text())
     camera = json.loads((camera_sample / "camera.json").read_text())
@@ -479,7 +479,7 @@ def test_a_model_trained_through_main_finds_the_seizures_a_shaking_camera_films_
     one; and with the detector on every frame, the same scores."""
     from seizure_mlflow.commands.train import run_training
     from seizure_mlflow.config import TrainParams
-    from seizure_mlflow.data.sample import write_trace_exports
+    from seizure_mlflow.sample.scenes import write_trace_exports
     from seizure_mlflow.motion.carry import DEFAULT_DETECT_EVERY
     from seizure_mlflow.motion.sources import ModelSource
     from seizure_mlflow.registry.uris import detector_from_uri

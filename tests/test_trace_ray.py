@@ -17,7 +17,7 @@ from mlflow import MlflowClient
 
 from conftest import private_tracking_store
 from seizure_mlflow.cli import main
-from seizure_mlflow.data.sample import TraceSpec, write_trace_sample
+from seizure_mlflow.sample.scenes import TraceSpec, write_trace_sample
 from seizure_mlflow.motion.carry import CarryRules
 from seizure_mlflow.motion.pipeline import TraceOptions, measure_frames
 from seizure_mlflow.motion.ray_engine import WORKER_TRACKING_URI, measure_on_ray, ray_init_options

@@ -419,7 +419,7 @@ def test_early_stopping_on_an_overfitting_setting_keeps_the_full_runs_best(tmp_p
     """The documented overfitting setting: the run with patience stops three validations after its best, and
     its registered best iteration and loss are the full-length run's (same data, same seed)."""
     from seizure_mlflow.config import TrainParams
-    from seizure_mlflow.data.sample import (OVERFITTING_OPTS, OVERFITTING_SEED, OVERFITTING_SPEC, sample_paths,
+    from seizure_mlflow.sample.scenes import (OVERFITTING_OPTS, OVERFITTING_SEED, OVERFITTING_SPEC, sample_paths,
                                             write_sample_dataset)
 
     data = sample_paths(write_sample_dataset(tmp_path / "data", OVERFITTING_SPEC))

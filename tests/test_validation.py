@@ -17,7 +17,7 @@ from seizure_mlflow.engine.trainer import CheckpointAlignedWriter
 from seizure_mlflow.engine.measures import compute_validation_loss
 from seizure_mlflow.engine.validation import Validation
 from seizure_mlflow.tracking.writer import mlflow_metric_name
-from seizure_mlflow.data.datasets import check_datasets
+from seizure_mlflow.sample.datasets import check_datasets
 from seizure_mlflow.commands.train import build_trainer
 
 # BatchNorm instead of the demo's GroupNorm: the statistics the hook must not touch.

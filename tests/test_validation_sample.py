@@ -10,7 +10,7 @@ import pytest
 from mlflow import MlflowClient
 
 from conftest import tiny_params
-from seizure_mlflow.data.sample import SampleSpec, sample_paths, write_sample_dataset
+from seizure_mlflow.sample.scenes import SampleSpec, sample_paths, write_sample_dataset
 from seizure_mlflow.data.val_sample import select_validation_sample, video_groups
 from seizure_mlflow.data.video_identity import video_key
 from seizure_mlflow.engine.validation import auto_sample_size

@@ -35,6 +35,8 @@ from seizure_mlflow.registry.register import CHALLENGER, CHAMPION
 from seizure_mlflow.registry.uris import logged_model_id
 from seizure_mlflow.tracking.datasets import VALIDATION, coco_dataset
 from seizure_mlflow.tracking.describe import MODEL_CARD, Outcome, model_card, result_paragraph
+from seizure_mlflow.metric_names import DEFAULT_MONITOR
+from seizure_mlflow.outputs.training_folder import improvement_checkpoints
 
 logger = logging.getLogger(__name__)
 
@@ -55,12 +57,12 @@ class TrainResult:
     stop_reason: str = MAX_ITER
     stopped_at: int = 0
     model_uri: str = ""  # the logged model of the best checkpoint ("" for a pruned trial)
-    monitor: str = "val/total_loss"
+    monitor: str = DEFAULT_MONITOR
 
     @property
     def best_val_total_loss(self) -> float:
         """``best_value`` when the run monitored ``val/total_loss`` (the default), else NaN."""
-        return self.best_value if self.monitor == "val/total_loss" else float("nan")
+        return self.best_value if self.monitor == DEFAULT_MONITOR else float("nan")
 
 
 def result_of(run, stop: tuple[str, int], best: BestCheckpoint, **fields) -> TrainResult:
@@ -117,10 +119,9 @@ class RegisterModel:
 def log_improvements(run, best: BestCheckpoint) -> int:
     """With ``log_checkpoints=improvements``: every earlier improvement as a logged model ``checkpoint-N`` (the
     final best is logged by :func:`register`). Returns how many were logged."""
-    from seizure_mlflow.engine.resume import IMPROVEMENT_PREFIX
 
     logged = 0
-    for path in sorted(Path(run.cfg.OUTPUT_DIR).glob(f"{IMPROVEMENT_PREFIX}*.pth")):
+    for path in improvement_checkpoints(run.cfg.OUTPUT_DIR):
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         iteration = int(state["iteration"]) + 1
         if iteration != best.iteration:

@@ -10,18 +10,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from seizure_mlflow.commands.requests import PredictRequest
 from seizure_mlflow.errors import UserError
-
-
-@dataclass(frozen=True)
-class PredictRequest:
-    model_uri: str
-    input: str
-    output: str
-    batch_size: int = 8
-    overlay: str = ""
-    force: bool = False
-    accept_short_video: bool = False
 
 
 @dataclass(frozen=True)
@@ -33,12 +23,10 @@ class PredictPlan:
 
 def plan_predict(request: PredictRequest) -> PredictPlan:
     """Check the batch size, the outputs (writable; not an existing file unless ``force``) and the input."""
-    from seizure_mlflow.data.staging import check_output_file
+    from seizure_mlflow.outputs.staging import check_output_file
     from seizure_mlflow.data.video import check_video_readable
     from seizure_mlflow.inference.files import check_images, is_video, list_images
 
-    if request.batch_size < 1:
-        raise UserError(f"must be >= 1, got {request.batch_size}", param="batch_size")
     video = is_video(request.input)
     if request.overlay and not video:
         raise UserError("needs a video --input", param="overlay")
@@ -56,7 +44,7 @@ def plan_predict(request: PredictRequest) -> PredictPlan:
 
 def run_predict(plan: PredictPlan) -> tuple[list[dict], str]:
     """Load the model, predict, write the results; returns them and what was predicted, in words."""
-    from seizure_mlflow.data.staging import write_atomically
+    from seizure_mlflow.outputs.staging import write_atomically
     from seizure_mlflow.inference.files import predict_images, predict_video
     from seizure_mlflow.registry.uris import detector_from_uri
 
@@ -72,3 +60,9 @@ def run_predict(plan: PredictPlan) -> tuple[list[dict], str]:
         what = f"{len(plan.images)} images"
     write_atomically(request.output, lambda fh: json.dump(results, fh), binary=False)
     return results, what
+
+
+def run_command(request: PredictRequest) -> int:
+    results, what = run_predict(plan_predict(request))
+    print(f"{len(results)} detections in {what} -> {request.output}")
+    return 0

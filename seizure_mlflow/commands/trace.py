@@ -19,8 +19,9 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from seizure_mlflow.commands.requests import TraceRequest
 from seizure_mlflow.config import is_number
-from seizure_mlflow.data.staging import check_output_folder, check_replaceable, staged_folder
+from seizure_mlflow.outputs.staging import check_output_folder, check_replaceable, staged_folder
 from seizure_mlflow.data.video import VIDEO_SUFFIXES, check_video_readable, frame_count, frame_rate
 from seizure_mlflow.errors import UserError
 from seizure_mlflow.motion.pipeline import TraceOptions, check_traceable, finish_trace, trace_video
@@ -31,23 +32,6 @@ logger = logging.getLogger(__name__)
 SUMMARY_JSON = "summary.json"
 TRACE_COMMAND = "trace"
 TRUE_MASKS = "true masks"
-
-
-@dataclass(frozen=True)
-class TraceRequest:
-    input: str
-    output: str
-    model_uri: str = "models:/seizure-patient-detector@champion"
-    masks: str = ""  # true masks instead of the model: a COCO file (one video) or a folder of NAME.json
-    truth: str = ""  # {video name: [{"start", "end"} | [start, end], ...]} in seconds
-    options: TraceOptions = TraceOptions()
-    overlay: bool = False
-    log_to_mlflow: bool = True
-    target_false_alarms_per_hour: float | None = None  # with truth: the threshold chosen off the curve
-    engine: str = "serial"  # or "ray": videos and segments of videos on a Ray cluster (see motion.ray_engine)
-    ray_address: str = ""  # an existing Ray cluster; empty: a local one
-    ray_workers: int = 0  # Ray actors; 0: one per GPU of the cluster, else one per CPU
-    segment_seconds: float = 600.0  # with Ray: videos longer than this are measured in segments of this length
 
 
 @dataclass
@@ -118,39 +102,26 @@ def _mask_files(masks: str, videos: list[Path]) -> list[Path]:
                     "folder holding NAME.json per video)", param="masks")
 
 
-ENGINES = ("serial", "ray")
 
 
 def plan_trace(request: TraceRequest) -> TracePlan:
-    request.options.rhythm.check()
-    request.options.carry.check(request.options.method)
-    if request.engine not in ENGINES:
-        raise UserError(f"must be one of {'/'.join(ENGINES)}, got {request.engine!r}", param="engine")
+    options = request.options
+    options.rhythm.check()
+    options.carry.check(options.method)
     if request.engine == "ray":
         from seizure_mlflow.motion.ray_engine import check_ray_address, import_ray
 
         import_ray()  # installed, before any work
         check_ray_address(request.ray_address)
-        if request.ray_workers < 0:
-            raise UserError(f"must be >= 0 (0: one per GPU or CPU of the cluster), got {request.ray_workers}",
-                            param="ray_workers")
-        if not request.segment_seconds > 0:
-            raise UserError(f"must be > 0, got {request.segment_seconds}", param="segment_seconds")
     elif request.ray_address or request.ray_workers:
         raise UserError("is for --engine ray only", param="ray_address" if request.ray_address else "ray_workers")
-    if request.options.method not in ("flow", "diff"):
-        raise UserError(f"must be flow or diff, got {request.options.method!r}", param="method")
-    if request.options.region not in ("patient", "frame"):
-        raise UserError(f"must be patient or frame, got {request.options.region!r}", param="region")
-    if request.options.fps is not None and request.options.fps <= 0:
-        raise UserError(f"must be > 0, got {request.options.fps}", param="fps")
     videos = list_videos(request.input)
     out = Path(request.output)
     check_replaceable(out, TRACE_COMMAND)
     check_output_folder(out, "output")
     for video in videos:
         check_video_readable(video)
-        check_traceable(video, request.options)
+        check_traceable(video, options)
     truth = read_truth(request.truth, videos) if request.truth else None
     if request.masks:
         sources = [TrueMaskSource(f) for f in _mask_files(request.masks, videos)]
@@ -244,3 +215,23 @@ def _trace_all(plan: TracePlan) -> dict:
         if not single:
             (tmp / SUMMARY_JSON).write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def run_command(request: TraceRequest) -> int:
+    """``seizure-mlflow trace``: plan, trace, and say what was found (and how it scored against ``--truth``)."""
+    summary = run_trace(plan_trace(request))
+    events = sum(v["events"] for v in summary["videos"])
+    print(f"{len(summary['videos'])} video(s), {sum(v['seconds'] for v in summary['videos']):.0f} s: {events} "
+          f"candidate interval(s) -> {request.output}")
+    if summary["scores"]:
+        s = summary["scores"]
+        sensitivity = "n/a" if s["sensitivity"] is None else f"{s['sensitivity']:.0%}"
+        latency = "n/a" if s["mean_latency_s"] is None else f"{s['mean_latency_s']:.1f} s"
+        print(f"sensitivity {sensitivity} ({s['detected']}/{s['events']}), {s['false_alarms']} false alarm(s) "
+              f"({s['false_alarms_per_hour']:.1f}/h), mean latency {latency}")
+        z, chosen = summary["szcore"], summary["thresholds"]["chosen"]
+        print(f"SzCORE: sensitivity {z.get('sensitivity', float('nan')):.0%}, precision "
+              f"{z.get('precision', float('nan')):.0%}, {z['fp_per_24h']:.1f} false detections per 24 h")
+        print(f"threshold curve: {chosen['rule']}: " + (f"threshold {chosen['threshold']:g}" if chosen["threshold"]
+                                                       is not None else "no threshold of the range meets it"))
+    return 0

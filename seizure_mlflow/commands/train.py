@@ -14,7 +14,6 @@ the run already exists, and ``mlflow run`` marks it FAILED when this command exi
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -24,20 +23,19 @@ import mlflow
 from seizure_mlflow.commands.finish import RegisterModel, TrainResult
 from seizure_mlflow.config import TRAIN_DATASET, VAL_DATASET, TrainParams, build_config
 from seizure_mlflow.data.checks import CocoSummary, check_coco, check_same_categories
-from seizure_mlflow.data.datasets import Datasets, check_datasets
-from seizure_mlflow.data.sample import DEFAULT_SAMPLE_DIR
-from seizure_mlflow.data.staging import check_output_folder
+from seizure_mlflow.sample.datasets import Datasets, check_datasets
+from seizure_mlflow.sample.scenes import DEFAULT_SAMPLE_DIR
+from seizure_mlflow.outputs.staging import check_output_folder
 from seizure_mlflow.distributed import Job, run_as_job
 from seizure_mlflow.engine.memory import raise_named
-from seizure_mlflow.engine.stopping import write_stop
 from seizure_mlflow.errors import UserError
-from seizure_mlflow.tracking.run_scope import RUN_FILE, TrainingRun, with_output_dir
+from seizure_mlflow.outputs.training_folder import METRIC_SPOOL, check_no_other_run, path_in, run_to_resume, write_stop
+from seizure_mlflow.tracking.run_scope import TrainingRun, with_output_dir
 from seizure_mlflow.tracking.stores import check_tracking_server
 from seizure_mlflow.user_files import fetch_weights
 
 logger = logging.getLogger(__name__)
 
-METRIC_SPOOL = "metrics_spool"  # in OUTPUT_DIR: metric values waiting for the tracking server (see delivery.py)
 FAILED_DRAIN_TIMEOUT_S = 30
 
 __all__ = ["Plan", "TrainResult", "plan_run", "run_training", "build_trainer", "train"]
@@ -121,41 +119,6 @@ def plan_with_the_job(params: TrainParams, sample_dir: str, job: Job, tracking: 
     return plan
 
 
-def check_no_other_run(output_dir: str) -> None:
-    """A folder that holds another run's checkpoints is not trained into again (that would overwrite them)."""
-    owner = os.path.join(output_dir, RUN_FILE)
-    if os.path.isfile(owner) or os.path.isfile(os.path.join(output_dir, "last_checkpoint")):
-        try:
-            with open(owner) as fh:
-                which = f"run {json.load(fh)['run_id']}"
-        except (OSError, ValueError, KeyError):
-            which = "another run"
-        raise UserError(f"{output_dir} holds the checkpoints of {which}; continue it with resume (--resume), or train "
-                        "into a new folder", param="output_dir")
-
-
-def run_to_resume(output_dir: str) -> str:
-    """The MLflow run id that the checkpoints in ``output_dir`` belong to; a clear error if none can be resumed.
-    The checkpoint that ``last_checkpoint`` names is checked to load as data (see :mod:`seizure_mlflow.user_files`)."""
-    from seizure_mlflow.user_files import check_weights_file
-
-    last = os.path.join(output_dir, "last_checkpoint")
-    if not os.path.isfile(last):
-        raise UserError(f"no checkpoint in {output_dir} (no last_checkpoint file); nothing to resume", param="output_dir")
-    with open(last) as fh:
-        checkpoint = os.path.join(output_dir, fh.read().strip())
-    if not os.path.isfile(checkpoint):
-        raise UserError(f"{last} names {os.path.basename(checkpoint)}, which is not there; nothing to resume",
-                        param="output_dir")
-    check_weights_file(checkpoint, param="output_dir")
-    try:
-        with open(os.path.join(output_dir, RUN_FILE)) as fh:
-            return json.load(fh)["run_id"]
-    except (OSError, ValueError, KeyError):
-        raise UserError(f"{output_dir}/{RUN_FILE} is missing or unreadable; which MLflow run is this?",
-                        param="output_dir") from None
-
-
 def build_trainer(cfg, datasets: Datasets, extra_writers=None, validate: bool = True, keep_improvements: bool = False,
                   extra_hooks=None):
     """Register the datasets, seed every RNG from ``cfg.SEED`` (plus the rank), and build the trainer."""
@@ -215,7 +178,7 @@ def _train_worker(cfg, run_id: str, tracking_uri: str, datasets: Datasets, resum
 
     mlflow.set_tracking_uri(tracking_uri)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="detectron2", abbrev_name="d2")
-    mlflow_writer = MlflowWriter(run_id, skip_logged=resume, spool_dir=os.path.join(cfg.OUTPUT_DIR, METRIC_SPOOL),
+    mlflow_writer = MlflowWriter(run_id, skip_logged=resume, spool_dir=path_in(cfg.OUTPUT_DIR, METRIC_SPOOL),
                                  tracking_uri=tracking_uri) if comm.is_main_process() else None
     try:
         trainer = build_trainer(cfg, datasets, extra_writers=(lambda: [mlflow_writer]) if mlflow_writer else None,
@@ -230,3 +193,26 @@ def _train_worker(cfg, run_id: str, tracking_uri: str, datasets: Datasets, resum
         mlflow_writer.finish()
     if comm.is_main_process():
         write_stop(cfg.OUTPUT_DIR, trainer.stop_reason, trainer.stopped_at)
+
+
+def run_command(params: TrainParams) -> int:
+    """``seizure-mlflow train``: train, then say what was registered (exit status 130 when interrupted, 1 when the
+    loss diverged)."""
+    try:
+        result = run_training(params)
+    except KeyboardInterrupt as exc:
+        logger.error("Training interrupted (%s); the MLflow run is KILLED. Continue with: seizure-mlflow train "
+                     "--resume --output-dir %s (and the same parameters)", exc or "Ctrl-C",
+                     params.output_dir or "output/RUN_ID")
+        return 130
+    except FloatingPointError as exc:
+        logger.error("Training stopped: %s\nCheckpoints saved before this point are kept; try a lower --lr.",
+                     str(exc).splitlines()[0])
+        return 1
+    if result is None:  # a process other than rank 0 of a job: rank 0 reports the run
+        print("Training finished (this process is not rank 0: the MLflow run is rank 0's)")
+        return 0
+    print(f"Run {result.run_id}: best {result.monitor} {result.best_value:.4f} at iteration "
+          f"{result.best_iteration}; registered models:/{result.model_name}/{result.model_version} "
+          f"(@{result.model_alias})")
+    return 0

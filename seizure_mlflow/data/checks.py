@@ -26,6 +26,7 @@ from seizure_mlflow.data import coco_schema
 from seizure_mlflow.data.frames import FrameError, read_header
 from seizure_mlflow.data.video_identity import count_videos
 from seizure_mlflow.errors import DatasetError
+from seizure_mlflow.user_files import is_inside  # noqa: F401 (the data checks' path rule)
 
 logger = logging.getLogger(__name__)
 
@@ -105,12 +106,6 @@ def load_coco_json(json_path: str | os.PathLike) -> dict[str, Any]:
 def category_key(name: str) -> str:
     """What two spellings of one category name share: ``" Patient "`` and ``"patient"`` are one category."""
     return " ".join(name.split()).casefold()
-
-
-def is_inside(path: str | os.PathLike, root_real: str) -> bool:
-    """Whether ``path``, with every symbolic link and ``..`` resolved, lies inside the real folder ``root_real``."""
-    real = os.path.realpath(path)
-    return real == root_real or real.startswith(root_real.rstrip(os.sep) + os.sep)
 
 
 def check_image_headers(frames: list[tuple[str, str, tuple[int, int]]], workers: int = IMAGE_CHECK_WORKERS) -> list[str]:

@@ -27,10 +27,11 @@ from pydantic import ValidationError
 from tqdm import tqdm
 
 from seizure_mlflow.data import coco_schema
-from seizure_mlflow.data.checks import category_key, check_coco_data, is_inside, load_coco_json
+from seizure_mlflow.data.checks import category_key, check_coco_data, load_coco_json
+from seizure_mlflow.user_files import is_inside
 from seizure_mlflow.data.grouping import assign_groups, patient_groups
 from seizure_mlflow.data.masks import decode_segmentation, mask_to_polygons, segmentation_to_rle
-from seizure_mlflow.data.staging import check_output_folder, check_replaceable, staged_folder
+from seizure_mlflow.outputs.staging import check_output_folder, check_replaceable, staged_folder
 from seizure_mlflow.data.video import VIDEO_SUFFIXES, extract_frames, frame_count, write_png
 from seizure_mlflow.errors import DatasetError, UserError
 

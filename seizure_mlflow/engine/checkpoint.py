@@ -22,8 +22,10 @@ from dataclasses import dataclass
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
-from seizure_mlflow.data.staging import write_atomically
+from seizure_mlflow.outputs.staging import write_atomically
 from seizure_mlflow.errors import UserError
+from seizure_mlflow.metric_names import DEFAULT_MONITOR
+from seizure_mlflow.outputs.training_folder import LAST_CHECKPOINT, path_in
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +119,7 @@ class SafeCheckpointer(DetectionCheckpointer):
         self.tag_last_checkpoint(basename)
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
-        write_atomically(os.path.join(self.save_dir, "last_checkpoint"), lambda fh: fh.write(last_filename_basename),
+        write_atomically(path_in(self.save_dir, LAST_CHECKPOINT), lambda fh: fh.write(last_filename_basename),
                          binary=False)
 
 
@@ -131,7 +133,7 @@ class BestCheckpoint:
     iteration: int
     value: float
     weights: dict
-    monitor: str = "val/total_loss"
+    monitor: str = DEFAULT_MONITOR
 
 
 def read_best_checkpoint(path: str) -> BestCheckpoint | None:
@@ -140,4 +142,4 @@ def read_best_checkpoint(path: str) -> BestCheckpoint | None:
         return None
     state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     return BestCheckpoint(path=path, iteration=int(state["iteration"]) + 1, value=float(state["best_metric"]),
-                          weights=state["model"], monitor=str(state.get("monitor", "val/total_loss")))
+                          weights=state["model"], monitor=str(state.get("monitor", DEFAULT_MONITOR)))

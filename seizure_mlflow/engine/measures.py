@@ -54,9 +54,10 @@ from detectron2.utils.events import EventStorage
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from seizure_mlflow.metric_names import TASKS, TOTAL_LOSS, VAL_AP_STATS
 
-AP_KEYS = ("AP", "AP50")
-TOTAL_LOSS = "total_loss"
+
+AP_KEYS = VAL_AP_STATS
 _TEST_TIME_LAYERS = (nn.modules.batchnorm._NormBase, nn.Dropout, nn.Dropout2d)
 
 
@@ -218,7 +219,7 @@ class APMeasure:
 
     def __call__(self, model: nn.Module, batches: Iterable, seed: int = 0,
                  groups: Mapping[int, int] | None = None) -> Measured:
-        from seizure_mlflow.coco_ap import TASKS, ImageMatches, detections_coco
+        from seizure_mlflow.coco_ap import ImageMatches, detections_coco
 
         detections, image_ids = self.detect(model, batches)
         gathered = comm.all_gather((detections, image_ids))

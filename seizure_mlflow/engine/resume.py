@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
 import random
 import signal
 
@@ -29,10 +28,10 @@ from detectron2.engine import HookBase, hooks
 
 from seizure_mlflow.engine.checkpoint import save_atomically
 from seizure_mlflow.monitor import Monitor
+from seizure_mlflow.outputs.training_folder import improvement_checkpoint_path
 
 logger = logging.getLogger(__name__)
 
-IMPROVEMENT_PREFIX = "model_improvement_"
 
 
 class SkipSampler(torch.utils.data.Sampler):
@@ -115,7 +114,7 @@ class ResumableBestCheckpointer(hooks.BestCheckpointer):
         self._checkpointer.save(self._file_prefix, iteration=iteration, best_metric=value,
                                 monitor=self.monitor.metric)
         if self._keep_improvements and self._checkpointer.save_to_disk:
-            path = os.path.join(self._checkpointer.save_dir, f"{IMPROVEMENT_PREFIX}{iteration + 1:07d}.pth")
+            path = improvement_checkpoint_path(self._checkpointer.save_dir, iteration + 1)
             save_atomically({"model": self._checkpointer.model.state_dict(), "iteration": iteration,
                              "best_metric": value, "monitor": self.monitor.metric}, path)
         logger.info("Saved best checkpoint: %s %.5f at iteration %d", self._val_metric, value, iteration + 1)

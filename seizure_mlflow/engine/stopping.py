@@ -11,7 +11,6 @@ process computes the same (all-gathered) validation values, so all of them stop 
 from __future__ import annotations
 
 import logging
-import os
 
 from detectron2.engine import HookBase
 
@@ -66,26 +65,6 @@ class EarlyStopping(HookBase):
     def load_state_dict(self, state: dict) -> None:
         self.best = state.get("best")
         self.periods_without_improvement = state.get("periods_without_improvement", 0)
-
-
-STOP_FILE = "stop.json"  # in OUTPUT_DIR: why and when the training processes stopped
-
-
-def write_stop(output_dir: str, reason: str, stopped_at: int) -> None:
-    """Rank 0's record of how training ended, for the process that records the run (see :func:`read_stop`)."""
-    import json
-
-    with open(os.path.join(output_dir, STOP_FILE), "w") as fh:
-        json.dump({"reason": reason, "stopped_at": stopped_at}, fh)
-
-
-def read_stop(output_dir: str) -> tuple[str, int]:
-    """``(reason, stopped_at)`` as :func:`write_stop` left them."""
-    import json
-
-    with open(os.path.join(output_dir, STOP_FILE)) as fh:
-        stop = json.load(fh)
-    return stop["reason"], int(stop["stopped_at"])
 
 
 class StopsEarly:

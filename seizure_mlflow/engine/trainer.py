@@ -42,13 +42,12 @@ from seizure_mlflow.engine.stopping import EarlyStopping, StopsEarly
 from seizure_mlflow.engine.measures import APMeasure, LossMeasure
 from seizure_mlflow.monitor import Monitor
 from seizure_mlflow.engine.validation import AUTO, CachedBatches, Validation, build_validation_loader
+from seizure_mlflow.outputs.training_folder import BEST_CHECKPOINT, METRICS_JSON, VALIDATION_SAMPLE_FILE, path_in
 
 logger = logging.getLogger(__name__)
 
-BEST_CHECKPOINT = "model_best"  # OUTPUT_DIR/model_best.pth: see ResumableBestCheckpointer for what it holds
 WRITE_PERIOD = 20
 KEEP_PERIODIC_CHECKPOINTS = 2  # plus model_best.pth and model_final.pth
-VALIDATION_SAMPLE_FILE = "validation_sample.json"  # OUTPUT_DIR: the validation sample's image ids, see Validation
 
 
 class Trainer(StopsEarly, DefaultTrainer):
@@ -167,7 +166,7 @@ class Trainer(StopsEarly, DefaultTrainer):
         return Validation(cfg.TEST.EVAL_PERIOD, loaders, dataset["images"], seed=cfg.SEED,
                           max_images=max_images if max_images == AUTO else int(max_images),
                           full_period=cfg.VALIDATION.FULL_PERIOD,
-                          record_path=os.path.join(cfg.OUTPUT_DIR, VALIDATION_SAMPLE_FILE),
+                          record_path=path_in(cfg.OUTPUT_DIR, VALIDATION_SAMPLE_FILE),
                           measures=self.build_measures(cfg, dataset), monitor=self.monitor,
                           precision=cfg.VALIDATION.PRECISION, batch_size=cfg.VALIDATION.BATCH_SIZE)
 
@@ -204,15 +203,11 @@ class Trainer(StopsEarly, DefaultTrainer):
     def build_writers(self) -> list[EventWriter]:
         writers: list[EventWriter] = [
             CommonMetricPrinter(self.max_iter, window_size=WRITE_PERIOD),
-            JSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json"), window_size=WRITE_PERIOD),
+            JSONWriter(path_in(self.cfg.OUTPUT_DIR, METRICS_JSON), window_size=WRITE_PERIOD),
         ]
         if self._extra_writers is not None:
             writers.extend(self._extra_writers())
         return writers
-
-
-def best_checkpoint_path(output_dir: str) -> str:
-    return os.path.join(output_dir, f"{BEST_CHECKPOINT}.pth")
 
 
 class CheckpointAlignedWriter(hooks.PeriodicWriter):

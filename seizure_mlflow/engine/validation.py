@@ -25,11 +25,10 @@ from seizure_mlflow.data.mapper import FrameMapper
 from seizure_mlflow.data.val_sample import pilot_size, replicate_groups, select_validation_sample, video_groups
 from seizure_mlflow.engine.measures import LossMeasure
 from seizure_mlflow.monitor import Monitor
+from seizure_mlflow.metric_names import SE_SUFFIX, VAL as VAL_PREFIX, VAL_FULL as VAL_FULL_PREFIX
 
 logger = logging.getLogger(__name__)
 
-VAL_PREFIX = "val/"
-VAL_FULL_PREFIX = "val_full/"
 AUTO = "auto"
 AUTO_BUDGET = 0.05  # val_max_images=auto: validation costs at most this share of training time
 DEFAULT_PRECISION = 0.02  # val_max_images=auto: a relative standard error this small is precise enough
@@ -147,9 +146,6 @@ class Validated:
     iteration: int
     values: dict[str, float]
     errors: dict[str, float]
-
-
-SE_SUFFIX = "_se"  # val/total_loss_se: the standard error of val/total_loss
 
 
 class Validation(HookBase):

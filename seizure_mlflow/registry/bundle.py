@@ -21,7 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from seizure_mlflow.data.staging import check_output_folder, check_replaceable, staged_folder
+from seizure_mlflow.outputs.staging import check_output_folder, check_replaceable, staged_folder
 from seizure_mlflow.errors import UserError
 
 TORCH_SOURCES = ("pypi", "cpu")

@@ -19,8 +19,9 @@ import json
 import logging
 import math
 import os
+import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -29,14 +30,16 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
+from seizure_mlflow.commands.requests import CvRequest
 from seizure_mlflow.config import TrainParams
 from seizure_mlflow.data.folds import Folds, make_folds, pool_datasets, video_set_digest
 from seizure_mlflow.engine.stopping import DIVERGED
 from seizure_mlflow.errors import UserError
 from seizure_mlflow.monitor import Monitor
-from seizure_mlflow.sweeps.shared_study import (Claim, SharedStudy, claim_once, close_lost_runs, elect_parent,
+from seizure_mlflow.sweeps.shared_study import (fixed_validation_sample, Claim, SharedStudy, claim_once, close_lost_runs, elect_parent,
                                                 end_parent, progress, run_until_done)
-from seizure_mlflow.sweeps.storage import GRACE_S, HEARTBEAT_S, open_storage, redacted, storage_url
+from seizure_mlflow.sweeps.storage import open_storage, redacted, storage_url
+from seizure_mlflow.metric_names import LAST_VAL, VAL, is_standard_error
 
 logger = logging.getLogger(__name__)
 
@@ -49,20 +52,6 @@ SUMMARY_CSV = "cv/summary.csv"
 MEMBERSHIP_JSON = "cv/membership.json"
 CURVES_PNG = "cv/val_curves.png"
 CONFIDENCE = 0.95
-
-
-@dataclass(frozen=True)
-class CvRequest:
-    base: TrainParams = field(default_factory=TrainParams)
-    folds: int = 5
-    patient_map: str = ""  # "" : every video is its own group
-    fold_seed: int = 0
-    study: str = ""  # "" : a new study named after the time
-    storage: str = ""  # "" : $SEIZURE_OPTUNA_STORAGE or sqlite:///optuna.db
-    workers: int = 1
-    register_final: bool = False
-    heartbeat_s: int = HEARTBEAT_S
-    grace_s: int = GRACE_S
 
 
 @dataclass
@@ -91,8 +80,6 @@ def plan_cv(request: CvRequest) -> CvPlan:
     (as ``main`` checks them), the folds (enough videos or patients, every video known), then the storage."""
     from seizure_mlflow.commands.train import plan_run
 
-    if request.workers < 1:
-        raise UserError(f"must be >= 1, got {request.workers}", param="workers")
     if request.base.num_processes != 1:
         raise UserError("each fold runs in one process; for several GPUs run several workers (--workers N)",
                         param="num_processes")
@@ -207,7 +194,7 @@ def _values_at(run_id: str, iteration: int, monitor: Monitor) -> tuple[dict[str,
     from seizure_mlflow.tracking.run import metric_table
 
     keys = sorted(k for k in MlflowClient().get_run(run_id).data.metrics
-                  if k.startswith("val/") and not k.endswith("_se"))
+                  if k.startswith(VAL) and not is_standard_error(k))
     table = metric_table(run_id, keys)
     at = table[table["iteration"] == iteration]
     values = {k: float(at[k].iloc[0]) for k in keys if len(at) and not math.isnan(at[k].iloc[0])}
@@ -240,7 +227,7 @@ def summarize(table: pd.DataFrame, confidence: float = CONFIDENCE) -> pd.DataFra
 
     complete = table[table["state"] == "COMPLETE"] if len(table) else table
     rows = []
-    for metric in [c for c in table.columns if c.startswith(("val/", "last_val/"))]:
+    for metric in [c for c in table.columns if c.startswith((VAL, LAST_VAL))]:
         values = pd.to_numeric(complete[metric], errors="coerce").dropna()
         n = len(values)
         if n == 0:
@@ -322,3 +309,18 @@ def train_final(plan: CvPlan, parent: str, table: pd.DataFrame, summary: pd.Data
     logger.info("Trained the final model on every video for %d iterations: %s version %s", iterations,
                 result.model_name, result.model_version)
     return result
+
+
+def run_command(request: CvRequest) -> int:
+    """``seizure-mlflow cv``: plan the folds, then work on them here or in ``--workers`` processes. Every fold is
+    measured on all of its held-out videos."""
+    from seizure_mlflow.sweeps.shared_study import work_here_or_start_workers
+
+    plan = plan_cv(request.replace(base=fixed_validation_sample(request.base)))
+    print(f"Study {plan.study_name}: {len(plan.folds.parts)} folds of {plan.folds.grouped_by}; other workers join "
+          f"with `seizure-mlflow cv --study {plan.study_name}`, the same options and the same storage", flush=True)
+    parent = work_here_or_start_workers("cv", plan, sys.modules[__name__])
+    if parent is None:
+        return 1
+    print(f"Cross-validation {plan.study_name} done: parent run {parent}")
+    return 0

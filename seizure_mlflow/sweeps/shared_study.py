@@ -155,3 +155,63 @@ def end_parent(client: MlflowClient, study, parent: str) -> None:
     """The last worker ends the parent (under ``mlflow run`` too: its run would end FINISHED with this command)."""
     if client.get_run(parent).info.status == "RUNNING" and progress(study)[1] == 0:
         client.set_terminated(parent, "FINISHED")
+
+
+def fixed_validation_sample(base):
+    """Every trial's or fold's training parameters: ``val_max_images=auto`` becomes the whole validation set, since a
+    sample sized by each child's own timing would differ between the children compared."""
+    return base.replace(val_max_images="0") if base.val_max_images == "auto" else base
+
+
+def work_here_or_start_workers(command: str, plan, study_module) -> str | None:
+    """With one worker, work in this process; else make the parent run and start ``--workers`` processes of the
+    same study (:func:`start_workers`). Returns the parent run id, None when a worker failed."""
+    import logging
+
+    if plan.request.workers == 1:
+        return study_module.work(plan)
+    parent = study_module.parent_run(study_module.load_study(plan), plan)
+    codes = start_workers(command, plan)
+    if any(codes):
+        logging.getLogger(__name__).error("%d of %d workers failed", sum(1 for c in codes if c), len(codes))
+        return None
+    return parent
+
+
+def worker_argv(command: str, request, study_name: str) -> list[str]:
+    """The command line of one worker of ``request``'s study: every option as given (the training options too),
+    the study named, one worker, and never the storage URL (it travels in the environment)."""
+    import sys
+
+    from seizure_mlflow.options import flag_of, option_fields, text_of
+
+    argv = [sys.executable, "-m", "seizure_mlflow", command]
+    given = {**{f.name: (f, getattr(request, f.name)) for f in option_fields(type(request))},
+             **{f.name: (f, getattr(request.base, f.name)) for f in option_fields(type(request.base))},
+             "study": (None, study_name), "workers": (None, 1)}
+    for name, (f, value) in given.items():
+        if name == "storage" or (name == "heartbeat" and value is None):
+            continue
+        argv += [flag_of(f) if f is not None else "--" + name, text_of(value)]
+    return argv
+
+
+def start_workers(command: str, plan) -> list[int]:
+    """``--workers N``: N worker processes of the same study (``tune`` or ``cv``), one GPU each where there are
+    GPUs. The storage URL travels in the environment, not on a command line."""
+    import subprocess
+
+    import torch
+
+    from seizure_mlflow.sweeps.storage import STORAGE_ENV
+
+    argv = worker_argv(command, plan.request, plan.study_name)
+    gpus = torch.cuda.device_count()
+    processes = []
+    for k in range(plan.request.workers):
+        env = {**os.environ, STORAGE_ENV: plan.storage_url}
+        env.pop("MLFLOW_RUN_ID", None)
+        if gpus:
+            env["CUDA_VISIBLE_DEVICES"] = str(k % gpus)
+        processes.append(subprocess.Popen(argv, env=env))
+    return [p.wait() for p in processes]

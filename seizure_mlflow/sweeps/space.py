@@ -23,7 +23,6 @@ from typing import Any
 from seizure_mlflow.errors import UserError
 
 KINDS = ("loguniform", "uniform", "int", "categorical")
-BUNDLED_SPACE = Path(__file__).resolve().parents[1] / "configs" / "sweep_lr_batch.yaml"
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ import warnings
 
 from optuna.exceptions import ExperimentalWarning
 
+from seizure_mlflow.commands.requests import GRACE_S, HEARTBEAT_S
 from seizure_mlflow.errors import UserError
 
 # Heartbeats, stale-trial retries and their helpers are what distributed sweeps need; Optuna still marks
@@ -22,8 +23,6 @@ warnings.filterwarnings("ignore", category=ExperimentalWarning)
 
 STORAGE_ENV = "SEIZURE_OPTUNA_STORAGE"
 DEFAULT_STORAGE = "sqlite:///optuna.db"
-HEARTBEAT_S = 30  # a trial whose worker has not beaten for GRACE_S is failed and retried once
-GRACE_S = 120
 SCHEMA_RACE_RETRIES = 5
 
 

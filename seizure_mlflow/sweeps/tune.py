@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -25,37 +26,20 @@ from pathlib import Path
 from mlflow import MlflowClient
 from mlflow.entities import Param
 
-from seizure_mlflow.config import TrainParams
+from seizure_mlflow.commands.requests import SweepRequest
 from seizure_mlflow.monitor import Monitor
 from seizure_mlflow.engine.stopping import DIVERGED, PRUNED
 from seizure_mlflow.errors import UserError
-from seizure_mlflow.sweeps.shared_study import (SharedStudy, close_lost_runs, elect_parent, end_parent,
+from seizure_mlflow.sweeps.shared_study import (fixed_validation_sample, SharedStudy, close_lost_runs, elect_parent, end_parent,
                                                 run_until_done)
-from seizure_mlflow.sweeps.space import BUNDLED_SPACE, Dimension, apply, check_every_edge, read_space
-from seizure_mlflow.sweeps.storage import GRACE_S, HEARTBEAT_S, open_storage, redacted, storage_url
+from seizure_mlflow.sweeps.space import Dimension, apply, check_every_edge, read_space
+from seizure_mlflow.sweeps.storage import open_storage, redacted, storage_url
 
 logger = logging.getLogger(__name__)
 
-SAMPLERS = ("tpe", "random", "grid")
-PRUNERS = ("median", "none", "hyperband")
 VERSION_ATTR = "registered_version"
 SWEEP_TAG = "seizure.sweep"
 TRIAL_TAG = "seizure.trial"
-
-
-@dataclass(frozen=True)
-class SweepRequest:
-    base: TrainParams = field(default_factory=TrainParams)
-    space: str = str(BUNDLED_SPACE)
-    trials: int = 6
-    study: str = ""  # "" : a new study named after the time
-    storage: str = ""  # "" : $SEIZURE_OPTUNA_STORAGE or sqlite:///optuna.db
-    sampler: str = "tpe"
-    pruner: str = "median"
-    workers: int = 1
-    seed: int = 0
-    heartbeat_s: int = HEARTBEAT_S
-    grace_s: int = GRACE_S
 
 
 @dataclass
@@ -78,23 +62,15 @@ def plan_sweep(request: SweepRequest) -> SweepPlan:
     from seizure_mlflow.config import load_base_config
     from seizure_mlflow.commands.train import plan_run
 
-    if request.trials < 1:
-        raise UserError(f"must be >= 1, got {request.trials}", param="trials")
-    if request.workers < 1:
-        raise UserError(f"must be >= 1, got {request.workers}", param="workers")
-    if request.sampler not in SAMPLERS:
-        raise UserError(f"must be one of {', '.join(SAMPLERS)}; got {request.sampler!r}", param="sampler")
-    if request.pruner not in PRUNERS:
-        raise UserError(f"must be one of {', '.join(PRUNERS)}; got {request.pruner!r}", param="pruner")
     if request.base.num_processes != 1:
         raise UserError("each trial runs in one process; for several GPUs run several workers (--workers N)",
                         param="num_processes")
-    dimensions = read_space(request.space, load_base_config(request.base.config))
+    dimensions = read_space(request.space_file, load_base_config(request.base.config))
     if request.sampler == "grid":
         for d in dimensions:
             d.grid()
     base = plan_run(request.base)
-    check_every_edge(request.space, request.base, dimensions, num_classes=len(base.categories))
+    check_every_edge(request.space_file, request.base, dimensions, num_classes=len(base.categories))
     url = storage_url(request.storage)
     open_storage(url, request.heartbeat_s, request.grace_s)  # creates a SQLite file: after every check
     name = request.study or datetime.now().strftime("sweep-%Y%m%d-%H%M%S")
@@ -106,11 +82,11 @@ def load_study(plan: SweepPlan):
 
     request = plan.request
     if request.sampler == "grid":
-        sampler = optuna.samplers.GridSampler({d.name: d.grid() for d in plan.dimensions}, seed=request.seed)
+        sampler = optuna.samplers.GridSampler({d.name: d.grid() for d in plan.dimensions}, seed=request.sampler_seed)
     elif request.sampler == "random":
-        sampler = optuna.samplers.RandomSampler(seed=request.seed)
+        sampler = optuna.samplers.RandomSampler(seed=request.sampler_seed)
     else:
-        sampler = optuna.samplers.TPESampler(seed=request.seed, n_startup_trials=min(5, request.trials))
+        sampler = optuna.samplers.TPESampler(seed=request.sampler_seed, n_startup_trials=min(5, request.trials))
     eval_period = request.base.eval_period
     pruner = {"none": optuna.pruners.NopPruner(),
               "median": optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=eval_period),
@@ -226,3 +202,17 @@ def _register_best(client: MlflowClient, study, plan: SweepPlan, best, parent: s
     study.set_user_attr(VERSION_ATTR, str(version.version))
     client.set_tag(parent, "seizure.registered_version", f"{model_name}/{version.version}")
     logger.info("Registered trial %d's best checkpoint as %s version %s", best.number, model_name, version.version)
+
+
+def run_command(request: SweepRequest) -> int:
+    """``seizure-mlflow tune``: plan the sweep, then work on it here or in ``--workers`` processes."""
+    from seizure_mlflow.sweeps.shared_study import work_here_or_start_workers
+
+    plan = plan_sweep(request.replace(base=fixed_validation_sample(request.base)))
+    print(f"Study {plan.study_name}: {request.trials} trials; other workers join with "
+          f"`seizure-mlflow tune --study {plan.study_name}` and the same storage", flush=True)
+    parent = work_here_or_start_workers("tune", plan, sys.modules[__name__])
+    if parent is None:
+        return 1
+    print(f"Sweep {plan.study_name} done: parent run {parent}")
+    return 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from seizure_mlflow.data.checks import CocoSummary
+from seizure_mlflow.metric_names import DEFAULT_MONITOR, test_metric
 from seizure_mlflow.monitor import Monitor
 
 MODEL_CARD = "model_card.md"
@@ -40,7 +41,7 @@ class Outcome:
     version: str
     alias: str
     test_metrics: dict[str, float] | None = None
-    monitor: str = "val/total_loss"
+    monitor: str = DEFAULT_MONITOR
 
 
 def _data_line(role: str, summary: CocoSummary) -> str:
@@ -55,8 +56,8 @@ def result_paragraph(o: Outcome) -> str:
             f"at iteration {o.best_iteration}; that checkpoint is registered as {o.model_name} version {o.version}"
             f"{f' (@{o.alias})' if o.alias else ''}.")
     if o.test_metrics:
-        text += (f" Test set: box AP {o.test_metrics.get('test/bbox/AP', float('nan')):.1f}, mask AP "
-                 f"{o.test_metrics.get('test/segm/AP', float('nan')):.1f}.")
+        text += (f" Test set: box AP {o.test_metrics.get(test_metric('bbox', 'AP'), float('nan')):.1f}, mask AP "
+                 f"{o.test_metrics.get(test_metric('segm', 'AP'), float('nan')):.1f}.")
     return text
 
 

@@ -9,7 +9,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from seizure_mlflow.evaluation import TASKS, EvaluationResult, metric_name  # noqa: E402
+from seizure_mlflow.evaluation import EvaluationResult  # noqa: E402
+from seizure_mlflow.metric_names import (CI_HIGH, CI_LOW, DEFAULT_MONITOR, TASKS, TRAIN, test_metric, TRAIN_TOTAL_LOSS, VAL, VAL_AP_METRICS,  # noqa: E402
+                                         VAL_FULL_TOTAL_LOSS, is_standard_error, standard_error, task_metric,
+                                         whole_set, without_prefix)
 
 
 def _smooth(values: np.ndarray, window: int) -> np.ndarray:
@@ -25,7 +28,7 @@ def _validation_curve(ax, table: pd.DataFrame, name: str, colour: str, label: st
     rows = _column(table, name)
     if not len(rows):
         return
-    errors = rows[f"{name}_se"] * 2 if f"{name}_se" in rows else None
+    errors = rows[standard_error(name)] * 2 if standard_error(name) in rows else None
     if errors is not None and errors.notna().any():
         ax.errorbar(rows["iteration"], rows[name], yerr=errors.fillna(0).to_numpy(), color=colour, lw=2, marker="o",
                     ms=4, capsize=3, label=f"{label} (bars: 2 standard errors of the sample)")
@@ -52,8 +55,8 @@ def plot_loss_curves(losses: pd.DataFrame, path: str, best_iteration: int | None
     ``val_full/*``, the whole validation set's values when ``val/*`` is a sample's, drawn as diamonds;
     ``val/*_se``, the sample's standard errors, drawn as error bars of two standard errors).
     """
-    monitored = monitor.metric if monitor is not None else "val/total_loss"
-    ap_columns = [c for c in ("val/segm/AP", "val/bbox/AP") if c in losses]  # AP50 only when it is the monitor
+    monitored = monitor.metric if monitor is not None else DEFAULT_MONITOR
+    ap_columns = [c for c in (task_metric(VAL, "segm", "AP"), task_metric(VAL, "bbox", "AP")) if c in losses]  # AP50 only when it is the monitor
     if monitored.endswith("AP50") and monitored in losses:
         ap_columns.append(monitored)
     panels = 3 if ap_columns else 2
@@ -76,48 +79,47 @@ def plot_loss_curves(losses: pd.DataFrame, path: str, best_iteration: int | None
 
 
 def _total_loss_panel(ax, losses: pd.DataFrame) -> None:
-    train = _column(losses, "train/total_loss")
+    train = _column(losses, TRAIN_TOTAL_LOSS)
     if len(train):
         window = max(1, min(20, len(train) // 10))
-        ax.plot(train["iteration"], train["train/total_loss"], color="tab:blue", alpha=0.25, lw=1,
+        ax.plot(train["iteration"], train[TRAIN_TOTAL_LOSS], color="tab:blue", alpha=0.25, lw=1,
                 label="train (per iteration)")
-        ax.plot(train["iteration"], _smooth(train["train/total_loss"].to_numpy(), window), color="tab:blue", lw=2,
+        ax.plot(train["iteration"], _smooth(train[TRAIN_TOTAL_LOSS].to_numpy(), window), color="tab:blue", lw=2,
                 label=f"train (mean of {window})")
-    _validation_curve(ax, losses, "val/total_loss", "tab:orange", "validation")
-    full = _column(losses, "val_full/total_loss")
+    _validation_curve(ax, losses, DEFAULT_MONITOR, "tab:orange", "validation")
+    full = _column(losses, VAL_FULL_TOTAL_LOSS)
     if len(full):
-        ax.scatter(full["iteration"], full["val_full/total_loss"], color="tab:red", marker="D", s=36, zorder=6,
+        ax.scatter(full["iteration"], full[VAL_FULL_TOTAL_LOSS], color="tab:red", marker="D", s=36, zorder=6,
                    label="validation, whole set")
     ax.set_ylabel("total loss")
     ax.grid(alpha=0.3)
 
 
 def _ap_panel(ax, losses: pd.DataFrame, columns: list[str]) -> None:
-    colours = {"val/segm/AP": "tab:purple", "val/bbox/AP": "tab:brown", "val/segm/AP50": "tab:pink",
-               "val/bbox/AP50": "tab:olive"}
+    colours = dict(zip(VAL_AP_METRICS, ("tab:brown", "tab:olive", "tab:purple", "tab:pink")))
     for name in columns:
-        _validation_curve(ax, losses, name, colours[name], name.removeprefix("val/"))
-        whole_name = name.replace("val/", "val_full/", 1)
+        _validation_curve(ax, losses, name, colours[name], without_prefix(name, VAL))
+        whole_name = whole_set(name)
         whole = _column(losses, whole_name)
         if len(whole):
             ax.scatter(whole["iteration"], whole[whole_name], color=colours[name], marker="D", s=36, zorder=6,
-                       edgecolors="black", label=f"{name.removeprefix('val/')}, whole set")
+                       edgecolors="black", label=f"{without_prefix(name, VAL)}, whole set")
     ax.set_ylabel("validation AP (%)")
     ax.grid(alpha=0.3)
 
 
 def _components_panel(ax, losses: pd.DataFrame) -> None:
     components = sorted({c.split("/", 1)[1] for c in losses.columns
-                         if c.startswith(("train/loss_", "val/loss_")) and not c.endswith("_se")})
+                         if c.startswith((TRAIN + "loss_", VAL + "loss_")) and not is_standard_error(c)})
     colours = plt.get_cmap("tab10")
     for k, comp in enumerate(components):
-        if f"train/{comp}" in losses:
-            t = _column(losses, f"train/{comp}")
-            ax.plot(t["iteration"], _smooth(t[f"train/{comp}"].to_numpy(), max(1, min(20, len(t) // 10))),
+        if TRAIN + comp in losses:
+            t = _column(losses, TRAIN + comp)
+            ax.plot(t["iteration"], _smooth(t[TRAIN + comp].to_numpy(), max(1, min(20, len(t) // 10))),
                     color=colours(k), lw=1.5, label=f"train {comp}")
-        if f"val/{comp}" in losses:
-            v = _column(losses, f"val/{comp}")
-            ax.plot(v["iteration"], v[f"val/{comp}"], color=colours(k), lw=1.5, ls="--", marker="o", ms=3,
+        if VAL + comp in losses:
+            v = _column(losses, VAL + comp)
+            ax.plot(v["iteration"], v[VAL + comp], color=colours(k), lw=1.5, ls="--", marker="o", ms=3,
                     label=f"val {comp}")
     ax.set_xlabel("iteration")
     ax.set_ylabel("loss component")
@@ -138,7 +140,7 @@ def plot_precision_recall(result: EvaluationResult, path: str) -> None:
                     continue
                 curve = precision[0 if iou == 0.5 else 5, :, k, 0, -1]
                 ax.plot(recall, np.where(curve < 0, np.nan, curve), style, color=f"C{k}", label=f"{name} IoU={iou}")
-        ax.set_title(f"{task}: AP {result.metrics[metric_name(task, 'AP')]:.1f}")
+        ax.set_title(f"{task}: AP {result.metrics[test_metric(task, 'AP')]:.1f}")
         ax.set_xlabel("recall")
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1.02)
@@ -159,9 +161,9 @@ def plot_per_video_ap(result: EvaluationResult, path: str) -> None:
     fig, axes = plt.subplots(1, len(TASKS), figsize=(11, 4.5), sharey=True)
     for ax, task in zip(axes, TASKS):
         ax.scatter(range(len(table)), table[f"{task}_AP"], color="tab:blue", zorder=3, label="one test video")
-        pooled = result.metrics[metric_name(task, "AP")]
+        pooled = result.metrics[test_metric(task, "AP")]
         ax.axhline(pooled, color="tab:orange", lw=2, label=f"pooled {pooled:.1f}")
-        low, high = result.metrics.get(metric_name(task, "AP_ci_low")), result.metrics.get(metric_name(task, "AP_ci_high"))
+        low, high = result.metrics.get(test_metric(task, CI_LOW)), result.metrics.get(test_metric(task, CI_HIGH))
         if low is not None:
             ax.axhspan(low, high, color="tab:orange", alpha=0.2,
                        label=f"95% interval over videos {low:.1f}-{high:.1f} ({result.resamples} resamples)")

@@ -20,6 +20,7 @@ from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_REPO_URL, MLFLOW_RUN_NAME, MLFLOW_SOURCE_NAME, MLFLOW_USER
 
 from seizure_mlflow.config import flatten_config
+from seizure_mlflow.metric_names import SE_SUFFIX, TRAIN, VAL_AP_STATS, is_loss, is_validation
 
 logger = logging.getLogger(__name__)
 
@@ -148,11 +149,10 @@ def metric_table(run_id: str, keys: list[str], client: MlflowClient | None = Non
 
 def _is_curve(metric: str) -> bool:
     """A training or validation curve of ``losses.csv``: a loss, a validation AP, or a standard error of one."""
-    name = metric.removesuffix("_se")
-    if metric.startswith("train/"):
-        return name.endswith("_loss") or "/loss_" in name
-    return metric.startswith(("val/", "val_full/")) and (name.endswith("_loss") or "/loss_" in name
-                                                          or name.endswith(("/AP", "/AP50")))
+    if metric.startswith(TRAIN):
+        return is_loss(metric)
+    ap = metric.removesuffix(SE_SUFFIX).endswith(tuple(f"/{stat}" for stat in VAL_AP_STATS))
+    return is_validation(metric) and (is_loss(metric) or ap)
 
 
 def log_losses(run_id: str, best_iteration: int | None, client: MlflowClient | None = None,

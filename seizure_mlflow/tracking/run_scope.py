@@ -11,28 +11,26 @@ the loss plot, and the best checkpoint's values; what a run does with its best c
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 
 import mlflow
 from mlflow import MlflowClient
 
-from seizure_mlflow.data.staging import OutputFolderLock
 from seizure_mlflow.engine.checkpoint import BestCheckpoint, read_best_checkpoint
 from seizure_mlflow.monitor import Monitor
-from seizure_mlflow.engine.stopping import DIVERGED, SIGNAL, read_stop
-from seizure_mlflow.engine.trainer import VALIDATION_SAMPLE_FILE, best_checkpoint_path
+from seizure_mlflow.engine.stopping import DIVERGED, SIGNAL
+from seizure_mlflow.outputs.training_folder import (VALIDATION_SAMPLE_FILE, OutputFolderLock, best_checkpoint_path,
+                                                    path_in, read_stop, write_owner)
 from seizure_mlflow.tracking.datasets import TESTING, TRAINING, VALIDATION, log_datasets, log_validation_sample
 from seizure_mlflow.tracking.describe import run_name
 from seizure_mlflow.tracking.run import active_run, log_config, log_losses
+from seizure_mlflow.metric_names import BEST_ITERATION as BEST_ITER_METRIC
 
 logger = logging.getLogger(__name__)
 
-RUN_FILE = "mlflow_run.json"  # in OUTPUT_DIR: which MLflow run these checkpoints belong to
 STOP_REASON_TAG = "seizure.stop_reason"
 STOPPED_AT_METRIC = "stopped_at"
-BEST_ITER_METRIC = "best/iteration"
 MONITOR_RUN_TAG = "seizure.monitor"  # the validation metric the run chose its best checkpoint by
 CONTINUES_TAG = "seizure.continues_run"
 
@@ -105,8 +103,7 @@ class TrainingRun:
             MlflowClient().set_tag(wrapper, CONTINUES_TAG, resumed)
 
     def _write_start(self) -> None:
-        with open(os.path.join(self.cfg.OUTPUT_DIR, RUN_FILE), "w") as fh:
-            json.dump({"run_id": self.run_id}, fh)
+        write_owner(self.cfg.OUTPUT_DIR, self.run_id)
         log_config(self.cfg)
         plan = self.plan
         log_datasets(self.run_id, {TRAINING: plan.datasets.train, VALIDATION: plan.datasets.val,
@@ -122,7 +119,7 @@ class TrainingRun:
         self.record(self.best())
 
     def log_validation_sample(self) -> None:
-        log_validation_sample(self.run_id, os.path.join(self.cfg.OUTPUT_DIR, VALIDATION_SAMPLE_FILE),
+        log_validation_sample(self.run_id, path_in(self.cfg.OUTPUT_DIR, VALIDATION_SAMPLE_FILE),
                               self.plan.datasets.val)
 
     def record_stop(self) -> tuple[str, int]:

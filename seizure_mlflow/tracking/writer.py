@@ -21,27 +21,26 @@ from detectron2.utils.events import EventWriter, get_event_storage
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 
-from seizure_mlflow.engine.validation import VAL_FULL_PREFIX, VAL_PREFIX
 from seizure_mlflow.tracking.delivery import MetricDelivery, batch_sender, spooled_steps
+from seizure_mlflow.metric_names import TOTAL_LOSS, TRAIN, is_validation, without_prefix
 
 logger = logging.getLogger(__name__)
 
-TRAIN_PREFIX = "train/"
 DRAIN_TIMEOUT_S = 600  # at the end of training, how long to wait for the server
 
 
 def mlflow_metric_name(storage_key: str) -> str | None:
     """The MLflow name of an event-storage key, or None for keys that are not logged."""
-    if storage_key.startswith((VAL_PREFIX, VAL_FULL_PREFIX)):
+    if is_validation(storage_key):
         return storage_key
-    if storage_key in ("total_loss", "lr") or storage_key.startswith("loss_"):
-        return TRAIN_PREFIX + storage_key
+    if storage_key in (TOTAL_LOSS, "lr") or storage_key.startswith("loss_"):
+        return TRAIN + storage_key
     return None
 
 
 def storage_key(metric: str) -> str:
     """The event-storage key an MLflow metric name comes from (inverse of :func:`mlflow_metric_name`)."""
-    return metric[len(TRAIN_PREFIX):] if metric.startswith(TRAIN_PREFIX) else metric
+    return without_prefix(metric, TRAIN)
 
 
 class MlflowWriter(EventWriter):

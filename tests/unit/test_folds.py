@@ -10,7 +10,7 @@ import pytest
 
 from seizure_mlflow.data.checks import check_coco
 from seizure_mlflow.data.folds import make_folds, pool_datasets
-from seizure_mlflow.data.sample import SampleSpec, sample_paths, write_sample_dataset
+from seizure_mlflow.sample.scenes import SampleSpec, sample_paths, write_sample_dataset
 from seizure_mlflow.errors import UserError
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from seizure_mlflow.data.checks import CocoSummary, check_coco, check_same_categories
-from seizure_mlflow.data.sample import DEFAULT_SAMPLE_DIR, sample_paths, write_sample_dataset
+from seizure_mlflow.sample.scenes import DEFAULT_SAMPLE_DIR, sample_paths, write_sample_dataset
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from seizure_mlflow.data.staging import check_replaceable, staged_folder
+from seizure_mlflow.outputs.staging import check_replaceable, staged_folder
 from seizure_mlflow.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -421,7 +421,7 @@ def write_sample_dataset(root: str | os.PathLike = DEFAULT_SAMPLE_DIR, spec: Sam
     """
     spec = spec or SampleSpec()
     root = Path(root)
-    manifest = {"generator": "seizure_mlflow.data.sample", "spec": asdict(spec)}
+    manifest = {"generator": "seizure_mlflow.sample.scenes", "spec": asdict(spec)}
     manifest["spec"]["ratios"] = list(spec.ratios)
     if not force and (root / MANIFEST).is_file():
         if json.loads((root / MANIFEST).read_text()) == manifest and all(Path(p).exists() for p, _ in sample_paths(root).values()):
@@ -615,7 +615,7 @@ def write_trace_sample(root: str | os.PathLike, spec: TraceSpec | None = None) -
         (tmp / "visits.json").write_text(json.dumps(visits, indent=2))
         if spec.camera:
             (tmp / TRACE_CAMERA).write_text(json.dumps(camera, indent=2))
-        (tmp / MANIFEST).write_text(json.dumps({"generator": "seizure_mlflow.data.sample.write_trace_sample",
+        (tmp / MANIFEST).write_text(json.dumps({"generator": "seizure_mlflow.sample.scenes.write_trace_sample",
                                                 "spec": asdict(spec)}, indent=2))
     return root
 

@@ -7,14 +7,12 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import tempfile
-import time
 from pathlib import Path
 from typing import IO, Callable, Iterator
 
-from seizure_mlflow.data.checks import is_inside
 from seizure_mlflow.errors import UserError
+from seizure_mlflow.user_files import is_inside
 
 
 OUTPUT_MARKER = ".seizure-mlflow-output"  # in every folder a command wrote: the command and its files
@@ -155,68 +153,3 @@ def check_output_file(path: str | os.PathLike, param: str) -> None:
     if target.is_dir():
         raise UserError(f"{target} is a folder; give a file name", param=param)
     _check_can_create_in(_nearest_existing(target.parent), target, param)
-
-
-LOCK_FILE = ".seizure-mlflow.lock"  # in a training's output folder while it trains: {"pid", "host", "started"}
-
-
-class OutputFolderLock:
-    """One training per output folder: a lock file naming the process and host, made with ``O_EXCL``.
-
-    A lock whose process is gone (same host, no such pid) is stale: it is taken over with a warning. A lock
-    held by a live process, or by another host (whose processes cannot be seen from here), is refused with a
-    message naming them. Used as a context manager; the lock file is removed on exit.
-    """
-
-    def __init__(self, folder: str | os.PathLike, param: str = "output_dir") -> None:
-        self.path = Path(folder) / LOCK_FILE
-        self._param = param
-        self._held = False
-
-    def __enter__(self) -> "OutputFolderLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        mine = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            except FileExistsError:
-                self._refuse_or_clear()
-                continue
-            with os.fdopen(fd, "w") as fh:
-                json.dump(mine, fh)
-            self._held = True
-            return self
-        raise UserError(f"{self.path.parent} is being locked by another training at this moment; try again",
-                        param=self._param)
-
-    def _refuse_or_clear(self) -> None:
-        import logging
-
-        try:
-            holder = json.loads(self.path.read_text())
-            pid, host = int(holder["pid"]), str(holder["host"])
-        except (OSError, ValueError, KeyError, TypeError):
-            holder, pid, host = {}, None, ""
-        if pid is not None and host == socket.gethostname() and not _process_alive(pid):
-            logging.getLogger(__name__).warning("%s: taking over a stale lock of process %d, which is gone",
-                                                self.path.parent, pid)
-            self.path.unlink(missing_ok=True)
-            return
-        who = f"process {pid} on {host}, started {holder.get('started', '?')}" if pid is not None else "an unreadable lock"
-        raise UserError(f"{self.path.parent} is in use by another training ({who}); wait for it, train into another "
-                        f"folder, or, if that training is gone, remove {self.path}", param=self._param)
-
-    def __exit__(self, *exc) -> None:
-        if self._held:
-            self.path.unlink(missing_ok=True)
-            self._held = False
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -1,0 +1,1 @@
+"""What commands write: output folders staged and replaced whole, the training folder and its lock."""
