@@ -31,6 +31,11 @@ CI_LOW, CI_HIGH = "AP_ci_low", "AP_ci_high"  # test/segm/AP_ci_low: the 95% inte
 
 DEFAULT_MONITOR = VAL + TOTAL_LOSS
 BEST_ITERATION = BEST + "iteration"
+STOPPED_AT = "stopped_at"  # iterations completed when a training run ended
+BEST_TRIAL = "best_trial"  # a sweep's parent: the number of its best trial
+CV = "cv/"  # a cross-validation's parent: cv/val/total_loss_mean, cv/folds_complete
+CV_FOLDS_COMPLETE = CV + "folds_complete"
+SZCORE = "szcore/"  # a trace's SzCORE event scores: szcore/sensitivity, szcore/f1, ...
 TRAIN_TOTAL_LOSS = TRAIN + TOTAL_LOSS
 VAL_FULL_TOTAL_LOSS = VAL_FULL + TOTAL_LOSS
 
@@ -50,6 +55,16 @@ test_metric.__test__ = False  # not a test (pytest collects test_* functions tha
 VAL_AP_METRICS = tuple(task_metric(VAL, t, s) for t in TASKS for s in VAL_AP_STATS)  # val/bbox/AP ... val/segm/AP50
 TEST_METRICS = tuple(test_metric(t, s) for t in TASKS for s in AP_STATS)  # test/bbox/AP ... test/segm/AP75
 DEFAULT_TEST_METRIC = test_metric("segm", "AP")
+
+
+def sweep_best(monitor_key: str) -> str:
+    """A sweep's parent: the best trial's value, ``best_val_total_loss``."""
+    return f"best_{monitor_key}"
+
+
+def cv_summary(metric: str, stat: str) -> str:
+    """A cross-validation's parent: ``cv/val/total_loss_mean`` (``stat``: mean, sd, ci_low, ci_high)."""
+    return f"{CV}{metric}_{stat}"
 
 
 def standard_error(metric: str) -> str:

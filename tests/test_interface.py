@@ -319,3 +319,47 @@ def test_promote_refuses_a_name_the_registry_would_refuse(capsys):
 
     assert main(["promote", "--model-name", "team/probe"]) == 2
     assert "--model-name: must be a registered model name" in capsys.readouterr().err
+
+
+OWNED_LITERALS = {
+    "outputs/training_folder.py": ("last_checkpoint", "model_best", "model_final", "stop.json", "validation_sample.json",
+                                   "metrics.json", "model_improvement_", "metrics_spool", "mlflow_run.json",
+                                   ".seizure-mlflow.lock"),
+    "metric_names.py": ("val/", "val_full/", "test/", "train/", "best/", "last_val/", "szcore/", "_se", "total_loss",
+                        "best_trial"),
+}
+
+
+def _owned_literals_outside_their_owner(root: Path) -> list[str]:
+    """String constants (not docstrings, not prose: no white space) that spell a training-folder file name or a
+    metric-name part, in any module but the one that owns it."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        relative = path.relative_to(root).as_posix()
+        tree = ast.parse(path.read_text())
+        docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                      if isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef))
+                      and node.body and isinstance(node.body[0], ast.Expr)
+                      and isinstance(node.body[0].value, ast.Constant)}
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.Constant) and isinstance(node.value, str)) or id(node) in docstrings:
+                continue
+            text = node.value
+            if not text or any(c.isspace() for c in text):
+                continue
+            for owner, literals in OWNED_LITERALS.items():
+                if relative != owner and any(text == lit or (lit.endswith(("/", "_")) and text.startswith(lit))
+                                             or (lit == "_se" and text.endswith(lit)) for lit in literals):
+                    found.append(f"{relative}:{node.lineno} {text!r} (owned by {owner})")
+    return found
+
+
+def test_training_folder_names_and_metric_names_live_in_one_module_each():
+    assert _owned_literals_outside_their_owner(PACKAGE) == []
+
+
+def test_the_owned_literal_check_finds_a_stray_name(tmp_path):
+    (tmp_path / "stray.py").write_text('"""Docstring: model_best.pth and val/total_loss are fine here."""\n'
+                                       'A = "val/segm/AP"\nB = "last_checkpoint"\nC = "a help text about val/x"\n')
+    assert [row.split(" (")[0] for row in _owned_literals_outside_their_owner(tmp_path)] == [
+        "stray.py:2 'val/segm/AP'", "stray.py:3 'last_checkpoint'"]

@@ -1,13 +1,5 @@
-"""What a training run does with its best checkpoint: the *finish* that :func:`~seizure_mlflow.commands.train.run_training`
-is given.
-
-A finish is an object with
-
-* ``tags``: tags the run starts with (a sweep trial names its parent run);
-* ``hooks``: ``None`` or a callable making extra trainer hooks (a sweep's pruner), run in one process;
-* ``started(run_id)``: told the run's id as soon as it exists;
-* ``__call__(run, stop, best) -> TrainResult``: called inside the run once training ended, with the
-  :class:`~seizure_mlflow.tracking.run_scope.TrainingRun`, ``(reason, stopped_at)`` and the best checkpoint.
+"""What a training run does with its best checkpoint: the :class:`Finish` that
+:func:`~seizure_mlflow.commands.train.run_training` is given.
 
 :class:`RegisterModel` is ``main``'s: log the best checkpoint as a model, register, tag and alias it (with
 ``log_checkpoints=improvements`` also each earlier improvement), then the optional validation images and the
@@ -22,6 +14,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Protocol
 
 import torch
 from mlflow import MlflowClient
@@ -41,6 +34,25 @@ from seizure_mlflow.outputs.training_folder import improvement_checkpoints
 logger = logging.getLogger(__name__)
 
 MONITOR_TAG = "monitor"  # a registered version's tag: the validation metric that chose its checkpoint
+
+
+class Finish(Protocol):
+    """What a training run does around and after training (``main``'s :class:`RegisterModel`; a sweep trial's or a
+    cross-validation fold's :class:`~seizure_mlflow.sweeps.trial.TrialFinish`).
+
+    * ``tags``: tags the run starts with (a sweep trial names its parent run);
+    * ``hooks``: ``None`` or a callable making extra trainer hooks (a sweep's pruner), run in one process;
+    * ``started(run_id)``: told the run's id as soon as it exists, before training;
+    * ``__call__(run, stop, best) -> TrainResult``: called inside the run once training ended, with the
+      :class:`~seizure_mlflow.tracking.run_scope.TrainingRun`, ``(reason, stopped_at)`` and the best checkpoint.
+    """
+
+    tags: dict[str, str]
+    hooks: Callable[[], list] | None
+
+    def started(self, run_id: str) -> None: ...
+
+    def __call__(self, run, stop: tuple[str, int], best: BestCheckpoint) -> "TrainResult": ...
 
 
 @dataclass(frozen=True)
@@ -87,7 +99,7 @@ class RegisterModel:
     (cross-validation's final model carries its cross-validated estimate)."""
 
     tags: dict[str, str] = field(default_factory=dict)
-    hooks: object = None
+    hooks: Callable[[], list] | None = None
     version_tags: dict[str, str] = field(default_factory=dict)
 
     def started(self, run_id: str) -> None:
@@ -97,7 +109,7 @@ class RegisterModel:
         params = run.plan.params
         if params.log_checkpoints == "improvements":
             log_improvements(run, best)
-        version = register(run, best, self.version_tags)
+        version = register_best(run, best, self.version_tags)
         run.record(best, model_id=logged_model_id(version), dataset=coco_dataset(run.plan.datasets.val, VALIDATION))
         alias = CHAMPION if CHAMPION in version.aliases else CHALLENGER
         detector = self._detector(run, best) if params.log_images or run.plan.test is not None else None
@@ -130,7 +142,7 @@ def log_improvements(run, best: BestCheckpoint) -> int:
     return logged
 
 
-def register(run, best: BestCheckpoint, extra_tags: dict[str, str] | None = None):
+def register_best(run, best: BestCheckpoint, extra_tags: dict[str, str] | None = None):
     """The best checkpoint as a logged model and a registered version, tagged and aliased; returns the version."""
     from seizure_mlflow.registry.register import register as register_model
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import mlflow
 
-from seizure_mlflow.commands.finish import RegisterModel, TrainResult
+from seizure_mlflow.commands.finish import Finish, RegisterModel, TrainResult
 from seizure_mlflow.config import TRAIN_DATASET, VAL_DATASET, TrainParams, build_config
 from seizure_mlflow.data.checks import CocoSummary, check_coco, check_same_categories
 from seizure_mlflow.sample.datasets import Datasets, check_datasets
@@ -53,7 +53,8 @@ class Plan:
     resume_run_id: str | None
 
 
-def run_training(params: TrainParams, sample_dir: str = DEFAULT_SAMPLE_DIR, finish=None) -> TrainResult | None:
+def run_training(params: TrainParams, sample_dir: str = DEFAULT_SAMPLE_DIR,
+                 finish: Finish | None = None) -> TrainResult | None:
     """Train one run and ``finish`` it (default: ``main``'s :class:`~seizure_mlflow.commands.finish.RegisterModel`).
     With ``params.resume``, continue the run whose checkpoints are in ``params.output_dir``, in the same MLflow
     run. Returns the result on global rank 0, None on the other processes of a job."""
@@ -61,7 +62,7 @@ def run_training(params: TrainParams, sample_dir: str = DEFAULT_SAMPLE_DIR, fini
                       follow=lambda job: follow_training(params, sample_dir, job))
 
 
-def lead_training(params: TrainParams, sample_dir: str, job: Job, finish) -> TrainResult:
+def lead_training(params: TrainParams, sample_dir: str, job: Job, finish: Finish) -> TrainResult:
     """Global rank 0: plan, open the run, train, record how it ended, finish."""
     plan = plan_with_the_job(params, sample_dir, job)
     with TrainingRun(plan, job, finish.tags) as run:

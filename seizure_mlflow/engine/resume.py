@@ -28,7 +28,7 @@ from detectron2.engine import HookBase, hooks
 
 from seizure_mlflow.engine.checkpoint import save_atomically
 from seizure_mlflow.monitor import Monitor
-from seizure_mlflow.outputs.training_folder import improvement_checkpoint_path
+from seizure_mlflow.outputs.training_folder import BEST_CHECKPOINT, improvement_checkpoint_path
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class ResumableBestCheckpointer(hooks.BestCheckpointer):
     every step of progress can be logged as a model of its own after training.
     """
 
-    def __init__(self, eval_period: int, checkpointer, monitor: Monitor | str, file_prefix: str = "model_best",
+    def __init__(self, eval_period: int, checkpointer, monitor: Monitor | str, file_prefix: str = BEST_CHECKPOINT,
                  keep_improvements: bool = False) -> None:
         monitor = Monitor(monitor) if isinstance(monitor, str) else monitor
         super().__init__(eval_period, checkpointer, monitor.metric, mode=monitor.mode, file_prefix=file_prefix)

@@ -108,7 +108,7 @@ def trace_video(path: str | Path, source: Callable, options: TraceOptions, keep_
 
 
 @dataclass
-class Measured:
+class MeasuredFrames:
     """The per-frame measurements of a run of analysed frames: a whole video, or a segment of it (see
     :func:`join_measured`)."""
 
@@ -133,7 +133,7 @@ def lead_in(options: TraceOptions, fps: float) -> int:
 
 
 def measure_frames(path: str | Path, source: Callable, options: TraceOptions, keep_masks: bool = False,
-                   first: int = 0, stop: int | None = None, progress: bool = True) -> Measured:
+                   first: int = 0, stop: int | None = None, progress: bool = True) -> MeasuredFrames:
     """Measure the analysed frames numbered ``first`` to ``stop - 1`` (to the video's end when ``stop`` is None).
 
     From a ``first`` above 0, the :func:`lead_in` frames before it are analysed too and dropped; the frames before
@@ -149,7 +149,7 @@ def measure_frames(path: str | Path, source: Callable, options: TraceOptions, ke
     analyser = FrameAnalyser(source, PatientTrack(min_score=options.min_score),
                              MotionMeter(options.method, options.cells, options.max_width, options.compensate_camera),
                              options.carry)
-    measured = Measured(first, [], {r: [] for r in REGIONS}, [] if keep_masks else None, 0.0, fps)
+    measured = MeasuredFrames(first, [], {r: [] for r in REGIONS}, [] if keep_masks else None, 0.0, fps)
     expected = int(declared * fps / source_fps) if declared else None
     if expected is not None:
         expected = (expected if stop is None else min(stop, expected)) - first
@@ -185,10 +185,10 @@ def measure_frames(path: str | Path, source: Callable, options: TraceOptions, ke
     return measured
 
 
-def join_measured(parts: list[Measured]) -> Measured:
+def join_measured(parts: list[MeasuredFrames]) -> MeasuredFrames:
     """Segments of one video, in order, as one: they must follow each other frame by frame."""
     parts = sorted(parts, key=lambda m: m.first)
-    joined = Measured(0, [], {r: [] for r in REGIONS}, [] if parts[0].rles is not None else None, 0.0, parts[0].fps)
+    joined = MeasuredFrames(0, [], {r: [] for r in REGIONS}, [] if parts[0].rles is not None else None, 0.0, parts[0].fps)
     for part in parts:
         if not part.rows:  # a segment past the end of a video that declared more frames than it has
             continue
@@ -204,7 +204,7 @@ def join_measured(parts: list[Measured]) -> Measured:
     return joined
 
 
-def finish_trace(path: str | Path, measured: Measured, options: TraceOptions, settings: RhythmSettings,
+def finish_trace(path: str | Path, measured: MeasuredFrames, options: TraceOptions, settings: RhythmSettings,
                  warning: str | None) -> TraceResult:
     """The whole video's measurements -> its rhythm windows and candidate intervals (one pass over all frames,
     however they were measured), after checking the video was long enough and the patient found often enough."""

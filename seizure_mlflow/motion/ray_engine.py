@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Iterator
 
 from seizure_mlflow.errors import UserError
-from seizure_mlflow.motion.pipeline import Measured, TraceOptions, join_measured
+from seizure_mlflow.motion.pipeline import MeasuredFrames, TraceOptions, join_measured
 
 logger = logging.getLogger(__name__)
 
@@ -84,8 +84,8 @@ def plan_segments(frames: list[int | None], segment_frames: list[int], every: in
 
 def measure_on_ray(paths: list[Path], sources: list, options: TraceOptions, frames: list[int | None],
                    segment_frames: list[int], address: str = "", workers: int = 0,
-                   keep_masks: bool = False) -> Iterator[Measured]:
-    """Every video's :class:`~.pipeline.Measured`, in the order of ``paths``, each yielded as soon as it and the
+                   keep_masks: bool = False) -> Iterator[MeasuredFrames]:
+    """Every video's :class:`~.pipeline.MeasuredFrames`, in the order of ``paths``, each yielded as soon as it and the
     videos before it are complete. ``address``: an existing cluster (``auto``, ``ray://HOST:10001``...); empty:
     a local one of ``workers`` CPUs (default: this machine's). ``workers``: actors (default: one per GPU of the
     cluster, else one per CPU)."""
@@ -151,7 +151,7 @@ def _worker_class(ray):
                         source.detector.to("cuda")
 
         def measure(self, path: str, video: int, first: int, stop: int | None, options: TraceOptions,
-                    keep_masks: bool) -> Measured:
+                    keep_masks: bool) -> MeasuredFrames:
             from seizure_mlflow.motion.pipeline import measure_frames
 
             return measure_frames(path, self.sources[video], options, keep_masks, first=first, stop=stop,

@@ -10,7 +10,8 @@ curve on one chart, and which videos each fold held out (counts and digests). ``
 ``register_final``: then the same worker trains once more on every video and registers that model, tagged with
 the cross-validated estimate.
 
-Order: :func:`plan_cv` (every check, before anything starts) -> :func:`work` (parent run, folds) -> :func:`finish`.
+Order: :func:`plan_cv` (every check, before anything starts) -> the parent run -> folds -> :func:`close_cv` (see
+:class:`CrossValidation` and :func:`~seizure_mlflow.sweeps.shared_study.work`).
 """
 
 from __future__ import annotations
@@ -18,8 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -36,10 +35,10 @@ from seizure_mlflow.data.folds import Folds, make_folds, pool_datasets, video_se
 from seizure_mlflow.engine.stopping import DIVERGED
 from seizure_mlflow.errors import UserError
 from seizure_mlflow.monitor import Monitor
-from seizure_mlflow.sweeps.shared_study import (fixed_validation_sample, Claim, SharedStudy, claim_once, close_lost_runs, elect_parent,
-                                                end_parent, progress, run_until_done)
+from seizure_mlflow.sweeps.shared_study import (Claim, SharedStudy, claim_once, close_lost_runs, end_parent,
+                                                fixed_validation_sample, progress, run_study_command)
 from seizure_mlflow.sweeps.storage import open_storage, redacted, storage_url
-from seizure_mlflow.metric_names import LAST_VAL, VAL, is_standard_error
+from seizure_mlflow.metric_names import CV_FOLDS_COMPLETE, LAST_VAL, VAL, cv_summary, is_standard_error
 
 logger = logging.getLogger(__name__)
 
@@ -95,21 +94,24 @@ def plan_cv(request: CvRequest) -> CvPlan:
     return CvPlan(request, name, url, folds, Monitor(base.cfg.VALIDATION.MONITOR))
 
 
-def load_study(plan: CvPlan):
-    import optuna
+class CrossValidation:
+    """``cv`` as a :class:`~seizure_mlflow.sweeps.shared_study.ChildRunStudy`: a unit is a fold."""
 
-    storage = open_storage(plan.storage_url, plan.request.heartbeat_s, plan.request.grace_s)
-    return optuna.create_study(study_name=plan.study_name, storage=storage, direction=plan.monitor.direction,
-                               sampler=optuna.samplers.RandomSampler(seed=0), pruner=optuna.pruners.NopPruner(),
-                               load_if_exists=True)
+    command, label = "cv", "cv"
 
+    @staticmethod
+    def load_study(plan: CvPlan):
+        import optuna
 
-def parent_run(study, plan: CvPlan) -> str:
-    """The study's parent run, with the folds' settings as params and their membership as an artifact. A worker
-    whose folds differ from the study's (other data, another ``fold_seed`` or patient map) is refused."""
-    request, folds = plan.request, plan.folds
+        storage = open_storage(plan.storage_url, plan.request.heartbeat_s, plan.request.grace_s)
+        return optuna.create_study(study_name=plan.study_name, storage=storage, direction=plan.monitor.direction,
+                                   sampler=optuna.samplers.RandomSampler(seed=0), pruner=optuna.pruners.NopPruner(),
+                                   load_if_exists=True)
 
-    def describe(run_id: str, client: MlflowClient) -> None:
+    @staticmethod
+    def describe_parent(study, plan: CvPlan, run_id: str, client: MlflowClient) -> None:
+        """The folds' settings as params and their membership as an artifact."""
+        request, folds = plan.request, plan.folds
         study.set_user_attr(MEMBERSHIP_ATTR, plan.membership_digest)
         client.set_tag(run_id, CV_TAG, plan.study_name)
         for key, value in {"study": plan.study_name, "storage": redacted(plan.storage_url).split("://")[0],
@@ -120,22 +122,18 @@ def parent_run(study, plan: CvPlan) -> str:
             client.log_param(run_id, f"cv.{key}", value)
         client.log_text(run_id, json.dumps(folds.membership, indent=2), MEMBERSHIP_JSON)
 
-    parent = elect_parent(study, plan.shared, f"cv {plan.study_name}", describe)
-    recorded = study.user_attrs.get(MEMBERSHIP_ATTR)
-    if recorded != plan.membership_digest:
-        raise UserError(f"study {plan.study_name} holds other folds than this worker's (fold digest {recorded} "
-                        f"there, {plan.membership_digest} here): give every worker the same data, --folds, "
-                        "--fold-seed and --patient-map, or use a new --study", param="study")
-    return parent
+    @staticmethod
+    def check_parent(study, plan: CvPlan) -> None:
+        """A worker whose folds differ from the study's (other data, another ``fold_seed`` or patient map) is
+        refused."""
+        recorded = study.user_attrs.get(MEMBERSHIP_ATTR)
+        if recorded != plan.membership_digest:
+            raise UserError(f"study {plan.study_name} holds other folds than this worker's (fold digest {recorded} "
+                            f"there, {plan.membership_digest} here): give every worker the same data, --folds, "
+                            "--fold-seed and --patient-map, or use a new --study", param="study")
 
-
-def work(plan: CvPlan) -> str:
-    """Run folds until every fold is done; then finish. Returns the parent run id."""
-    study = load_study(plan)
-    parent = parent_run(study, plan)
-    os.environ.pop("MLFLOW_RUN_ID", None)  # folds are runs of their own, children of the parent
-
-    def run_one(claim: Claim) -> None:
+    @staticmethod
+    def run_unit(study, plan: CvPlan, parent: str, claim: Claim) -> None:
         if not claim.retry:  # a retry waits in the study with its fold already
             study.enqueue_trial({"fold": claim.number})
         study.optimize(lambda trial: _objective(trial, plan, parent), n_trials=1, catch=(FloatingPointError,),
@@ -145,9 +143,9 @@ def work(plan: CvPlan) -> str:
         left = (total - done) * sum(walls) / len(walls) if walls else float("nan")
         logger.info("%d of %d folds done; about %.0f s of fold training left, all workers together", done, total, left)
 
-    run_until_done(study, plan.shared, run_one)
-    finish(study, plan, parent)
-    return parent
+    @staticmethod
+    def close(study, plan: CvPlan, parent: str) -> None:
+        close_cv(study, plan, parent)
 
 
 def _objective(trial, plan: CvPlan, parent: str) -> float:
@@ -241,11 +239,11 @@ def summarize(table: pd.DataFrame, confidence: float = CONFIDENCE) -> pd.DataFra
 
 def summary_metrics(summary: pd.DataFrame) -> dict[str, float]:
     """``cv/<metric>_mean``, ``_sd``, ``_ci_low``, ``_ci_high`` (e.g. ``cv/val/total_loss_mean``)."""
-    return {f"cv/{row.metric}_{stat}": float(getattr(row, stat)) for row in summary.itertuples(index=False)
+    return {cv_summary(row.metric, stat): float(getattr(row, stat)) for row in summary.itertuples(index=False)
             for stat in ("mean", "sd", "ci_low", "ci_high") if not math.isnan(getattr(row, stat))}
 
 
-def finish(study, plan: CvPlan, parent: str) -> None:
+def close_cv(study, plan: CvPlan, parent: str) -> None:
     """Once per study (the first worker to get here): the parent's table, summary, curves and metrics; with
     ``register_final`` the final model; the parent ended."""
     from seizure_mlflow.sweeps.report import log_tables, plot_run_curves
@@ -264,7 +262,7 @@ def finish(study, plan: CvPlan, parent: str) -> None:
                         f"{monitor.metric} of every fold, on its held-out videos")
 
     log_tables(parent, "cv", {Path(FOLDS_CSV).name: table, Path(SUMMARY_CSV).name: summary}, curves)
-    metrics = {**summary_metrics(summary), "cv/folds_complete": int((table["state"] == "COMPLETE").sum())}
+    metrics = {**summary_metrics(summary), CV_FOLDS_COMPLETE: int((table["state"] == "COMPLETE").sum())}
     now = int(time.time() * 1000)
     client.log_batch(parent, metrics=[Metric(key, value, now, 0) for key, value in metrics.items()])
     logger.info("Cross-validated %s over %d folds:\n%s", monitor.metric, len(plan.folds.parts),
@@ -314,12 +312,8 @@ def train_final(plan: CvPlan, parent: str, table: pd.DataFrame, summary: pd.Data
 def run_command(request: CvRequest) -> int:
     """``seizure-mlflow cv``: plan the folds, then work on them here or in ``--workers`` processes. Every fold is
     measured on all of its held-out videos."""
-    from seizure_mlflow.sweeps.shared_study import work_here_or_start_workers
-
     plan = plan_cv(request.replace(base=fixed_validation_sample(request.base)))
-    print(f"Study {plan.study_name}: {len(plan.folds.parts)} folds of {plan.folds.grouped_by}; other workers join "
-          f"with `seizure-mlflow cv --study {plan.study_name}`, the same options and the same storage", flush=True)
-    parent = work_here_or_start_workers("cv", plan, sys.modules[__name__])
+    parent = run_study_command(CrossValidation(), plan, f"{len(plan.folds.parts)} folds of {plan.folds.grouped_by}")
     if parent is None:
         return 1
     print(f"Cross-validation {plan.study_name} done: parent run {parent}")

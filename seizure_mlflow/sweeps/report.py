@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 
+from seizure_mlflow.metric_names import sweep_best  # noqa: E402
 from seizure_mlflow.monitor import Monitor  # noqa: E402
 
 TABLE_CSV = "sweep/trials.csv"
@@ -29,7 +30,7 @@ def trials_table(study, monitor: Monitor) -> pd.DataFrame:
     for t in study.get_trials(deepcopy=False):
         attrs = t.user_attrs
         rows.append({"trial": t.number, **{f"param:{k}": v for k, v in t.params.items()},
-                     "state": t.state.name, f"best_{monitor.key}": attrs.get("best_value"),
+                     "state": t.state.name, sweep_best(monitor.key): attrs.get("best_value"),
                      "best_iteration": attrs.get("best_iteration"),
                      "stop_reason": attrs.get("stop_reason", "lost" if t.state.name == "FAIL" else ""),
                      "stopped_at": attrs.get("stopped_at"), "wall_s": attrs.get("wall_s"), "run_id": attrs.get("run_id")})

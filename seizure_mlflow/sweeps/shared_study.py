@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Protocol
 
 from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
@@ -163,15 +163,66 @@ def fixed_validation_sample(base):
     return base.replace(val_max_images="0") if base.val_max_images == "auto" else base
 
 
-def work_here_or_start_workers(command: str, plan, study_module) -> str | None:
+class ChildRunStudy(Protocol):
+    """A study with one child run per unit of work: ``tune`` (a unit is a trial) and ``cv`` (a fold) differ only
+    here. ``plan`` is the command's plan: its ``request`` (a
+    :class:`~seizure_mlflow.commands.requests.SharedStudyOptions`), ``study_name``, ``storage_url`` and ``shared``.
+
+    :func:`work` calls, in order: ``load_study``; ``describe_parent`` (once, by the worker that makes the parent
+    run) and ``check_parent`` (by every worker); ``run_unit`` for each unit this worker claims; ``close`` when no
+    unit is left (every worker calls it: what must happen once, it claims with :func:`claim_once`)."""
+
+    command: str  # the subcommand: "tune", "cv"
+    label: str  # the parent run's name: "<label> <study name>"
+
+    def load_study(self, plan): ...
+
+    def describe_parent(self, study, plan, run_id: str, client: MlflowClient) -> None: ...
+
+    def check_parent(self, study, plan) -> None: ...
+
+    def run_unit(self, study, plan, parent: str, claim: Claim) -> None: ...
+
+    def close(self, study, plan, parent: str) -> None: ...
+
+
+def parent_run(kind: ChildRunStudy, study, plan) -> str:
+    """The study's parent run (:func:`elect_parent`), described by whoever makes it and checked by every worker."""
+    parent = elect_parent(study, plan.shared, f"{kind.label} {plan.study_name}",
+                          lambda run_id, client: kind.describe_parent(study, plan, run_id, client))
+    kind.check_parent(study, plan)
+    return parent
+
+
+def work(kind: ChildRunStudy, plan) -> str:
+    """This worker's part of the study: units until none is left, then ``close``. Returns the parent run id.
+    The child runs are runs of their own, so the ``mlflow run`` wrapper's run id is dropped from the environment
+    (it names the parent, when ``mlflow run`` made it)."""
+    study = kind.load_study(plan)
+    parent = parent_run(kind, study, plan)
+    os.environ.pop("MLFLOW_RUN_ID", None)
+    run_until_done(study, plan.shared, lambda claim: kind.run_unit(study, plan, parent, claim))
+    kind.close(study, plan, parent)
+    return parent
+
+
+def run_study_command(kind: ChildRunStudy, plan, announce: str) -> str | None:
+    """``tune``/``cv`` after planning: say how other workers join (``announce``), then work here or start
+    ``--workers`` processes (:func:`work_here_or_start_workers`)."""
+    print(f"Study {plan.study_name}: {announce}; other workers join with `seizure-mlflow {kind.command} --study "
+          f"{plan.study_name}`, the same options and the same storage", flush=True)
+    return work_here_or_start_workers(kind, plan)
+
+
+def work_here_or_start_workers(kind: ChildRunStudy, plan) -> str | None:
     """With one worker, work in this process; else make the parent run and start ``--workers`` processes of the
     same study (:func:`start_workers`). Returns the parent run id, None when a worker failed."""
     import logging
 
     if plan.request.workers == 1:
-        return study_module.work(plan)
-    parent = study_module.parent_run(study_module.load_study(plan), plan)
-    codes = start_workers(command, plan)
+        return work(kind, plan)
+    parent = parent_run(kind, kind.load_study(plan), plan)
+    codes = start_workers(kind.command, plan)
     if any(codes):
         logging.getLogger(__name__).error("%d of %d workers failed", sum(1 for c in codes if c), len(codes))
         return None

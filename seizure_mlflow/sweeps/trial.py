@@ -1,7 +1,7 @@
 """The finish of a child run of a shared study (see :mod:`seizure_mlflow.commands.finish`): a sweep's trial or a
 cross-validation fold. The run is a child of the study's parent run; a trial's pruner hook reports each
 validation to the study, and its best checkpoint is logged as a model (unless the trial was pruned) but not
-registered: only the sweep's best trial is (:func:`seizure_mlflow.sweeps.tune.finish`)."""
+registered: only the sweep's best trial is (:func:`seizure_mlflow.sweeps.tune.close_sweep`)."""
 
 from __future__ import annotations
 

@@ -1,23 +1,22 @@
 """A sweep: trials of ``main``'s training as child runs of one parent run, in an Optuna study.
 
-Any number of workers, on any machines, run :func:`work` against the same storage and study name: each
+Any number of workers, on any machines, work on it (:class:`Sweep`, a
+:class:`~seizure_mlflow.sweeps.shared_study.ChildRunStudy`) against the same storage and study name: each
 asks the study for the next trial (a retried one first), trains it through the same
 :func:`~seizure_mlflow.commands.train.run_training` path as ``main`` as a child run of the study's parent run,
 reports the ``monitor`` metric (``val/total_loss`` unless set; see :class:`~seizure_mlflow.monitor.Monitor`)
 at every validation to the pruner, and tells the study its best value (or PRUNED, or FAIL when the loss diverged);
 the study minimises a loss and maximises an AP. A worker stops when the study holds ``trials`` finished
-trials; it then :func:`finish`es the sweep: the comparison table and plots on the parent run, and the best
+trials; it then closes the sweep (:func:`close_sweep`): the comparison table and plots on the parent run, and the best
 trial's checkpoint registered (once per sweep) with ``challenger``/``champion`` as in ``main``.
 
-Order of a sweep: :func:`plan_sweep` (every check, before anything starts) -> :func:`parent_run` (made once
-per study, its id kept in the study) -> :func:`work` -> :func:`finish`.
+Order of a sweep: :func:`plan_sweep` (every check, before anything starts) -> the parent run (made once per study,
+its id kept in the study) -> trials -> :func:`close_sweep` (see :func:`~seizure_mlflow.sweeps.shared_study.work`).
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -27,11 +26,12 @@ from mlflow import MlflowClient
 from mlflow.entities import Param
 
 from seizure_mlflow.commands.requests import SweepRequest
+from seizure_mlflow.metric_names import BEST_TRIAL, sweep_best
 from seizure_mlflow.monitor import Monitor
 from seizure_mlflow.engine.stopping import DIVERGED, PRUNED
 from seizure_mlflow.errors import UserError
-from seizure_mlflow.sweeps.shared_study import (fixed_validation_sample, SharedStudy, close_lost_runs, elect_parent, end_parent,
-                                                run_until_done)
+from seizure_mlflow.sweeps.shared_study import (SharedStudy, close_lost_runs, end_parent, fixed_validation_sample,
+                                                run_study_command)
 from seizure_mlflow.sweeps.space import Dimension, apply, check_every_edge, read_space
 from seizure_mlflow.sweeps.storage import open_storage, redacted, storage_url
 
@@ -77,50 +77,54 @@ def plan_sweep(request: SweepRequest) -> SweepPlan:
     return SweepPlan(request, name, dimensions, url, Monitor(base.cfg.VALIDATION.MONITOR))
 
 
-def load_study(plan: SweepPlan):
-    import optuna
+class Sweep:
+    """``tune`` as a :class:`~seizure_mlflow.sweeps.shared_study.ChildRunStudy`: a unit is a trial."""
 
-    request = plan.request
-    if request.sampler == "grid":
-        sampler = optuna.samplers.GridSampler({d.name: d.grid() for d in plan.dimensions}, seed=request.sampler_seed)
-    elif request.sampler == "random":
-        sampler = optuna.samplers.RandomSampler(seed=request.sampler_seed)
-    else:
-        sampler = optuna.samplers.TPESampler(seed=request.sampler_seed, n_startup_trials=min(5, request.trials))
-    eval_period = request.base.eval_period
-    pruner = {"none": optuna.pruners.NopPruner(),
-              "median": optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=eval_period),
-              "hyperband": optuna.pruners.HyperbandPruner(min_resource=eval_period, max_resource=request.base.max_iter)
-              }[request.pruner]
-    storage = open_storage(plan.storage_url, request.heartbeat_s, request.grace_s)
-    return optuna.create_study(study_name=plan.study_name, storage=storage, sampler=sampler, pruner=pruner,
-                               direction=plan.monitor.direction, load_if_exists=True)
+    command, label = "tune", "sweep"
 
+    @staticmethod
+    def load_study(plan: SweepPlan):
+        import optuna
 
-def parent_run(study, plan: SweepPlan) -> str:
-    """The study's parent run (see :func:`~seizure_mlflow.sweeps.shared_study.elect_parent`), with the sweep's
-    settings as params and its space as an artifact."""
-    def describe(run_id: str, client: MlflowClient) -> None:
+        request = plan.request
+        if request.sampler == "grid":
+            sampler = optuna.samplers.GridSampler({d.name: d.grid() for d in plan.dimensions}, seed=request.sampler_seed)
+        elif request.sampler == "random":
+            sampler = optuna.samplers.RandomSampler(seed=request.sampler_seed)
+        else:
+            sampler = optuna.samplers.TPESampler(seed=request.sampler_seed, n_startup_trials=min(5, request.trials))
+        eval_period = request.base.eval_period
+        pruner = {"none": optuna.pruners.NopPruner(),
+                  "median": optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=eval_period),
+                  "hyperband": optuna.pruners.HyperbandPruner(min_resource=eval_period,
+                                                              max_resource=request.base.max_iter)}[request.pruner]
+        storage = open_storage(plan.storage_url, request.heartbeat_s, request.grace_s)
+        return optuna.create_study(study_name=plan.study_name, storage=storage, sampler=sampler, pruner=pruner,
+                                   direction=plan.monitor.direction, load_if_exists=True)
+
+    @staticmethod
+    def describe_parent(study, plan: SweepPlan, run_id: str, client: MlflowClient) -> None:
+        """The sweep's settings as params and its space as an artifact."""
         request = plan.request
         client.set_tag(run_id, SWEEP_TAG, plan.study_name)
         for key, value in {"study": plan.study_name, "storage": redacted(plan.storage_url).split("://")[0],
                            "sampler": request.sampler, "pruner": request.pruner, "trials": request.trials,
                            "space": ", ".join(d.name for d in plan.dimensions)}.items():
             client.log_param(run_id, f"sweep.{key}", value)
-        client.log_text(run_id, Path(request.space).read_text(), "sweep/space.yaml")
+        client.log_text(run_id, Path(request.space_file).read_text(), "sweep/space.yaml")
 
-    return elect_parent(study, plan.shared, f"sweep {plan.study_name}", describe)
+    @staticmethod
+    def check_parent(study, plan: SweepPlan) -> None:
+        return None
 
+    @staticmethod
+    def run_unit(study, plan: SweepPlan, parent: str, claim) -> None:
+        study.optimize(lambda trial: _objective(trial, plan, parent), n_trials=1, catch=(FloatingPointError,),
+                       gc_after_trial=True)
 
-def work(plan: SweepPlan) -> str:
-    """Run trials until the study has ``trials`` finished ones; then finish the sweep. Returns the parent run id."""
-    study = load_study(plan)
-    parent = parent_run(study, plan)
-    os.environ.pop("MLFLOW_RUN_ID", None)  # trials are runs of their own, children of the parent
-    run_until_done(study, plan.shared, lambda claim: study.optimize(
-        lambda trial: _objective(trial, plan, parent), n_trials=1, catch=(FloatingPointError,), gc_after_trial=True))
-    finish(study, plan, parent)
-    return parent
+    @staticmethod
+    def close(study, plan: SweepPlan, parent: str) -> None:
+        close_sweep(study, plan, parent)
 
 
 def _objective(trial, plan: SweepPlan, parent: str) -> float:
@@ -162,7 +166,7 @@ def _started(trial, run_id: str, values: dict, dimensions: list[Dimension]) -> N
                                              if not d.is_config_key])
 
 
-def finish(study, plan: SweepPlan, parent: str) -> None:
+def close_sweep(study, plan: SweepPlan, parent: str) -> None:
     """The parent run's table, plots and best params; the best trial registered (once); runs of trials
     lost with a killed worker marked KILLED; the parent ended when this command made it."""
     from optuna.trial import TrialState
@@ -177,8 +181,8 @@ def finish(study, plan: SweepPlan, parent: str) -> None:
     if complete:
         monitor = plan.monitor
         best = (max if monitor.higher_is_better else min)(complete, key=lambda t: t.value)
-        client.log_metric(parent, f"best_{monitor.key}", best.value)
-        client.log_metric(parent, "best_trial", best.number)
+        client.log_metric(parent, sweep_best(monitor.key), best.value)
+        client.log_metric(parent, BEST_TRIAL, best.number)
         for name, value in best.params.items():
             client.log_param(parent, f"best.{name}", value)
         _register_best(client, study, plan, best, parent)
@@ -206,12 +210,8 @@ def _register_best(client: MlflowClient, study, plan: SweepPlan, best, parent: s
 
 def run_command(request: SweepRequest) -> int:
     """``seizure-mlflow tune``: plan the sweep, then work on it here or in ``--workers`` processes."""
-    from seizure_mlflow.sweeps.shared_study import work_here_or_start_workers
-
     plan = plan_sweep(request.replace(base=fixed_validation_sample(request.base)))
-    print(f"Study {plan.study_name}: {request.trials} trials; other workers join with "
-          f"`seizure-mlflow tune --study {plan.study_name}` and the same storage", flush=True)
-    parent = work_here_or_start_workers("tune", plan, sys.modules[__name__])
+    parent = run_study_command(Sweep(), plan, f"{request.trials} trials")
     if parent is None:
         return 1
     print(f"Sweep {plan.study_name} done: parent run {parent}")

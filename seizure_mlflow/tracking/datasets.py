@@ -16,6 +16,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from seizure_mlflow.data.checks import CocoSummary, check_coco
+from seizure_mlflow.outputs.training_folder import VALIDATION_SAMPLE_FILE
 
 TRAINING, VALIDATION, VALIDATION_SAMPLE, TESTING = "training", "validation", "validation_sample", "testing"
 _SOURCE = CodeDatasetSource({"producer": "seizure-mlflow", "format": "COCO instances"})
@@ -80,7 +81,7 @@ def log_prepared(result) -> None:
 
 
 SAMPLE_PARAM = "val_sample_size"
-SAMPLE_ARTIFACT = "validation_sample.json"
+SAMPLE_ARTIFACT = VALIDATION_SAMPLE_FILE  # the artifact keeps the training folder file's name
 
 
 def log_validation_sample(run_id: str, record_path: str, val: CocoSummary, client: MlflowClient | None = None) -> None:

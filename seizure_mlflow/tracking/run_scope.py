@@ -25,12 +25,11 @@ from seizure_mlflow.outputs.training_folder import (VALIDATION_SAMPLE_FILE, Outp
 from seizure_mlflow.tracking.datasets import TESTING, TRAINING, VALIDATION, log_datasets, log_validation_sample
 from seizure_mlflow.tracking.describe import run_name
 from seizure_mlflow.tracking.run import active_run, log_config, log_losses
-from seizure_mlflow.metric_names import BEST_ITERATION as BEST_ITER_METRIC
+from seizure_mlflow.metric_names import BEST_ITERATION as BEST_ITER_METRIC, STOPPED_AT as STOPPED_AT_METRIC
 
 logger = logging.getLogger(__name__)
 
 STOP_REASON_TAG = "seizure.stop_reason"
-STOPPED_AT_METRIC = "stopped_at"
 MONITOR_RUN_TAG = "seizure.monitor"  # the validation metric the run chose its best checkpoint by
 CONTINUES_TAG = "seizure.continues_run"
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import mlflow
 
+from seizure_mlflow.metric_names import SZCORE
 from seizure_mlflow.motion.outputs import EVENTS_JSON, THRESHOLD_CSV, THRESHOLD_PNG, TRACE_CSV, TRACE_PNG
 
 PARAM_PREFIX = "trace."
@@ -67,7 +68,7 @@ def overall(summary: dict) -> dict[str, float]:
             metrics["sensitivity"] = scores["sensitivity"]
         if scores["mean_latency_s"] is not None:
             metrics["mean_latency_s"] = scores["mean_latency_s"]
-        metrics.update({f"szcore/{k}": v for k, v in summary["szcore"].items()
+        metrics.update({SZCORE + k: v for k, v in summary["szcore"].items()
                         if k in ("sensitivity", "precision", "f1", "fp_per_24h")})
         thresholds = summary["thresholds"]
         for name, value in (("chosen_threshold", thresholds["chosen"]["threshold"]),
