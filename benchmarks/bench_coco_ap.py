@@ -46,7 +46,7 @@ def synthetic(images: int, seed: int = 0, per_video: int = 40) -> tuple[dict, li
 
 
 def with_pycocotools(gt: dict, detections: list[dict]) -> tuple[dict, dict]:
-    from seizure_mlflow.coco_ap import ImageMatches, detections_coco, quiet_coco
+    from seizure_mlflow.evaluation.coco_ap import ImageMatches, detections_coco, quiet_coco
 
     seconds, values = {}, {}
     started = time.perf_counter()
@@ -85,7 +85,7 @@ def with_faster_coco_eval(gt: dict, detections: list[dict]) -> tuple[dict, dict]
 
 
 def bootstrap_rows(images: int, videos: int) -> list[dict]:
-    from seizure_mlflow.coco_ap import ImageMatches, VideoMatches, detections_coco, quiet_coco
+    from seizure_mlflow.evaluation.coco_ap import ImageMatches, VideoMatches, detections_coco, quiet_coco
 
     gt, first = synthetic(images, seed=1, per_video=images // videos)
     rng = random.Random(2)

@@ -43,7 +43,7 @@ def per_video_ap(predictions: list[dict], test_json: str) -> dict[str, float]:
     """Mask AP of each test video, from one per-image evaluation."""
     import json
 
-    from seizure_mlflow.coco_ap import ImageMatches, detections_coco, quiet_coco
+    from seizure_mlflow.evaluation.coco_ap import ImageMatches, detections_coco, quiet_coco
     from seizure_mlflow.data.val_sample import video_groups
 
     dataset = json.loads(Path(test_json).read_text())
@@ -59,7 +59,7 @@ def evaluate_checkpoint(cfg, weights_path: Path, categories, test, out: Path) ->
 
     import torch
 
-    from seizure_mlflow.evaluation import evaluate_detector
+    from seizure_mlflow.evaluation.detector import evaluate_detector
     from seizure_mlflow.inference.predictor import Detector
 
     detector = Detector(cfg, torch.load(weights_path, weights_only=True), categories)

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 
-from seizure_mlflow.metric_names import DEFAULT_MONITOR
-from seizure_mlflow.monitor import MONITOR_CHOICES, is_monitor_name
+from seizure_mlflow.metrics.names import DEFAULT_MONITOR
+from seizure_mlflow.metrics.monitor import MONITOR_CHOICES, is_monitor_name
 from seizure_mlflow.errors import ConfigError
 from seizure_mlflow.options import (BOOL, FRACTION, NON_NEGATIVE_INT, NON_NEGATIVE_NUMBER, POSITIVE_INT,  # noqa: F401
                                     POSITIVE_NUMBER, SEED, Rule, default_of, is_int, is_number,

@@ -109,7 +109,7 @@ def test_evaluate_gives_ap_per_test_video_and_an_interval_over_videos(registry, 
     # stands for (a video drawn twice: its frames twice), accumulated by COCOeval.
     import numpy as np
 
-    from seizure_mlflow.coco_ap import ImageMatches, VideoMatches, detections_coco, quiet_coco
+    from seizure_mlflow.evaluation.coco_ap import ImageMatches, VideoMatches, detections_coco, quiet_coco
 
     predictions = json.loads(Path(client.download_artifacts(run.info.run_id, "predictions.json")).read_text())
     gt = quiet_coco(json.loads(Path(test_json).read_text()))
@@ -422,7 +422,7 @@ def test_rotated_and_16_bit_frames_give_the_results_of_their_upright_8_bit_copie
     turned frame's size, and trained on 16-bit grey as white)."""
     from PIL import ImageOps
 
-    from seizure_mlflow.evaluation import evaluate_detector
+    from seizure_mlflow.evaluation.detector import evaluate_detector
     from seizure_mlflow.registry.uris import detector_from_uri
 
     sets = {kind: _frames_as(tiny_data, tmp_path, kind) for kind in ("grey8", "grey16", "turned")}

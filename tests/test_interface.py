@@ -98,7 +98,7 @@ def test_cycle_finder_finds_a_cycle():
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
 
 
-@pytest.mark.parametrize("root", ["seizure_mlflow.evaluation", "seizure_mlflow.motion.pipeline",
+@pytest.mark.parametrize("root", ["seizure_mlflow.evaluation.detector", "seizure_mlflow.motion.pipeline",
                                   "seizure_mlflow.motion.outputs"])
 def test_coco_evaluation_and_the_motion_trace_import_no_mlflow(root):
     graph = _module_graph()
@@ -325,7 +325,7 @@ OWNED_LITERALS = {
     "outputs/training_folder.py": ("last_checkpoint", "model_best", "model_final", "stop.json", "validation_sample.json",
                                    "metrics.json", "model_improvement_", "metrics_spool", "mlflow_run.json",
                                    ".seizure-mlflow.lock"),
-    "metric_names.py": ("val/", "val_full/", "test/", "train/", "best/", "last_val/", "szcore/", "_se", "total_loss",
+    "metrics/names.py": ("val/", "val_full/", "test/", "train/", "best/", "last_val/", "szcore/", "_se", "total_loss",
                         "best_trial"),
 }
 

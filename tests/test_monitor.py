@@ -3,7 +3,7 @@ tags, and ranks a sweep's trials; validation AP is Detectron2's COCOEvaluator's 
 
 The tiny model's mask AP stays 0 over the few iterations a test can afford, while its box AP rises and falls: the
 runs that must tell checkpoints apart monitor `val/bbox/AP`, which goes through the same code as `val/segm/AP`
-(one :class:`~seizure_mlflow.monitor.Monitor` for every AP)."""
+(one :class:`~seizure_mlflow.metrics.monitor.Monitor` for every AP)."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def test_monitor_ap_logs_ap_at_every_validation_and_registers_the_highest(tiny_d
     # The AP of the final weights on the validation set is Detectron2's COCOEvaluator's (through `evaluate`).
     from seizure_mlflow.config import build_config
     from seizure_mlflow.data.checks import check_coco
-    from seizure_mlflow.evaluation import evaluate_detector
+    from seizure_mlflow.evaluation.detector import evaluate_detector
     from seizure_mlflow.inference.predictor import Detector
 
     val = check_coco(*tiny_data["val"])

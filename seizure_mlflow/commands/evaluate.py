@@ -10,7 +10,7 @@ EVALUATION_TAGS = {"seizure.evaluation": "true"}
 
 def run_evaluate(request: EvaluateRequest) -> int:
     from seizure_mlflow.sample.datasets import check_test_set
-    from seizure_mlflow.evaluation import summary_line
+    from seizure_mlflow.evaluation.detector import summary_line
     from seizure_mlflow.registry.evaluate import evaluate_and_record
     from seizure_mlflow.registry.uris import detector_from_uri, registered_version
     from seizure_mlflow.tracking.run import active_run

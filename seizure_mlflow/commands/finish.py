@@ -22,13 +22,13 @@ from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 
 from seizure_mlflow.data.checks import CocoSummary
 from seizure_mlflow.engine.checkpoint import BestCheckpoint
-from seizure_mlflow.monitor import Monitor
+from seizure_mlflow.metrics.monitor import Monitor
 from seizure_mlflow.engine.stopping import MAX_ITER
 from seizure_mlflow.registry.register import CHALLENGER, CHAMPION
 from seizure_mlflow.registry.uris import logged_model_id
 from seizure_mlflow.tracking.datasets import VALIDATION, coco_dataset
 from seizure_mlflow.tracking.describe import MODEL_CARD, Outcome, model_card, result_paragraph
-from seizure_mlflow.metric_names import DEFAULT_MONITOR
+from seizure_mlflow.metrics.names import DEFAULT_MONITOR
 from seizure_mlflow.outputs.training_folder import improvement_checkpoints
 
 logger = logging.getLogger(__name__)
@@ -181,7 +181,7 @@ def describe(run, best: BestCheckpoint, version, alias: str, test_metrics: dict[
 def evaluate_and_promote(detector, test: CocoSummary, run_id: str, model_name: str, version) -> tuple[str, dict]:
     """Test AP of the best checkpoint on the training run, its logged model and its version; then
     champion/challenger promotion. Returns the alias the new version holds afterwards, and the test metrics."""
-    from seizure_mlflow.evaluation import summary_line
+    from seizure_mlflow.evaluation.detector import summary_line
     from seizure_mlflow.registry.evaluate import evaluate_and_record
     from seizure_mlflow.registry.promote import promote
 

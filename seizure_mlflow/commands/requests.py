@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from seizure_mlflow.config import BUNDLED_CONFIG_DIR, DEFAULT_MODEL_NAME, MODEL_NAME, TrainParams
 from seizure_mlflow.errors import UserError
-from seizure_mlflow.metric_names import DEFAULT_TEST_METRIC, TEST_METRICS
+from seizure_mlflow.metrics.names import DEFAULT_TEST_METRIC, TEST_METRICS
 from seizure_mlflow.motion.carry import DEFAULT_DETECT_EVERY
 from seizure_mlflow.sample.scenes import DEFAULT_SAMPLE_DIR
 from seizure_mlflow.options import (NON_NEGATIVE_INT, NON_NEGATIVE_NUMBER, POSITIVE_INT, POSITIVE_NUMBER, SCORE,
@@ -205,7 +205,7 @@ class PredictRequest(Request):
     model_uri: str = option("", "models:/NAME@ALIAS, models:/NAME/VERSION or runs:/ID/model", required=True)
     input: str = option("", "an image, a folder of PNG/JPEG images, or a video file", required=True)
     output: str = option("", "results JSON to write", required=True)
-    batch_size: int = option(8, "images per forward pass (default 8)", rule=at_least(1), mlproject=False)
+    batch_size: int = option(8, "images per forward pass (default 8)", rule=at_least(1))
     overlay: str = option("", "with a video input: also write this video with detections drawn")
     force: bool = option(False, "replace an existing --output (or --overlay) file", mlproject=False)
     accept_short_video: bool = option(False, SHORT_VIDEO_HELP, mlproject=False)

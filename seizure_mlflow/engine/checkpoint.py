@@ -24,7 +24,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 
 from seizure_mlflow.outputs.staging import write_atomically
 from seizure_mlflow.errors import UserError
-from seizure_mlflow.metric_names import DEFAULT_MONITOR
+from seizure_mlflow.metrics.names import DEFAULT_MONITOR
 from seizure_mlflow.outputs.training_folder import LAST_CHECKPOINT, path_in
 
 logger = logging.getLogger(__name__)

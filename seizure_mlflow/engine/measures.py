@@ -54,7 +54,7 @@ from detectron2.utils.events import EventStorage
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from seizure_mlflow.metric_names import TASKS, TOTAL_LOSS, VAL_AP_STATS
+from seizure_mlflow.metrics.names import TASKS, TOTAL_LOSS, VAL_AP_STATS
 
 
 AP_KEYS = VAL_AP_STATS
@@ -210,7 +210,7 @@ class APMeasure:
     name = "ap"
 
     def __init__(self, gt_dataset: dict, every: int = 1) -> None:
-        from seizure_mlflow.coco_ap import quiet_coco
+        from seizure_mlflow.evaluation.coco_ap import quiet_coco
 
         self.every = every
         self.keys = tuple(f"{task}/{key}" for task in ("bbox", "segm") for key in AP_KEYS)
@@ -219,7 +219,7 @@ class APMeasure:
 
     def __call__(self, model: nn.Module, batches: Iterable, seed: int = 0,
                  groups: Mapping[int, int] | None = None) -> Measured:
-        from seizure_mlflow.coco_ap import ImageMatches, detections_coco
+        from seizure_mlflow.evaluation.coco_ap import ImageMatches, detections_coco
 
         detections, image_ids = self.detect(model, batches)
         gathered = comm.all_gather((detections, image_ids))

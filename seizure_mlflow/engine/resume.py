@@ -27,7 +27,7 @@ import torch
 from detectron2.engine import HookBase, hooks
 
 from seizure_mlflow.engine.checkpoint import save_atomically
-from seizure_mlflow.monitor import Monitor
+from seizure_mlflow.metrics.monitor import Monitor
 from seizure_mlflow.outputs.training_folder import BEST_CHECKPOINT, improvement_checkpoint_path
 
 logger = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ class RandomState(HookBase):
 
 
 class ResumableBestCheckpointer(hooks.BestCheckpointer):
-    """Detectron2's ``BestCheckpointer`` on a :class:`~seizure_mlflow.monitor.Monitor`, with its best value
+    """Detectron2's ``BestCheckpointer`` on a :class:`~seizure_mlflow.metrics.monitor.Monitor`, with its best value
     and iteration in the trainer's checkpoint.
 
     The best checkpoint itself holds ``iteration`` (the iteration its metric was computed at), ``best_metric``

@@ -1,7 +1,7 @@
 """Early stopping on the monitored validation metric.
 
 :class:`EarlyStopping` counts validation periods without an improvement of the run's ``monitor`` (see
-:class:`~seizure_mlflow.monitor.Monitor`: ``val/total_loss`` down, a validation AP up) by at least
+:class:`~seizure_mlflow.metrics.monitor.Monitor`: ``val/total_loss`` down, a validation AP up) by at least
 ``min_delta``; when the count reaches ``patience`` it ends training after that iteration, by raising
 :class:`StopTraining`, which :class:`~seizure_mlflow.engine.trainer.Trainer` catches. The count and the
 best value are part of the trainer's checkpoint, so they survive a resume. With several processes every
@@ -14,7 +14,7 @@ import logging
 
 from detectron2.engine import HookBase
 
-from seizure_mlflow.monitor import Monitor
+from seizure_mlflow.metrics.monitor import Monitor
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@
 * ``build_hooks``: timer, LR schedule, RNG state, validation (the measures of ``build_measures``), best
   checkpoint, early stopping (with ``EARLY_STOPPING.PATIENCE`` > 0), extra hooks (a sweep's pruner), writers,
   periodic checkpoints, stop-on-signal, in that order (each hook's docstring says what it needs before it); the
-  best checkpoint, early stopping and the pruner all follow one :class:`~seizure_mlflow.monitor.Monitor`
+  best checkpoint, early stopping and the pruner all follow one :class:`~seizure_mlflow.metrics.monitor.Monitor`
   (``VALIDATION.MONITOR``);
 * ``build_train_loader`` / ``resume_or_load``: a seeded sampler that a resume fast-forwards (see ``resume.py``);
 * ``build_writers``: console (with ETA), JSON lines in ``OUTPUT_DIR/metrics.json``, and any extra writers
@@ -40,7 +40,7 @@ from seizure_mlflow.engine.checkpoint import SafeCheckpointer, check_free_space,
 from seizure_mlflow.engine.resume import RandomState, ResumableBestCheckpointer, SkipSampler, StopOnSignal
 from seizure_mlflow.engine.stopping import EarlyStopping, StopsEarly
 from seizure_mlflow.engine.measures import APMeasure, LossMeasure
-from seizure_mlflow.monitor import Monitor
+from seizure_mlflow.metrics.monitor import Monitor
 from seizure_mlflow.engine.validation import AUTO, CachedBatches, Validation, build_validation_loader
 from seizure_mlflow.outputs.training_folder import BEST_CHECKPOINT, METRICS_JSON, VALIDATION_SAMPLE_FILE, path_in
 

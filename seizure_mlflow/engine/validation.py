@@ -24,8 +24,8 @@ from detectron2.utils import comm
 from seizure_mlflow.data.mapper import FrameMapper
 from seizure_mlflow.data.val_sample import pilot_size, replicate_groups, select_validation_sample, video_groups
 from seizure_mlflow.engine.measures import LossMeasure
-from seizure_mlflow.monitor import Monitor
-from seizure_mlflow.metric_names import SE_SUFFIX, VAL as VAL_PREFIX, VAL_FULL as VAL_FULL_PREFIX
+from seizure_mlflow.metrics.monitor import Monitor
+from seizure_mlflow.metrics.names import SE_SUFFIX, VAL as VAL_PREFIX, VAL_FULL as VAL_FULL_PREFIX
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ import tempfile
 from mlflow import MlflowClient
 
 from seizure_mlflow.data.checks import CocoSummary
-from seizure_mlflow.evaluation import EvaluationResult, evaluate_detector
+from seizure_mlflow.evaluation.detector import EvaluationResult, evaluate_detector
 from seizure_mlflow.registry.register import tag_evaluation
 from seizure_mlflow.registry.uris import logged_model_id
 from seizure_mlflow.tracking.datasets import TESTING, coco_dataset

@@ -33,8 +33,8 @@ from mlflow.entities import Metric
 
 from seizure_mlflow.data.checks import CocoSummary
 from seizure_mlflow.errors import UserError
-from seizure_mlflow.evaluation import BOOTSTRAP_SEED, PREDICTIONS, RESAMPLES, video_matches
-from seizure_mlflow.metric_names import DEFAULT_TEST_METRIC as DEFAULT_METRIC, TEST_METRICS as METRICS
+from seizure_mlflow.evaluation.detector import BOOTSTRAP_SEED, PREDICTIONS, RESAMPLES, video_matches
+from seizure_mlflow.metrics.names import DEFAULT_TEST_METRIC as DEFAULT_METRIC, TEST_METRICS as METRICS
 from seizure_mlflow.registry.evaluate import evaluate_and_record
 from seizure_mlflow.registry.register import CHALLENGER, CHAMPION, EVALUATION_RUN_TAG, TEST_DIGEST_TAG, version_tag
 from seizure_mlflow.registry.uris import detector_from_uri

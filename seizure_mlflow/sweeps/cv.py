@@ -34,11 +34,11 @@ from seizure_mlflow.config import TrainParams
 from seizure_mlflow.data.folds import Folds, make_folds, pool_datasets, video_set_digest
 from seizure_mlflow.engine.stopping import DIVERGED
 from seizure_mlflow.errors import UserError
-from seizure_mlflow.monitor import Monitor
+from seizure_mlflow.metrics.monitor import Monitor
 from seizure_mlflow.sweeps.shared_study import (Claim, SharedStudy, claim_once, close_lost_runs, end_parent,
                                                 fixed_validation_sample, progress, run_study_command)
 from seizure_mlflow.sweeps.storage import open_storage, redacted, storage_url
-from seizure_mlflow.metric_names import CV_FOLDS_COMPLETE, LAST_VAL, VAL, cv_summary, is_standard_error
+from seizure_mlflow.metrics.names import CV_FOLDS_COMPLETE, LAST_VAL, VAL, cv_summary, is_standard_error
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from detectron2.engine import HookBase
 
-from seizure_mlflow.monitor import Monitor
+from seizure_mlflow.metrics.monitor import Monitor
 from seizure_mlflow.engine.stopping import PRUNED, StopTraining
 
 

@@ -13,8 +13,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 
-from seizure_mlflow.metric_names import sweep_best  # noqa: E402
-from seizure_mlflow.monitor import Monitor  # noqa: E402
+from seizure_mlflow.metrics.names import sweep_best  # noqa: E402
+from seizure_mlflow.metrics.monitor import Monitor  # noqa: E402
 
 TABLE_CSV = "sweep/trials.csv"
 TABLE_MD = "sweep/trials.md"

@@ -4,7 +4,7 @@ Any number of workers, on any machines, work on it (:class:`Sweep`, a
 :class:`~seizure_mlflow.sweeps.shared_study.ChildRunStudy`) against the same storage and study name: each
 asks the study for the next trial (a retried one first), trains it through the same
 :func:`~seizure_mlflow.commands.train.run_training` path as ``main`` as a child run of the study's parent run,
-reports the ``monitor`` metric (``val/total_loss`` unless set; see :class:`~seizure_mlflow.monitor.Monitor`)
+reports the ``monitor`` metric (``val/total_loss`` unless set; see :class:`~seizure_mlflow.metrics.monitor.Monitor`)
 at every validation to the pruner, and tells the study its best value (or PRUNED, or FAIL when the loss diverged);
 the study minimises a loss and maximises an AP. A worker stops when the study holds ``trials`` finished
 trials; it then closes the sweep (:func:`close_sweep`): the comparison table and plots on the parent run, and the best
@@ -26,8 +26,8 @@ from mlflow import MlflowClient
 from mlflow.entities import Param
 
 from seizure_mlflow.commands.requests import SweepRequest
-from seizure_mlflow.metric_names import BEST_TRIAL, sweep_best
-from seizure_mlflow.monitor import Monitor
+from seizure_mlflow.metrics.names import BEST_TRIAL, sweep_best
+from seizure_mlflow.metrics.monitor import Monitor
 from seizure_mlflow.engine.stopping import DIVERGED, PRUNED
 from seizure_mlflow.errors import UserError
 from seizure_mlflow.sweeps.shared_study import (SharedStudy, close_lost_runs, end_parent, fixed_validation_sample,

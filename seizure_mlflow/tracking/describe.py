@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from seizure_mlflow.data.checks import CocoSummary
-from seizure_mlflow.metric_names import DEFAULT_MONITOR, test_metric
-from seizure_mlflow.monitor import Monitor
+from seizure_mlflow.metrics.names import DEFAULT_MONITOR, test_metric
+from seizure_mlflow.metrics.monitor import Monitor
 
 MODEL_CARD = "model_card.md"
 

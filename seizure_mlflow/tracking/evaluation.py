@@ -8,7 +8,7 @@ import tempfile
 import mlflow
 from mlflow import MlflowClient
 
-from seizure_mlflow.evaluation import EvaluationResult
+from seizure_mlflow.evaluation.detector import EvaluationResult
 
 PER_CATEGORY = "per_category_ap.csv"
 PER_VIDEO = "per_video_ap.csv"  # one row per test video, named by a digest (see data.video_identity.video_label)

@@ -9,8 +9,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from seizure_mlflow.evaluation import EvaluationResult  # noqa: E402
-from seizure_mlflow.metric_names import (CI_HIGH, CI_LOW, DEFAULT_MONITOR, TASKS, TRAIN, test_metric, TRAIN_TOTAL_LOSS, VAL, VAL_AP_METRICS,  # noqa: E402
+from seizure_mlflow.evaluation.detector import EvaluationResult  # noqa: E402
+from seizure_mlflow.metrics.names import (CI_HIGH, CI_LOW, DEFAULT_MONITOR, TASKS, TRAIN, test_metric, TRAIN_TOTAL_LOSS, VAL, VAL_AP_METRICS,  # noqa: E402
                                          VAL_FULL_TOTAL_LOSS, is_standard_error, standard_error, task_metric,
                                          whole_set, without_prefix)
 
@@ -49,7 +49,7 @@ def plot_loss_curves(losses: pd.DataFrame, path: str, best_iteration: int | None
                      title: str = "Training and validation loss", monitor=None) -> None:
     """Train (raw and smoothed) and validation total loss on one iteration axis; validation AP below it when the
     run measured it; loss components at the bottom. The best checkpoint is marked on ``monitor``'s curve (a
-    :class:`~seizure_mlflow.monitor.Monitor`; default ``val/total_loss``).
+    :class:`~seizure_mlflow.metrics.monitor.Monitor`; default ``val/total_loss``).
 
     ``losses`` is the ``losses.csv`` table: an ``iteration`` column and ``train/*`` / ``val/*`` columns (and
     ``val_full/*``, the whole validation set's values when ``val/*`` is a sample's, drawn as diamonds;

@@ -20,7 +20,7 @@ from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_REPO_URL, MLFLOW_RUN_NAME, MLFLOW_SOURCE_NAME, MLFLOW_USER
 
 from seizure_mlflow.config import flatten_config
-from seizure_mlflow.metric_names import SE_SUFFIX, TRAIN, VAL_AP_STATS, is_loss, is_validation
+from seizure_mlflow.metrics.names import SE_SUFFIX, TRAIN, VAL_AP_STATS, is_loss, is_validation
 
 logger = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ def log_losses(run_id: str, best_iteration: int | None, client: MlflowClient | N
                monitor=None) -> pd.DataFrame:
     """``losses.csv`` and ``plots/loss_curves.png`` built from the metrics the run holds: train and validation
     losses, validation AP, and the standard errors of the sample's values (``val/*_se``); the plot marks the best
-    checkpoint on ``monitor``'s curve (a :class:`~seizure_mlflow.monitor.Monitor`; default the loss)."""
+    checkpoint on ``monitor``'s curve (a :class:`~seizure_mlflow.metrics.monitor.Monitor`; default the loss)."""
     from seizure_mlflow.tracking.plots import plot_loss_curves
 
     client = client or MlflowClient()

@@ -18,14 +18,14 @@ import mlflow
 from mlflow import MlflowClient
 
 from seizure_mlflow.engine.checkpoint import BestCheckpoint, read_best_checkpoint
-from seizure_mlflow.monitor import Monitor
+from seizure_mlflow.metrics.monitor import Monitor
 from seizure_mlflow.engine.stopping import DIVERGED, SIGNAL
 from seizure_mlflow.outputs.training_folder import (VALIDATION_SAMPLE_FILE, OutputFolderLock, best_checkpoint_path,
                                                     path_in, read_stop, write_owner)
 from seizure_mlflow.tracking.datasets import TESTING, TRAINING, VALIDATION, log_datasets, log_validation_sample
 from seizure_mlflow.tracking.describe import run_name
 from seizure_mlflow.tracking.run import active_run, log_config, log_losses
-from seizure_mlflow.metric_names import BEST_ITERATION as BEST_ITER_METRIC, STOPPED_AT as STOPPED_AT_METRIC
+from seizure_mlflow.metrics.names import BEST_ITERATION as BEST_ITER_METRIC, STOPPED_AT as STOPPED_AT_METRIC
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import mlflow
 
-from seizure_mlflow.metric_names import SZCORE
+from seizure_mlflow.metrics.names import SZCORE
 from seizure_mlflow.motion.outputs import EVENTS_JSON, THRESHOLD_CSV, THRESHOLD_PNG, TRACE_CSV, TRACE_PNG
 
 PARAM_PREFIX = "trace."

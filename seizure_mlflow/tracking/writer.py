@@ -22,7 +22,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric
 
 from seizure_mlflow.tracking.delivery import MetricDelivery, batch_sender, spooled_steps
-from seizure_mlflow.metric_names import TOTAL_LOSS, TRAIN, is_validation, without_prefix
+from seizure_mlflow.metrics.names import TOTAL_LOSS, TRAIN, is_validation, without_prefix
 
 logger = logging.getLogger(__name__)
 

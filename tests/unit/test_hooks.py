@@ -18,7 +18,7 @@ from torch import nn
 from seizure_mlflow.engine.resume import RandomState, ResumableBestCheckpointer, StopOnSignal
 from seizure_mlflow.engine.stopping import EARLY_STOPPING, MAX_ITER, PRUNED, EarlyStopping, StopsEarly
 from seizure_mlflow.engine.trainer import CheckpointAlignedWriter
-from seizure_mlflow.monitor import Monitor
+from seizure_mlflow.metrics.monitor import Monitor
 from seizure_mlflow.engine.measures import compute_validation_loss
 from seizure_mlflow.engine.validation import Validated, Validation
 from seizure_mlflow.sweeps.pruning import ReportToTrial

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 from pycocotools.cocoeval import COCOeval
 
-from seizure_mlflow.coco_ap import ImageMatches, detections_coco, quiet_coco
+from seizure_mlflow.evaluation.coco_ap import ImageMatches, detections_coco, quiet_coco
 from seizure_mlflow.config import ConfigError
 from seizure_mlflow.data.val_sample import replicate_groups
 from seizure_mlflow.engine.measures import jackknife_se
-from seizure_mlflow.monitor import Monitor
+from seizure_mlflow.metrics.monitor import Monitor
 from seizure_mlflow.engine.validation import expected_rse, precise_sample_size
 
 
@@ -104,7 +104,7 @@ def test_an_image_that_appears_twice_counts_twice():
 
 @pytest.mark.parametrize("task", ["bbox", "segm"])
 def test_ap_on_a_resample_of_videos_is_cocoevals_on_those_frames_with_repeats(task):
-    from seizure_mlflow.coco_ap import VideoMatches
+    from seizure_mlflow.evaluation.coco_ap import VideoMatches
 
     gt, detections = _dataset(images=9, seed=2)  # videos v0, v1, v2 of 3 frames each
     coco = quiet_coco(gt)

@@ -12,7 +12,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from seizure_mlflow.metric_names import BEST, DEFAULT_MONITOR, TOTAL_LOSS, VAL, VAL_AP_METRICS
+from seizure_mlflow.metrics.names import BEST, DEFAULT_MONITOR, TOTAL_LOSS, VAL, VAL_AP_METRICS
 
 AP_METRICS = VAL_AP_METRICS
 _LOSS = re.compile(rf"^{re.escape(VAL)}({TOTAL_LOSS}|loss_[a-z_]+)$")

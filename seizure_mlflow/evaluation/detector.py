@@ -25,13 +25,13 @@ from detectron2.data import DatasetCatalog
 from detectron2.evaluation import COCOEvaluator
 from tqdm import tqdm
 
-from seizure_mlflow.coco_ap import ImageMatches, VideoMatches, detections_coco, quiet_coco
+from seizure_mlflow.evaluation.coco_ap import ImageMatches, VideoMatches, detections_coco, quiet_coco
 from seizure_mlflow.data.catalog import register_coco
 from seizure_mlflow.data.checks import CocoSummary
 from seizure_mlflow.data.frames import read_frame
 from seizure_mlflow.data.video_identity import grouped_by_video, video_label
 from seizure_mlflow.errors import DatasetError
-from seizure_mlflow.metric_names import AP_STATS as SUMMARY_KEYS, CI_HIGH, CI_LOW, TASKS, VAL_AP_STATS, test_metric
+from seizure_mlflow.metrics.names import AP_STATS as SUMMARY_KEYS, CI_HIGH, CI_LOW, TASKS, VAL_AP_STATS, test_metric
 
 logger = logging.getLogger(__name__)
 
