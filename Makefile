@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml scripts/install_detectron2.sh
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install torch==2.14.1 torchvision==0.29.1
 	PYTHON=$(PY) bash scripts/install_detectron2.sh
-	$(PY) -m pip install -e '.[test,ray]'
+	$(PY) -m pip install -e '.[test,ray,cvat]'
 	touch $(STAMP)
 
 demo: setup

@@ -224,7 +224,13 @@ def _probe_value(kind: str, choices, k: int) -> tuple[str, object]:
             "words": ("0.5 0.25 0.25", ("0.5", "0.25", "0.25"))}.get(kind, (f"probe-{k}", f"probe-{k}"))
 
 
-@pytest.mark.parametrize("entry", ["main", "sample_data", "prepare", "evaluate", "predict", "trace", "tune", "cv"])
+def _entry_points() -> list[str]:
+    from seizure_mlflow.commands.entry_points import COMMANDS
+
+    return [c.entry_point.name for c in COMMANDS if c.entry_point]
+
+
+@pytest.mark.parametrize("entry", _entry_points())
 def test_every_mlproject_parameter_of_every_entry_point_reaches_its_command(entry):
     """Each parameter, given a value unlike its default, arrives in the command's request as that value."""
     from seizure_mlflow.cli import request_of

@@ -82,6 +82,16 @@ COMMANDS: tuple[Command, ...] = (
             "storage ($SEIZURE_OPTUNA_STORAGE, or --storage).",
             train_options=True,
             entry_point=EntryPoint("cv", CV_TRAIN_PARAMS, {"max_iter": 300}, ("--system-metrics", "false"))),
+    Command("budget", r.BudgetRequest, "seizure_mlflow.sweeps.budget:run_command",
+            "the annotation-budget curve: child runs on nested subsets (frames per video x videos), test AP of each",
+            "Train like `train` (the options below) on nested subsets of the training set: each share of --frames "
+            "of each video (spread evenly in time) by each number of --videos, --seeds times, as child runs of one "
+            "parent run, each evaluated on the test videos (AP with its bootstrap interval over videos). The parent "
+            "holds the table, the curve (test AP against masks annotated, one line per number of videos) and the "
+            "answer at the largest budget: whether the next masks buy more as new videos or as more frames of the "
+            "same videos. Workers on other machines join with the same --study and storage.",
+            train_options=True,
+            entry_point=EntryPoint("budget", CV_TRAIN_PARAMS, {"max_iter": 300}, ("--system-metrics", "false"))),
     Command("sample-data", r.SampleDataRequest, "seizure_mlflow.commands.sample_data:run_command",
             "write the synthetic sample dataset (COCO files + frames, split by video)",
             "Write a deterministic synthetic seizure-monitoring dataset: frames of videos of a patient on a bed, "
@@ -115,6 +125,21 @@ COMMANDS: tuple[Command, ...] = (
             "patient only (optical flow), and find intervals of rhythmic 2-6 Hz movement. Writes trace.csv, "
             "events.json and trace.png and records them in an MLflow run (never a frame or a file name).",
             entry_point=EntryPoint("trace", defaults={"output": "trace"})),
+    Command("pre-annotate", r.PreAnnotateRequest, "seizure_mlflow.commands.pre_annotate:run_command",
+            "a model's masks on a video, frames or a frame list -> COCO for CVAT and prepare, Label Studio tasks",
+            "Run a registered model (the champion by default) on a new video, a frame folder or a frame list and write "
+            "its masks as polygons with their scores: NAME.json (COCO 1.0, for CVAT's import and for prepare) beside "
+            "the frames in NAME/, and label-studio/NAME.json (Label Studio tasks with the masks as predictions, "
+            "carrying the model version). With --every K the model runs on every K-th frame of a video and the "
+            "masks are carried by the optical flow in between (marked carried). Nothing leaves this machine."),
+    Command("select-frames", r.SelectFramesRequest, "seizure_mlflow.commands.select_frames:run_command",
+            "the frames of unlabelled videos worth drawing, within a budget per video",
+            "Rank the frames of each video by how much a mask would teach the model (strategy uncertainty: low "
+            "scores, masks the optical flow does not carry from the previous frame), or spread them evenly (the "
+            "default) or at random, at most --budget per video and no two closer than --window seconds. Writes the "
+            "frames (a CVAT task's images), their list (the input of pre-annotate) and selection.csv, and records "
+            "in MLflow which model chose them, with what strategy and budget, by digest: never a file name.",
+            entry_point=EntryPoint("select_frames")),
     Command("bundle", r.BundleRequest, "seizure_mlflow.commands.bundle:run_command",
             "a registered model and every wheel it needs, in one folder, for offline servers",
             "Write one folder with the model, the wheels of its whole environment (for this machine's Python and "

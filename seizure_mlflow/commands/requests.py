@@ -103,6 +103,40 @@ class CvRequest(SharedStudyOptions):
                                          "with the estimate")
 
 
+def _numbers(words: tuple[str, ...]) -> tuple[float, ...]:
+    from seizure_mlflow.options import read_number
+
+    try:
+        return tuple(read_number(float, w) for w in " ".join(words).replace(",", " ").split())
+    except ValueError:
+        return ()
+
+
+NUMBERS = Rule(lambda v: len(_numbers(v)) > 0, "one or more numbers")
+
+
+@dataclass(frozen=True)
+class BudgetRequest(SharedStudyOptions):
+    """``budget``: the annotation-budget curve, one child run per cell of the grid (and seed)."""
+
+    frames: tuple[str, ...] = option(("1", "0.5", "0.2"), "shares of each training video's frames (default 1 0.5 "
+                                                           "0.2), spread evenly in time and nested", rule=NUMBERS,
+                                     metavar="SHARE")
+    videos: tuple[str, ...] = option(("1", "0.67", "0.33"), "numbers of training videos: shares of them (<= 1) or "
+                                                             "counts (default 1 0.67 0.33), nested", rule=NUMBERS,
+                                     metavar="N")
+    seeds: int = option(1, "training seeds per cell (default 1)", rule=at_least(1))
+    grid_seed: int = option(0, "seed of the order in which videos join the grid (default 0)", rule=SEED)
+
+    @property
+    def frame_shares(self) -> tuple[float, ...]:
+        return _numbers(self.frames)
+
+    @property
+    def video_values(self) -> tuple[float, ...]:
+        return _numbers(self.videos)
+
+
 @dataclass(frozen=True)
 class SampleDataRequest(Request):
     output: str = option(DEFAULT_SAMPLE_DIR, f"folder to write (default {DEFAULT_SAMPLE_DIR})")
@@ -158,6 +192,9 @@ class PrepareRequest(Request):
                                                    "(patient, Patient) one class, with a warning (default: an error "
                                                    "listing the spellings)", mlproject=False)
     no_mlflow: bool = option(False, "do not log to MLflow even under `mlflow run`", mlproject=False)
+    pre_labels: str = option("", "pre-annotate's output folder: compare each video's corrected export with the "
+                                 "pre-labels it came from (NAME.json) and report how much the annotators changed "
+                                 "(share of masks kept, mean IoU of the kept ones, masks deleted and added)")
 
     @property
     def uses_tracking_server(self) -> bool:  # under `mlflow run`, the prepared split is logged to its run
@@ -294,6 +331,60 @@ class TraceRequest(Request):
                             min_score=self.min_score, batch_size=self.batch_size,
                             accept_short_video=self.accept_short_video,
                             compensate_camera=not self.no_camera_compensation, carry=CarryRules(every=every))
+
+
+@dataclass(frozen=True)
+class PreAnnotateRequest(Request):
+    """``pre-annotate``: a model's masks on a video, a frame folder or a frame list, as files annotators import."""
+
+    model_uri: str = option(CHAMPION_URI, "the model that pre-labels (default %(default)s)")
+    input: str = option("", "a video, a folder of frames, or a frame list (.txt, one image path per line, as "
+                            "select-frames writes it)", required=True)
+    output: str = option("", "new folder: NAME.json (COCO, for CVAT's COCO 1.0 import and for prepare), NAME/ "
+                             "(the frames), label-studio/NAME.json (Label Studio tasks with the masks as predictions)",
+                         required=True)
+    every: int = option(1, "with a video: detect on every K-th frame and carry the masks by the optical flow in "
+                           "between, marked carried (default 1: detect on every frame)", rule=at_least(1),
+                        metavar="K")
+    min_score: float = option(0.5, "masks below this score are left out (default %(default)s)", rule=SCORE)
+    image_url: str = option("/data/local-files/?d=", "Label Studio's URL prefix of the frames; NAME/FILE is "
+                                                     "appended (default: Label Studio's local files, %(default)s)")
+    batch_size: int = option(8, "frames per forward pass (default 8)", rule=at_least(1), mlproject=False)
+    force: bool = option(False, "replace an earlier output of pre-annotate (never any other folder)", mlproject=False)
+    accept_short_video: bool = option(False, SHORT_VIDEO_HELP, mlproject=False)
+
+    @property
+    def uses_tracking_server(self) -> bool:
+        return self.model_uri.startswith(REGISTRY_SCHEMES)
+
+
+@dataclass(frozen=True)
+class SelectFramesRequest(Request):
+    """``select-frames``: the frames of unlabelled videos worth drawing, within a budget per video."""
+
+    model_uri: str = option(CHAMPION_URI, "the model whose uncertainty chooses (strategy uncertainty; default "
+                                          "%(default)s)")
+    input: str = option("", "a video, or a folder of videos", required=True)
+    output: str = option("", "new folder: frames/NAME/frame_NNNNNN.png (a CVAT task's images), frames.txt (the list, "
+                             "the input of pre-annotate), selection.csv", required=True)
+    budget: int = option(20, "frames to draw per video (default %(default)s)", rule=at_least(1))
+    window: float = option(1.0, "seconds: no two chosen frames of a video closer than this (default %(default)s)",
+                           rule=NON_NEGATIVE_NUMBER)
+    strategy: str = option("even", "even: spread evenly in time (the default); uncertainty: where the model is "
+                                   "least sure (low scores, masks the flow does not carry), spread by the window; "
+                                   "random: a baseline", choices=("even", "random", "uncertainty"))
+    every: int = option(1, "candidates: every K-th frame (default 1: every frame)", rule=at_least(1), metavar="K")
+    seed: int = option(0, "seed of the random strategy (default 0)", rule=SEED)
+    min_score: float = option(0.05, "detections below this score are not looked at (default %(default)s)",
+                              rule=SCORE, mlproject=False)
+    force: bool = option(False, "replace an earlier output of select-frames (never any other folder)",
+                         mlproject=False)
+    no_mlflow: bool = option(False, "do not record an MLflow run", mlproject=False)
+    accept_short_video: bool = option(False, SHORT_VIDEO_HELP, mlproject=False)
+
+    @property
+    def uses_tracking_server(self) -> bool:
+        return not self.no_mlflow or (self.strategy == "uncertainty" and self.model_uri.startswith(REGISTRY_SCHEMES))
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from pathlib import Path
 from seizure_mlflow.commands.requests import TraceRequest
 from seizure_mlflow.config import is_number
 from seizure_mlflow.outputs.staging import check_output_folder, check_replaceable, staged_folder
-from seizure_mlflow.data.video import VIDEO_SUFFIXES, check_video_readable, frame_count, frame_rate
+from seizure_mlflow.data.video import check_video_readable, frame_count, frame_rate, list_videos
 from seizure_mlflow.errors import UserError
 from seizure_mlflow.motion.pipeline import TraceOptions, check_traceable, finish_trace, trace_video
 from seizure_mlflow.motion.sources import ModelSource, TrueMaskSource
@@ -41,20 +41,6 @@ class TracePlan:
     sources: list  # one callable per video
     truth: dict[str, list[tuple[float, float]]] | None
     model_version: tuple[str, str] | None
-
-
-def list_videos(path: str) -> list[Path]:
-    p = Path(path)
-    if p.is_file():
-        if p.suffix.lower() not in VIDEO_SUFFIXES:
-            raise UserError(f"{p}: not a video file ({'/'.join(VIDEO_SUFFIXES)})", param="input")
-        return [p]
-    if p.is_dir():
-        videos = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in VIDEO_SUFFIXES)
-        if not videos:
-            raise UserError(f"{p}: no {'/'.join(VIDEO_SUFFIXES)} videos in this folder", param="input")
-        return videos
-    raise UserError(f"{p}: no such file or folder", param="input")
 
 
 def read_truth(path: str, videos: list[Path]) -> dict[str, list[tuple[float, float]]]:

@@ -268,8 +268,10 @@ class PrepareResult:
 
 def prepare_dataset(videos: list[Video], output: str | os.PathLike, ratios=(0.6, 0.2, 0.2), seed: int = 0,
                     patient_map: str | None = None, every: int = 0, force: bool = False,
-                    progress: bool = True, merge_category_spellings: bool = False) -> PrepareResult:
-    """Check every video, split by video (or patient), extract/copy frames, write COCO files and reports."""
+                    progress: bool = True, merge_category_spellings: bool = False,
+                    report_extra: dict | None = None) -> PrepareResult:
+    """Check every video, split by video (or patient), extract/copy frames, write COCO files and reports
+    (``report_extra`` added to ``report.json``: counts only)."""
     out = Path(output)
     check_output_location(videos, out, force)
     names = [v.name for v in videos]
@@ -296,7 +298,7 @@ def prepare_dataset(videos: list[Video], output: str | os.PathLike, ratios=(0.6,
                        bar)
         for split in SPLITS:
             (tmp / f"{split}.json").write_text(json.dumps(coco[split]))
-        report = build_report(coco, splits)
+        report = {**build_report(coco, splits), **(report_extra or {})}
         (tmp / "report.json").write_text(json.dumps(report, indent=2))
         (tmp / "split.json").write_text(json.dumps({
             "seed": seed, "ratios": list(ratios), "videos": splits,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from functools import partial
 from typing import Callable, Iterable
 
@@ -12,7 +13,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from seizure_mlflow.errors import DatasetError
+from seizure_mlflow.errors import DatasetError, UserError
 
 logger = logging.getLogger(__name__)
 
@@ -212,3 +213,18 @@ def iter_frames(path: str | os.PathLike, accept_short: bool = False, lazy: bool 
 def write_png(path: str | os.PathLike, bgr: np.ndarray) -> None:
     if not cv2.imwrite(str(path), bgr):
         raise OSError(f"could not write {path}")
+
+
+def list_videos(path: str | os.PathLike) -> list[Path]:
+    """A video file, or the videos of a folder (sorted by name); a clear error for anything else."""
+    p = Path(path)
+    if p.is_file():
+        if p.suffix.lower() not in VIDEO_SUFFIXES:
+            raise UserError(f"{p}: not a video file ({'/'.join(VIDEO_SUFFIXES)})", param="input")
+        return [p]
+    if p.is_dir():
+        videos = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in VIDEO_SUFFIXES)
+        if not videos:
+            raise UserError(f"{p}: no {'/'.join(VIDEO_SUFFIXES)} videos in this folder", param="input")
+        return videos
+    raise UserError(f"{p}: no such file or folder", param="input")

@@ -73,7 +73,7 @@ def log_prepared(result) -> None:
 
     with active_run(run_name="prepare") as run:
         mlflow.log_metrics({f"{split}/{key}": float(value) for split, counts in result.report.items()
-                            for key, value in counts.items() if key != "instances_per_category"})
+                            for key, value in counts.items() if key != "instances_per_category" and value is not None})
         mlflow.log_dict(result.report, "report.json")
         log_datasets(run.info.run_id, {context: check_coco(result.output / f"{split}.json", result.output / "images",
                                                            check_files=False)
