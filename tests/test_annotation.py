@@ -118,14 +118,14 @@ def test_pre_labels_agree_with_predict_and_go_through_prepare_and_training(champ
     assert {label for r in results for label in r["value"]["polygonlabels"]} <= {"patient", "caregiver"}
     assert (out / "label-studio" / "config.xml").read_text().count("<Label ") == 2
 
-    corrected = tmp_path / "corrected"  # the annotators' files come back: here, the pre-labels unchanged
-    corrected.mkdir()
-    for out in outputs:
-        shutil.copy(out / f"{out.name.removeprefix('pre-')}.json", corrected)
-        shutil.copytree(out / out.name.removeprefix("pre-"), corrected / out.name.removeprefix("pre-"))
+    corrected = tmp_path / "corrected"  # the annotators' files: this video's pre-labels unchanged, the others' truth
+    shutil.copytree(exports, corrected, ignore=shutil.ignore_patterns(".seizure-mlflow-output", f"{video.stem}.*"))
+    shutil.copy(out / f"{video.stem}.json", corrected)
+    shutil.copytree(out / video.stem, corrected / video.stem)
     assert main(["prepare", "--input", str(corrected), "--output", str(tmp_path / "prepared"),
-                 "--pre-labels", str(out)]) == 0
+                 "--pre-labels", str(out)]) == 0, capsys.readouterr().err
     report = json.loads((tmp_path / "prepared" / "report.json").read_text())
+    assert report["corrections"]["prelabels"] == len(document["annotations"])
     assert report["corrections"]["kept_share"] == 1.0 and report["corrections"]["mean_iou_kept"] == 1.0
     prepared = tmp_path / "prepared"
     result = run_training(tiny_params({"train": (str(prepared / "train.json"), str(prepared / "images")),
@@ -183,7 +183,7 @@ def test_the_cvat_function_loads_an_alias_and_returns_shapes_cvat_accepts(champi
                                                 conv_mask_to_poly=to_polygons)
         shapes = function.detect(context, image)
         assert shapes, "no shape: vacuous"
-        assert {s.type for s in shapes} == {"polygon" if to_polygons else "mask"}
+        assert {str(s.type) for s in shapes} == {"polygon" if to_polygons else "mask"}
         mapper = _AnnotationMapper(logging.getLogger("test"), function.spec.labels, task_labels,
                                    allow_unmatched_labels=False, conv_mask_to_poly=to_polygons)
         _, accepted = mapper.validate_and_remap(shapes, 0)  # CVAT's own driver: labels mapped, types checked
