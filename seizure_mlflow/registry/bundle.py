@@ -47,7 +47,7 @@ echo "installed: env/ (serve with: bash install.sh --serve)"
 
 def write_bundle(model_uri: str, output: str | os.PathLike, torch: str = "pypi") -> Path:
     """Download ``model_uri`` and every wheel it needs into ``output``; returns the folder."""
-    import mlflow
+    from seizure_mlflow.registry.uris import downloaded_model
 
     if torch not in TORCH_SOURCES:
         raise UserError(f"must be one of {', '.join(TORCH_SOURCES)}; got {torch!r}", param="torch")
@@ -55,7 +55,7 @@ def write_bundle(model_uri: str, output: str | os.PathLike, torch: str = "pypi")
     check_output_folder(out, "output")
     check_replaceable(out, "bundle")
     with staged_folder(out, "bundle") as tmp:
-        model = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(tmp / "model")))
+        model = Path(downloaded_model(model_uri, str(tmp / "model")))  # checked against its registered digests
         if model != tmp / "model":
             model.rename(tmp / "model")
         index = ["--extra-index-url", CPU_INDEX] if torch == "cpu" else []

@@ -24,6 +24,7 @@ from mlflow.models.model import MLMODEL_FILE_NAME
 from mlflow.types import ColSpec, Schema
 from mlflow.types.schema import Array, Object, Property
 
+from seizure_mlflow.registry.integrity import record_manifest
 from seizure_mlflow.config import TRAINING_ONLY_KEYS
 from seizure_mlflow.registry.environment import (WHEEL_ARTIFACT, detectron2_wheel, model_requirements,
                                                  stage_model_code)
@@ -99,6 +100,7 @@ def register(model_uri: str, model_name: str, version_tags: dict[str, str]) -> M
     version = mlflow.register_model(model_uri, model_name)
     for key, value in version_tags.items():
         client.set_model_version_tag(model_name, version.version, key, value)
+    record_manifest(client, model_name, version.version)  # before the alias: no one loads it unrecorded
     alias = assign_alias(client, model_name, version.version)
     logger.info("Registered %s version %s as @%s", model_name, version.version, alias)
     return client.get_model_version(model_name, version.version)

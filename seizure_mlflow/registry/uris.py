@@ -40,10 +40,32 @@ def _only_version(client: MlflowClient, matches, run_id: str | None) -> tuple[st
     return (versions[0].name, str(versions[0].version)) if len(versions) == 1 else None
 
 
+def registered_model_version(model_uri: str, client: MlflowClient | None = None):
+    """The ``ModelVersion`` a URI names, or None (see :func:`registered_version`)."""
+    client = client or MlflowClient()
+    found = registered_version(model_uri, client)
+    return client.get_model_version(*found) if found else None
+
+
+def downloaded_model(model_uri: str, dst_path: str) -> str:
+    """The model's files in ``dst_path``, checked against the digests recorded when it was registered (see
+    :mod:`seizure_mlflow.registry.integrity`) before anything in them is imported or read. Returns the folder."""
+    from seizure_mlflow.registry.integrity import verified_download
+
+    version = registered_model_version(model_uri)
+    try:
+        return verified_download(model_uri, dst_path, version)
+    except UserError:
+        raise
+    except Exception as exc:  # MLflow raises several types for a bad URI
+        raise UserError(f"cannot load model {model_uri!r}: {str(exc).splitlines()[0]}", param="model_uri") from None
+
+
 def detector_from_uri(model_uri: str):
-    """The :class:`~seizure_mlflow.inference.predictor.Detector` inside a registered pyfunc model. The model's files
-    are downloaded into a temporary folder that is gone once the detector holds its weights (MLflow's own default
-    folder is never removed: about 50 MB left in the temp folder by every command that loads a model)."""
+    """The :class:`~seizure_mlflow.inference.predictor.Detector` inside a registered pyfunc model, its files checked
+    first (:func:`downloaded_model`). The model's files are downloaded into a temporary folder that is gone once
+    the detector holds its weights (MLflow's own default folder is never removed: about 50 MB left in the temp
+    folder by every command that loads a model)."""
     import tempfile
 
     import mlflow.pyfunc
@@ -51,9 +73,10 @@ def detector_from_uri(model_uri: str):
     from seizure_mlflow.registry.model import SeizureDetectorModel
 
     with tempfile.TemporaryDirectory(prefix="seizure-model-") as tmp:
+        local = downloaded_model(model_uri, tmp)
         try:
-            model = mlflow.pyfunc.load_model(model_uri, dst_path=tmp)
-        except Exception as exc:  # MLflow raises several types for a bad URI
+            model = mlflow.pyfunc.load_model(local)
+        except Exception as exc:  # a model of another kind, or broken
             raise UserError(f"cannot load model {model_uri!r}: {str(exc).splitlines()[0]}",
                             param="model_uri") from None
     python_model = model.unwrap_python_model()
