@@ -65,8 +65,7 @@ def frame_number(image: Path, position: int) -> int:
 def frame_source(path: str | Path, param: str = "input") -> FrameSource:
     """The frames at ``path``, checked before any work: a readable video, a folder holding images, or a list
     whose every line is an image that exists (all problems named at once)."""
-    from seizure_mlflow.data.checks import MAX_REPORTED
-    from seizure_mlflow.data.frames import FrameError, read_header
+    from seizure_mlflow.inference.files import check_images
 
     p = Path(path)
     if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES:
@@ -86,13 +85,5 @@ def frame_source(path: str | Path, param: str = "input") -> FrameSource:
     else:
         raise UserError(f"{p}: not a video ({'/'.join(VIDEO_SUFFIXES)}), a folder of images or a frame list "
                         f"({LIST_SUFFIX})", param=param)
-    problems = []
-    for image in images:
-        try:
-            read_header(image, where=str(image))
-        except (FrameError, OSError) as exc:
-            problems.append(str(exc))
-    if problems:
-        raise UserError(f"{len(problems)} frame(s) cannot be read:\n  - " + "\n  - ".join(problems[:MAX_REPORTED]),
-                        param=param)
+    check_images(list(images))
     return FrameSource(p, kind, images)

@@ -36,7 +36,7 @@ from seizure_mlflow.errors import UserError
 from seizure_mlflow.metrics.monitor import Monitor
 from seizure_mlflow.metrics.names import CI_HIGH, CI_LOW, test_metric
 from seizure_mlflow.sweeps.shared_study import (Claim, SharedStudy, claim_once, close_lost_runs, end_parent,
-                                                fixed_validation_sample, run_study_command)
+                                                fixed_validation_sample, run_claimed, run_study_command)
 from seizure_mlflow.sweeps.storage import open_storage, redacted, storage_url
 from seizure_mlflow.sweeps.trial import TrialFinish
 
@@ -149,10 +149,7 @@ class AnnotationBudget:
 
     @staticmethod
     def run_unit(study, plan: BudgetPlan, parent: str, claim: Claim) -> None:
-        if not claim.retry:  # a retry waits in the study with its unit already
-            study.enqueue_trial({"unit": claim.number})
-        study.optimize(lambda trial: _objective(trial, plan, parent), n_trials=1, catch=(FloatingPointError,),
-                       gc_after_trial=True)
+        run_claimed(study, claim, lambda trial: _objective(trial, plan, parent), "unit")
 
     @staticmethod
     def close(study, plan: BudgetPlan, parent: str) -> None:

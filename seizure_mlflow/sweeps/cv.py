@@ -36,7 +36,8 @@ from seizure_mlflow.engine.stopping import DIVERGED
 from seizure_mlflow.errors import UserError
 from seizure_mlflow.metrics.monitor import Monitor
 from seizure_mlflow.sweeps.shared_study import (Claim, SharedStudy, claim_once, close_lost_runs, end_parent,
-                                                fixed_validation_sample, progress, run_study_command)
+                                                fixed_validation_sample, progress, run_claimed,
+                                                run_study_command)
 from seizure_mlflow.sweeps.storage import open_storage, redacted, storage_url
 from seizure_mlflow.metrics.names import CV_FOLDS_COMPLETE, LAST_VAL, VAL, cv_summary, is_standard_error
 
@@ -134,10 +135,7 @@ class CrossValidation:
 
     @staticmethod
     def run_unit(study, plan: CvPlan, parent: str, claim: Claim) -> None:
-        if not claim.retry:  # a retry waits in the study with its fold already
-            study.enqueue_trial({"fold": claim.number})
-        study.optimize(lambda trial: _objective(trial, plan, parent), n_trials=1, catch=(FloatingPointError,),
-                       gc_after_trial=True)
+        run_claimed(study, claim, lambda trial: _objective(trial, plan, parent), "fold")
         done, total = progress(study)[0], plan.shared.total
         walls = [t.user_attrs["wall_s"] for t in study.get_trials(deepcopy=False) if "wall_s" in t.user_attrs]
         left = (total - done) * sum(walls) / len(walls) if walls else float("nan")

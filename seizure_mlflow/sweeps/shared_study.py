@@ -141,6 +141,14 @@ def run_until_done(study, shared: SharedStudy, run_one: Callable[[Claim], None])
         run_one(claim)
 
 
+def run_claimed(study, claim: Claim, objective, param: str) -> None:
+    """The unit this worker claimed, as one trial of ``objective``: a new unit is enqueued with its number as the
+    trial's ``param`` (a retry waits in the study with its own already)."""
+    if not claim.retry:
+        study.enqueue_trial({param: claim.number})
+    study.optimize(objective, n_trials=1, catch=(FloatingPointError,), gc_after_trial=True)
+
+
 def close_lost_runs(client: MlflowClient, trials) -> None:
     """Runs of trials whose worker was killed: KILLED, not left RUNNING forever."""
     from optuna.trial import TrialState
