@@ -112,3 +112,24 @@ def test_a_damaged_manifest_is_refused(registered, tmp_path, capsys):
         assert "recorded file digests are damaged" in capsys.readouterr().err
     finally:
         client.set_model_version_tag(NAME, version.version, MANIFEST_TAG, original)
+
+
+def test_byte_code_beside_the_model_is_never_used(registered, tmp_path, capsys):
+    """Python writes __pycache__ beside a model loaded in place; a .pyc compiled to skip its source check would be
+    imported instead of the checked source. The downloaded copy keeps none."""
+    import py_compile
+    import sys
+
+    marker = tmp_path / "payload-ran"
+    source = tmp_path / "pyfunc_entry.py"
+    source.write_text(PAYLOAD.format(marker=str(marker)))
+    cache = registered["folder"] / "__pycache__"
+    target = cache / f"pyfunc_entry.{sys.implementation.cache_tag}.pyc"
+    py_compile.compile(str(source), cfile=str(target), invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+    try:
+        assert _predict(registered, tmp_path) == 0, capsys.readouterr().err
+        assert not marker.exists(), "the cached byte code ran"
+    finally:
+        import shutil
+
+        shutil.rmtree(cache)

@@ -32,6 +32,7 @@ MANIFEST_DIGEST_TAG = "seizure.manifest_digest"
 # model_card.md: documentation, written after registration; registered_model_meta: what MLflow writes beside a model
 # it downloads by a models:/ URI (the name and version asked for), not a file of the store. Neither is imported.
 UNCHECKED = ("model_card.md", "registered_model_meta")
+BYTECODE = "__pycache__"
 
 
 def file_digest(path: Path) -> str:
@@ -40,10 +41,22 @@ def file_digest(path: Path) -> str:
 
 
 def manifest_of(folder: str | os.PathLike) -> dict[str, str]:
-    """``{relative path: sha256}`` of every file below ``folder`` but those in :data:`UNCHECKED`."""
+    """``{relative path: sha256}`` of every file below ``folder`` but those in :data:`UNCHECKED` and Python's
+    byte-code caches (see :func:`drop_bytecode`)."""
     root = Path(folder)
     return {path.relative_to(root).as_posix(): file_digest(path) for path in sorted(root.rglob("*"))
-            if path.is_file() and path.relative_to(root).as_posix() not in UNCHECKED}
+            if path.is_file() and path.relative_to(root).as_posix() not in UNCHECKED and BYTECODE not in path.parts}
+
+
+def drop_bytecode(folder: str | os.PathLike) -> None:
+    """Remove every ``__pycache__`` folder of a downloaded model. Python writes them beside a model's code when it
+    is loaded in place (a local artifact store), and it would import a cached ``.pyc`` instead of its verified
+    source: so none is kept, whoever wrote it, and the code is compiled again from the checked sources."""
+    import shutil
+
+    for cache in sorted(Path(folder).rglob(BYTECODE), reverse=True):
+        if cache.is_dir():
+            shutil.rmtree(cache)
 
 
 def manifest_digest(manifest: dict[str, str]) -> str:
@@ -103,6 +116,7 @@ def verified_download(model_uri: str, dst_path: str, version=None) -> str:
     import mlflow
 
     local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=dst_path)
+    drop_bytecode(local)
     manifest = recorded_manifest(version) if version is not None else None
     if manifest is None:
         logger.warning("%s: no registered file digests to check it against (not a registered version, or registered "
