@@ -17,7 +17,7 @@ from seizure_mlflow.metrics.names import DEFAULT_MONITOR
 from seizure_mlflow.metrics.monitor import MONITOR_CHOICES, is_monitor_name
 from seizure_mlflow.errors import ConfigError
 from seizure_mlflow.options import (BOOL, FRACTION, NON_NEGATIVE_INT, NON_NEGATIVE_NUMBER, POSITIVE_INT,  # noqa: F401
-                                    POSITIVE_NUMBER, SEED, Rule, default_of, is_int, is_number,
+                                    POSITIVE_NUMBER, SEED, Rule, default_of, is_number,
                                     option, option_fields, read_bool, read_number, read_text, spec_of, text_of)
 
 BUNDLED_CONFIG_DIR = Path(__file__).parent / "configs"

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from seizure_mlflow.config import TrainParams
-from seizure_mlflow.options import mlproject_parameters, option_fields
+from seizure_mlflow.options import mlproject_parameters
 from seizure_mlflow.commands import requests as r
 
 ENTRY_PREFIX = "bash scripts/install_detectron2.sh --only-in-env >&2 && python -m seizure_mlflow"
@@ -185,16 +185,6 @@ def mlproject_text() -> str:
                                                        break_long_words=False)
         lines.append("")
     return "\n".join(lines)
-
-
-def request_types() -> list[type]:
-    """Every command's request type (and :class:`TrainParams`), for tests that walk all options."""
-    return [c.request for c in COMMANDS]
-
-
-def option_names(c: Command) -> set[str]:
-    names = {f.name for f in option_fields(c.request)}
-    return names | ({f.name for f in option_fields(TrainParams)} if c.train_options else set())
 
 
 if __name__ == "__main__":

@@ -104,6 +104,8 @@ class CvRequest(SharedStudyOptions):
 
 
 def _numbers(words: tuple[str, ...]) -> tuple[float, ...]:
+    """Numbers from words that may each hold several, spaces or commas between (``"0.6 0.2" "0.2"``); () when
+    one is no number."""
     from seizure_mlflow.options import read_number
 
     try:
@@ -161,16 +163,7 @@ class SampleDataRequest(Request):
             raise UserError("is for --format trace only", param="seconds" if self.seconds is not None else "camera_motion")
 
 
-def _ratios(words: tuple[str, ...]) -> tuple[float, ...]:
-    from seizure_mlflow.options import read_number
-
-    try:
-        return tuple(read_number(float, w) for w in " ".join(words).replace(",", " ").split())
-    except ValueError:
-        return ()
-
-
-RATIOS = Rule(lambda v: len(_ratios(v)) == 3, "three numbers (train val test)")
+RATIOS = Rule(lambda v: len(_numbers(v)) == 3, "three numbers (train val test)")
 
 
 @dataclass(frozen=True)
@@ -202,7 +195,7 @@ class PrepareRequest(Request):
 
     @property
     def split_ratios(self) -> tuple[float, float, float]:
-        return _ratios(self.ratios)  # type: ignore[return-value]
+        return _numbers(self.ratios)  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)

@@ -348,8 +348,4 @@ def close_budget(study, plan: BudgetPlan, parent: str) -> None:
 def run_command(request: BudgetRequest) -> int:
     """``seizure-mlflow budget``: plan the grid, then work on it here or in ``--workers`` processes."""
     plan = plan_budget(request.replace(base=fixed_validation_sample(request.base)))
-    parent = run_study_command(AnnotationBudget(), plan, f"{len(plan.units)} cells x seeds")
-    if parent is None:
-        return 1
-    print(f"Annotation budget {plan.study_name} done: parent run {parent}")
-    return 0
+    return run_study_command(AnnotationBudget(), plan, f"{len(plan.units)} cells x seeds", "Annotation budget")

@@ -311,8 +311,5 @@ def run_command(request: CvRequest) -> int:
     """``seizure-mlflow cv``: plan the folds, then work on them here or in ``--workers`` processes. Every fold is
     measured on all of its held-out videos."""
     plan = plan_cv(request.replace(base=fixed_validation_sample(request.base)))
-    parent = run_study_command(CrossValidation(), plan, f"{len(plan.folds.parts)} folds of {plan.folds.grouped_by}")
-    if parent is None:
-        return 1
-    print(f"Cross-validation {plan.study_name} done: parent run {parent}")
-    return 0
+    return run_study_command(CrossValidation(), plan, f"{len(plan.folds.parts)} folds of {plan.folds.grouped_by}",
+                             "Cross-validation")

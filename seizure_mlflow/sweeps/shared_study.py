@@ -214,12 +214,17 @@ def work(kind: ChildRunStudy, plan) -> str:
     return parent
 
 
-def run_study_command(kind: ChildRunStudy, plan, announce: str) -> str | None:
-    """``tune``/``cv`` after planning: say how other workers join (``announce``), then work here or start
-    ``--workers`` processes (:func:`work_here_or_start_workers`)."""
+def run_study_command(kind: ChildRunStudy, plan, announce: str, title: str) -> int:
+    """``tune``/``cv``/``budget`` after planning: say how other workers join (``announce``: what the study holds),
+    work here or start ``--workers`` processes (:func:`work_here_or_start_workers`), then say where the parent run
+    is (``title``: what the study is, in words). Returns the exit status: 1 when a worker failed."""
     print(f"Study {plan.study_name}: {announce}; other workers join with `seizure-mlflow {kind.command} --study "
           f"{plan.study_name}`, the same options and the same storage", flush=True)
-    return work_here_or_start_workers(kind, plan)
+    parent = work_here_or_start_workers(kind, plan)
+    if parent is None:
+        return 1
+    print(f"{title} {plan.study_name} done: parent run {parent}")
+    return 0
 
 
 def work_here_or_start_workers(kind: ChildRunStudy, plan) -> str | None:

@@ -211,8 +211,4 @@ def _register_best(client: MlflowClient, study, plan: SweepPlan, best, parent: s
 def run_command(request: SweepRequest) -> int:
     """``seizure-mlflow tune``: plan the sweep, then work on it here or in ``--workers`` processes."""
     plan = plan_sweep(request.replace(base=fixed_validation_sample(request.base)))
-    parent = run_study_command(Sweep(), plan, f"{request.trials} trials")
-    if parent is None:
-        return 1
-    print(f"Sweep {plan.study_name} done: parent run {parent}")
-    return 0
+    return run_study_command(Sweep(), plan, f"{request.trials} trials", "Sweep")
