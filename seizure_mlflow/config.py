@@ -16,11 +16,15 @@ from typing import Any, Callable
 from seizure_mlflow.metrics.names import DEFAULT_MONITOR
 from seizure_mlflow.metrics.monitor import MONITOR_CHOICES, is_monitor_name
 from seizure_mlflow.errors import ConfigError
+from seizure_mlflow.lazy.apply import (TRAINING_MODULES, apply_overrides, apply_run_values, check_schedule,
+                                      training_spec)
+from seizure_mlflow.lazy.sources import PACKAGE_CONFIGS, is_lazy_file, load_lazy_config
+from seizure_mlflow.lazy.spec import check_targets
 from seizure_mlflow.options import (BOOL, FRACTION, NON_NEGATIVE_INT, NON_NEGATIVE_NUMBER, POSITIVE_INT,  # noqa: F401
                                     POSITIVE_NUMBER, SEED, Rule, default_of, is_number,
                                     option, option_fields, read_bool, read_number, read_text, spec_of, text_of)
 
-BUNDLED_CONFIG_DIR = Path(__file__).parent / "configs"
+BUNDLED_CONFIG_DIR = PACKAGE_CONFIGS
 DEFAULT_CONFIG = "cpu_demo.yaml"
 DEFAULT_MODEL_NAME = "seizure-patient-detector"
 TRAIN_DATASET = "seizure_train"
@@ -87,8 +91,13 @@ class TrainParams:
     test_json: str = _param("", "test COCO file: if given, the best checkpoint's COCO AP is logged and "
                                 "champion/challenger promotion runs", searchable=False)
     test_images: str = _param("", "test image folder", searchable=False)
-    config: str = _param(DEFAULT_CONFIG, "model-zoo name (e.g. COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml) "
-                                         "or YAML path (default: the bundled %(default)s)")
+    config: str = _param(DEFAULT_CONFIG, "model-zoo name (e.g. COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml or "
+                                         "the LazyConfig new_baselines/mask_rcnn_R_50_FPN_100ep_LSJ.py), a bundled "
+                                         "config (cpu_demo.yaml, cpu_lazy.py) or a config file (default: "
+                                         "%(default)s)")
+    trust_config_code: bool = _param(False, "run a LazyConfig (.py, or a lazy .yaml) that is neither the "
+                                            "package's nor Detectron2's model zoo: loading one executes its code "
+                                            "with your rights (refused otherwise)", searchable=False)
     weights: str = _param("", "'' from scratch, a path, a URL, or 'model-zoo' for the config's COCO checkpoint")
     lr: float = _param(0.02, "base learning rate (default %(default)s)", keys={"SOLVER.BASE_LR": float},
                        rule=POSITIVE_NUMBER)
@@ -108,7 +117,10 @@ class TrainParams:
     seed: int = _param(7, "random seed (default %(default)s)", keys={"SEED": _same}, rule=SEED)
     model_name: str = _param(DEFAULT_MODEL_NAME, "registered model name (default %(default)s)", searchable=False,
                              rule=MODEL_NAME)
-    opts: tuple[str, ...] = _param(tuple, "extra Detectron2 overrides 'KEY VALUE ...', applied last", searchable=False)
+    opts: tuple[str, ...] = _param(tuple, "extra Detectron2 overrides, applied last: 'KEY VALUE ...' or 'key=value "
+                                          "...' (a LazyConfig's keys are lower case, e.g. optimizer.weight_decay=1e-4; "
+                                          "upper-case keys are the run's own, e.g. SOLVER.CHECKPOINT_PERIOD=100)",
+                                   searchable=False)
     num_processes: int = _param(1, "training processes on this machine (one per GPU; Detectron2's launch)",
                                 searchable=False, rule=POSITIVE_INT)
     output_dir: str = _param("", "checkpoint folder (default: output/RUN_ID)", searchable=False)
@@ -169,8 +181,7 @@ class TrainParams:
                  f"one), got {self.dist_url!r}")
         _require(self.log_checkpoints in LOG_CHECKPOINTS,
                  f"log_checkpoints must be one of {', '.join(LOG_CHECKPOINTS)}; got {self.log_checkpoints!r}")
-        _require(len(self.opts) % 2 == 0,
-                 f"opts must be KEY VALUE pairs; got an odd number of items: {' '.join(self.opts)!r}")
+        opts_items(self.opts)  # KEY VALUE pairs and key=value items
         for json_key, images_key in (("train_json", "train_images"), ("val_json", "val_images"),
                                      ("test_json", "test_images")):
             has_json, has_images = bool(getattr(self, json_key)), bool(getattr(self, images_key))
@@ -188,6 +199,23 @@ class TrainParams:
 def _require(condition: bool, message: str) -> None:
     if not condition:
         raise ConfigError(message)
+
+
+def opts_items(opts: tuple[str, ...] | list[str]) -> list[tuple[str, str]]:
+    """``opts`` as ``(key, value)`` items, read left to right: ``key=value`` is one item, any other word is a key
+    whose value is the next word. A key left without a value is a :class:`ConfigError`."""
+    items, words = [], list(opts)
+    while words:
+        word = words.pop(0)
+        key, equals, value = word.partition("=")
+        if equals and key and key.replace(".", "").replace("_", "").isalnum():
+            items.append((key, value))
+        elif words:
+            items.append((word, words.pop(0)))
+        else:
+            raise ConfigError(f"opts must be KEY VALUE pairs or key=value items; {word!r} has no value "
+                              f"(in {' '.join(opts)!r})")
+    return items
 
 
 def parse_int(name: str, text: str) -> int:
@@ -277,10 +305,11 @@ def resolve_config_source(config: str) -> tuple[str, str | None]:
     zoo_path = _model_zoo_config_file(config)
     if zoo_path is not None:
         return zoo_path, config
-    bundled_names = ", ".join(sorted(p.name for p in BUNDLED_CONFIG_DIR.glob("*.yaml")))
+    bundled_names = ", ".join(sorted(p.name for p in BUNDLED_CONFIG_DIR.iterdir() if p.suffix in (".yaml", ".py")))
     raise ConfigError(
-        f"config {config!r} is neither a YAML file, a bundled config ({bundled_names}) nor a Detectron2 "
-        "model-zoo name such as 'COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml'"
+        f"config {config!r} is neither a config file, a bundled config ({bundled_names}) nor a Detectron2 "
+        "model-zoo name such as 'COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml' or "
+        "'new_baselines/mask_rcnn_R_50_FPN_100ep_LSJ.py'"
     )
 
 
@@ -353,6 +382,8 @@ def _yaml_base(config: str) -> str:
     from seizure_mlflow.user_files import read_yaml
 
     yaml_path, _ = resolve_config_source(config)
+    if is_lazy_file(yaml_path):
+        return ""
     content = read_yaml(yaml_path, param="config") or {}
     return str(content.get("_BASE_", "")) if isinstance(content, dict) else ""
 
@@ -364,8 +395,16 @@ TRAINING_ONLY_KEYS = ("EARLY_STOPPING", "VALIDATION")
 
 def build_config(params: TrainParams, num_classes: int, output_dir: str):
     """The frozen Detectron2 config of a run: base config, then the keys each typed parameter names (its
-    ``keys`` metadata), then ``opts``; the final config is checked once (:func:`check_config`)."""
-    cfg = load_base_config(params.config)
+    ``keys`` metadata), then ``opts``; the final config is checked once (:func:`check_config`).
+
+    A LazyConfig (see :mod:`seizure_mlflow.lazy`) is run here, once, and only if trusted; the run's parameters
+    and its lower-case ``opts`` are applied to it, and the result rides in the config as data (``LAZY.SPEC``),
+    beside Detectron2's defaults for what the package's hooks read (validation, checkpoints, test-time size)."""
+    from detectron2.config import CfgNode, get_cfg
+
+    path, _ = resolve_config_source(params.config)
+    lazy = load_lazy_config(path, params.config, params.trust_config_code) if is_lazy_file(path) else None
+    cfg = get_cfg() if lazy is not None else load_base_config(params.config)
     cfg.DATASETS.TRAIN = (TRAIN_DATASET,)
     cfg.DATASETS.TEST = (VAL_DATASET,)
     cfg.MODEL.WEIGHTS = resolve_weights(params.weights, params.config)
@@ -377,14 +416,40 @@ def build_config(params: TrainParams, num_classes: int, output_dir: str):
     for f in param_fields():
         for key, to_config in f.metadata["keys"].items():
             _set_key(cfg, key, to_config(getattr(params, f.name)))
-    if params.opts:
+    items = opts_items(params.opts)
+    if lazy is not None:
+        cfg.LAZY = CfgNode({"SPEC": _lazy_spec_text(lazy, params, num_classes, cfg, items)})
+        items = [(key, value) for key, value in items if key[:1].isupper()]
+    if items:
         try:
-            cfg.merge_from_list(list(params.opts))
+            cfg.merge_from_list([word for item in items for word in item])
         except (KeyError, ValueError, AssertionError, TypeError) as exc:
             raise ConfigError(f"opts {' '.join(params.opts)!r}: {exc}") from None
     check_config(cfg, params)
     cfg.freeze()
     return cfg
+
+
+def _lazy_spec_text(lazy, params: TrainParams, num_classes: int, cfg, items: list[tuple[str, str]]) -> str:
+    """``lazy`` with the run's values and its lower-case ``opts`` applied, as the JSON text of its training spec;
+    the run's own keys that the LazyConfig decides (learning rate, batch, length, image format, checkpoint
+    period) are set from it on ``cfg``, so that the logged params say what trained."""
+    import json
+
+    apply_run_values(lazy, lr=params.lr, ims_per_batch=params.ims_per_batch, max_iter=params.max_iter,
+                     min_size=params.min_size, num_workers=params.num_workers, num_classes=num_classes)
+    apply_overrides(lazy, [f"{key}={value}" for key, value in items if not key[:1].isupper()])
+    check_schedule(lazy.lr_multiplier)
+    spec = training_spec(lazy)
+    check_targets(spec, TRAINING_MODULES, f"config {params.config}")
+    cfg.SOLVER.BASE_LR = float(lazy.optimizer.lr)
+    cfg.SOLVER.IMS_PER_BATCH = int(lazy.dataloader.train.total_batch_size)
+    cfg.DATALOADER.NUM_WORKERS = int(lazy.dataloader.train.get("num_workers", 0))
+    cfg.SOLVER.MAX_ITER = int(lazy.train.max_iter) if "train" in lazy else params.max_iter
+    cfg.SOLVER.CHECKPOINT_PERIOD = spec["checkpoint_period"]
+    cfg.INPUT.FORMAT = spec["input_format"]
+    cfg.MODEL.MASK_ON = True  # the validation loss needs the masks (the LazyConfig's model has a mask head)
+    return json.dumps(spec, sort_keys=True)
 
 
 def _set_key(cfg, dotted: str, value: Any) -> None:
@@ -436,7 +501,7 @@ def check_config(cfg, params: TrainParams) -> None:
 
     Raises :class:`ConfigError` naming the key, its value and what set it, before any run exists.
     """
-    from_opts = set(params.opts[0::2])
+    from_opts = {key for key, _ in opts_items(params.opts)}
     problems, keys = [], set()
     for key, (rule, param) in config_rules().items():
         value = _get_key(cfg, key)
@@ -500,13 +565,22 @@ def _check_weights(weights: str, param: str) -> None:
     check_weights_file(Path(weights).expanduser(), param=param)
 
 
-def flatten_config(cfg, prefix: str = "") -> dict[str, str]:
-    """``{"SOLVER.BASE_LR": "0.001", ...}``: every leaf of a config, as MLflow params."""
-    flat: dict[str, str] = {}
-    for key, value in cfg.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten_config(value, prefix=f"{name}."))
-        else:
-            flat[name] = str(value)
+def flatten_config(cfg) -> dict[str, str]:
+    """``{"SOLVER.BASE_LR": "0.001", ...}``: every leaf of a config, as MLflow params. A LazyConfig run's model
+    is its spec's (``lazy.model.backbone.bottom_up.stages.depth``, ...), not Detectron2's unused ``MODEL`` defaults
+    (of which only the device and weights are kept)."""
+    import json
+
+    flat = _leaves(cfg, "")
+    if not cfg.get("LAZY"):
+        return flat
+    flat = {key: value for key, value in flat.items()
+            if not key.startswith(("LAZY.", "MODEL.")) or key in ("MODEL.DEVICE", "MODEL.WEIGHTS")}
+    flat.update(_leaves(json.loads(cfg.LAZY.SPEC), "lazy."))
     return flat
+
+
+def _leaves(node: Any, prefix: str) -> dict[str, str]:
+    if isinstance(node, dict):
+        return {key: value for name, child in node.items() for key, value in _leaves(child, f"{prefix}{name}.").items()}
+    return {prefix.rstrip("."): str(node)}

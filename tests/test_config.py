@@ -40,7 +40,7 @@ def test_config_sources():
     assert resolve_config_source("cpu_demo.yaml")[1] is None
     path, zoo = resolve_config_source("COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml")
     assert zoo and path.endswith("mask_rcnn_R_50_FPN_3x.yaml")
-    with pytest.raises(ConfigError, match="neither a YAML file, a bundled config"):
+    with pytest.raises(ConfigError, match="neither a config file, a bundled config .cpu_demo.yaml, cpu_lazy.py"):
         resolve_config_source("no/such_config.yaml")
 
 

@@ -59,7 +59,7 @@ def _imports(path: Path) -> set[str]:
 
 def _module_graph() -> dict[str, set[str]]:
     modules = {".".join(p.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__"): p
-               for p in PACKAGE.rglob("*.py")}
+               for p in PACKAGE.rglob("*.py") if p.parent != PACKAGE / "configs"}  # configs are data, run by LazyConfig
     graph = defaultdict(set)
     for name, path in modules.items():
         graph[name] = {m for m in _imports(path) if m in modules and m != name}

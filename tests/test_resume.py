@@ -19,12 +19,17 @@ pytestmark = pytest.mark.slow  # killed and resumed training subprocesses
 MAX_ITER, EVAL_PERIOD = 24, 4
 
 
-def _command(tiny_data, out: Path, model_name: str, *extra: str) -> list[str]:
+# the yacs CPU demo made tiny, and the LazyConfig one (its random large-scale jitter resumed too)
+CONFIGS = {"cpu_demo.yaml": " ".join(TINY_OPTS), "cpu_lazy.py": "SOLVER.CHECKPOINT_PERIOD=4"}
+
+
+def _command(tiny_data, out: Path, model_name: str, *extra: str, config: str = "cpu_demo.yaml") -> list[str]:
     (tj, ti), (vj, vi) = tiny_data["train"], tiny_data["val"]
     return [sys.executable, "-m", "seizure_mlflow", "train", "--train-json", tj, "--train-images", ti, "--val-json", vj,
             "--val-images", vi, "--max-iter", str(MAX_ITER), "--eval-period", str(EVAL_PERIOD), "--min-size", "64",
             "--device", "cpu", "--lr", "0.01", "--seed", "1", "--model-name", model_name, "--output-dir", str(out),
-            "--val-max-images", "0", "--opts", " ".join(TINY_OPTS), *extra]  # a sample sized by timing would differ
+            "--config", config, "--opts", CONFIGS[config],
+            "--val-max-images", "0", *extra]  # a sample sized by timing would differ
 
 
 def _run(cmd, tracking, cwd, **kw):
@@ -54,9 +59,10 @@ def _steps(run_id: str, key: str) -> list[int]:
     return [m.step for m in MlflowClient().get_metric_history(run_id, key)]
 
 
-def test_sigkill_then_resume_equals_an_uninterrupted_run(tiny_data, tracking, tmp_path):
+@pytest.mark.parametrize("config", sorted(CONFIGS))
+def test_sigkill_then_resume_equals_an_uninterrupted_run(tiny_data, tracking, tmp_path, config):
     out, log = tmp_path / "killed", tmp_path / "killed.log"
-    proc = _start(_command(tiny_data, out, "resumed"), tracking, tmp_path, log)
+    proc = _start(_command(tiny_data, out, "resumed", config=config), tracking, tmp_path, log)
     checkpoint = _wait_for_checkpoint(out, proc, 8, log)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -66,11 +72,11 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tiny_data, tracking, tm
     assert (out / ".seizure-mlflow.lock").exists()  # and its lock: a dead process's, taken over by the resume
     (out / "notes.txt").write_text("mine")
 
-    resumed = _run(_command(tiny_data, out, "resumed", "--resume"), tracking, tmp_path)
+    resumed = _run(_command(tiny_data, out, "resumed", "--resume", config=config), tracking, tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert (out / "notes.txt").read_text() == "mine" and not (out / ".seizure-mlflow.lock").exists()
     assert f"Run {run_id}" in resumed.stdout
-    reference = _run(_command(tiny_data, tmp_path / "reference", "reference"), tracking, tmp_path)
+    reference = _run(_command(tiny_data, tmp_path / "reference", "reference", config=config), tracking, tmp_path)
     assert reference.returncode == 0, reference.stderr[-3000:]
     ref_id = json.loads((tmp_path / "reference" / "mlflow_run.json").read_text())["run_id"]
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import mlflow
 
 from seizure_mlflow.commands.finish import Finish, RegisterModel, TrainResult
-from seizure_mlflow.config import TRAIN_DATASET, VAL_DATASET, TrainParams, build_config
+from seizure_mlflow.config import TRAIN_DATASET, VAL_DATASET, TrainParams, build_config, opts_items
 from seizure_mlflow.data.checks import CocoSummary, check_coco, check_same_categories
 from seizure_mlflow.sample.datasets import Datasets, check_datasets
 from seizure_mlflow.sample.scenes import DEFAULT_SAMPLE_DIR
@@ -103,7 +103,7 @@ def plan_run(params: TrainParams, sample_dir: str = DEFAULT_SAMPLE_DIR, tracking
     resume_run_id = run_to_resume(params.output_dir) if params.resume and tracking else None
     cfg = build_config(params, num_classes=len(datasets.train.categories), output_dir="")
     if "://" in cfg.MODEL.WEIGHTS and not params.resume:
-        fetch_weights(cfg.MODEL.WEIGHTS, param="opts" if "MODEL.WEIGHTS" in params.opts[0::2] else "weights")
+        fetch_weights(cfg.MODEL.WEIGHTS, param="opts" if "MODEL.WEIGHTS" in dict(opts_items(params.opts)) else "weights")
     categories = [{"id": cid, "name": name} for cid, name in datasets.train.categories]
     return Plan(params, datasets, test, cfg, categories, resume_run_id)
 

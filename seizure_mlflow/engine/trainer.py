@@ -12,7 +12,11 @@
   (``VALIDATION.MONITOR``);
 * ``build_train_loader`` / ``resume_or_load``: a seeded sampler that a resume fast-forwards (see ``resume.py``);
 * ``build_writers``: console (with ETA), JSON lines in ``OUTPUT_DIR/metrics.json``, and any extra writers
-  given by the caller (the MLflow writer).
+  given by the caller (the MLflow writer);
+* ``build_model`` / ``build_optimizer`` / ``build_lr_scheduler`` / ``build_train_mapper``: from the yacs config,
+  or from the LazyConfig spec the config carries (``LAZY.SPEC``, see :mod:`seizure_mlflow.lazy`): its network,
+  optimizer, LR multiplier and training augmentations. Everything else (data, sampler, hooks, checkpoints) is
+  the same for both.
 
 A non-finite loss stops training at once with Detectron2's ``FloatingPointError`` (raised before the
 optimizer step, so checkpoints on disk hold finite weights).
@@ -42,6 +46,9 @@ from seizure_mlflow.engine.stopping import EarlyStopping, StopsEarly
 from seizure_mlflow.engine.measures import APMeasure, LossMeasure
 from seizure_mlflow.metrics.monitor import Monitor
 from seizure_mlflow.engine.validation import AUTO, CachedBatches, Validation, build_validation_loader
+from seizure_mlflow.lazy.apply import TRAINING_MODULES
+from seizure_mlflow.lazy.network import build_network, lazy_spec
+from seizure_mlflow.lazy.spec import build
 from seizure_mlflow.outputs.training_folder import BEST_CHECKPOINT, METRICS_JSON, VALIDATION_SAMPLE_FILE, path_in
 
 logger = logging.getLogger(__name__)
@@ -94,6 +101,44 @@ class Trainer(StopsEarly, DefaultTrainer):
         self.register_hooks(self.build_hooks())
 
     @classmethod
+    def build_model(cls, cfg):
+        """The network (:func:`~seizure_mlflow.lazy.network.build_network`), on ``MODEL.DEVICE``."""
+        model = build_network(cfg)
+        logger.info("Model:\n%s", model)
+        return model
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        """Detectron2's optimizer from ``SOLVER``, or the LazyConfig's (its ``params.model`` set to ``model``)."""
+        spec = lazy_spec(cfg)
+        if spec is None:
+            return super().build_optimizer(cfg, model)
+        optimizer = dict(spec["optimizer"])
+        optimizer["params"] = {**optimizer["params"], "model": model}
+        return build(optimizer, TRAINING_MODULES, "the LazyConfig's optimizer")
+
+    @classmethod
+    def build_lr_scheduler(cls, cfg, optimizer):
+        """Detectron2's scheduler from ``SOLVER``, or the LazyConfig's ``lr_multiplier`` over ``SOLVER.MAX_ITER``."""
+        spec = lazy_spec(cfg)
+        if spec is None:
+            return super().build_lr_scheduler(cfg, optimizer)
+        from detectron2.solver import LRMultiplier
+
+        multiplier = build(spec["lr_multiplier"], TRAINING_MODULES, "the LazyConfig's lr_multiplier")
+        return LRMultiplier(optimizer, multiplier=multiplier, max_iter=cfg.SOLVER.MAX_ITER)
+
+    @classmethod
+    def build_train_mapper(cls, cfg) -> FrameMapper:
+        """The training mapper: ``INPUT``'s augmentations, or the LazyConfig's (large-scale jitter for the new
+        baselines), with boxes recomputed from the masks where it asks (after a crop)."""
+        spec = lazy_spec(cfg)
+        if spec is None:
+            return FrameMapper(cfg, is_train=True)
+        augmentations = build(spec["augmentations"], TRAINING_MODULES, "the LazyConfig's augmentations")
+        return FrameMapper(cfg, is_train=True, augmentations=augmentations, recompute_boxes=spec["recompute_boxes"])
+
+    @classmethod
     def build_step_trainer(cls, cfg, model, data_loader, optimizer):
         """``SimpleTrainer``, or with ``SOLVER.AMP.ENABLED`` Detectron2's ``AMPTrainer`` in bfloat16 where the GPU
         supports it (no gradient scaling needed) and float16 with a gradient scaler elsewhere. On CUDA, TF32
@@ -121,14 +166,14 @@ class Trainer(StopsEarly, DefaultTrainer):
         """Detectron2's training loader, with a ``TrainingSampler`` seeded from ``cfg.SEED`` whose index
         stream starts after ``skip_iterations`` iterations' worth of images (for an exact resume)."""
         if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
-            return build_detection_train_loader(cfg, mapper=FrameMapper(cfg, is_train=True))
+            return build_detection_train_loader(cfg, mapper=cls.build_train_mapper(cfg))
         dataset = get_detection_dataset_dicts(cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
         per_process = cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size()
         sampler = SkipSampler(TrainingSampler(len(dataset), seed=cfg.SEED), skip=skip_iterations * per_process)
         # seed: the loader's own generator, so that creating its iterator does not draw from torch's global RNG
         # (which would shift the random stream of a resumed run).
         return build_detection_train_loader(cfg, dataset=dataset, sampler=sampler, seed=cfg.SEED,
-                                            mapper=FrameMapper(cfg, is_train=True))
+                                            mapper=cls.build_train_mapper(cfg))
 
     def resume_or_load(self, resume: bool = True) -> None:
         """Detectron2's resume, plus the training data stream fast-forwarded to the resumed iteration."""

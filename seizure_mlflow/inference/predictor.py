@@ -13,17 +13,17 @@ from typing import Sequence
 import numpy as np
 import torch
 from detectron2.data import transforms as T
-from detectron2.modeling import build_model
 from seizure_mlflow.data.frames import read_frame, read_header
 from seizure_mlflow.data.masks import mask_to_coco
 
 from seizure_mlflow.errors import UserError
+from seizure_mlflow.lazy.network import build_network
 
 
 class Detector:
     def __init__(self, cfg, state_dict: dict[str, torch.Tensor], categories: Sequence[dict], batch_size: int = 4) -> None:
         self.cfg = cfg
-        self.model = build_model(cfg)
+        self.model = build_network(cfg)
         missing, unexpected = self.model.load_state_dict(state_dict, strict=False)
         if missing or unexpected:
             raise ValueError(f"weights do not fit the config: missing {missing[:5]}, unexpected {unexpected[:5]}")

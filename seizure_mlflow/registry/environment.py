@@ -21,7 +21,7 @@ from pathlib import Path
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 MODEL_CODE = ("__init__.py", "errors.py", "registry/__init__.py", "registry/model.py", "inference/__init__.py",
               "inference/predictor.py", "data/__init__.py", "data/masks.py",
-              "data/frames.py")
+              "data/frames.py", "lazy/__init__.py", "lazy/network.py", "lazy/spec.py")
 DETECTRON2_WHEEL = "sal_detectron2-0.7.2-py3-none-any.whl"
 WHEEL_ARTIFACT = "detectron2_wheel"
 # What loading and predicting import: MLflow, torch, Detectron2's own needs (its wheel's metadata omits them).

@@ -2,7 +2,8 @@
 
 The MLflow model (logged "from code", see ``pyfunc_entry.py``) holds three artifacts:
 
-* ``config``: the merged Detectron2 config as YAML (read with ``yaml.safe_load``);
+* ``config``: the merged Detectron2 config as YAML (read with ``yaml.safe_load``); for a LazyConfig model it
+  carries the network as data (``LAZY.SPEC``), built from Detectron2's and torch's modules only;
 * ``weights``: the model's ``state_dict`` saved by ``torch.save`` and read with ``weights_only=True``;
 * ``categories``: JSON list of ``{"id", "name"}`` in the model's class order.
 
@@ -32,10 +33,15 @@ def load_config_yaml(path: str, device: str | None = None):
     """A Detectron2 config from a YAML dump, parsed with ``yaml.safe_load`` (never ``unsafe_load``)."""
     from detectron2.config import CfgNode, get_cfg
 
+    from seizure_mlflow.lazy.network import LAZY_KEY
+
     with open(path) as fh:
         content = yaml.safe_load(fh)
+    lazy = content.pop(LAZY_KEY, None)  # a LazyConfig's network as data (see seizure_mlflow.lazy.network)
     cfg = get_cfg()
     cfg.merge_from_other_cfg(CfgNode(content))
+    if lazy is not None:
+        cfg[LAZY_KEY] = CfgNode(lazy)
     cfg.MODEL.WEIGHTS = ""
     cfg.MODEL.DEVICE = device or os.environ.get("SEIZURE_MLFLOW_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
     cfg.freeze()

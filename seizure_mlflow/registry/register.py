@@ -26,6 +26,7 @@ from mlflow.types.schema import Array, Object, Property
 
 from seizure_mlflow.registry.integrity import record_manifest
 from seizure_mlflow.config import TRAINING_ONLY_KEYS
+from seizure_mlflow.lazy.network import LAZY_KEY, lazy_spec
 from seizure_mlflow.registry.environment import (WHEEL_ARTIFACT, detectron2_wheel, model_requirements,
                                                  stage_model_code)
 from seizure_mlflow.registry.model import (ARTIFACT_CATEGORIES, ARTIFACT_CONFIG, ARTIFACT_WEIGHTS, IMAGE_COLUMN)
@@ -70,6 +71,9 @@ def log_detector(cfg, state_dict: dict[str, torch.Tensor], categories: list[dict
         serving_cfg.OUTPUT_DIR = ""
         for key in TRAINING_ONLY_KEYS:
             serving_cfg.pop(key, None)
+        spec = lazy_spec(serving_cfg)
+        if spec is not None:  # the network only: what serving builds
+            serving_cfg[LAZY_KEY].SPEC = json.dumps({"model": spec["model"]}, sort_keys=True)
         Path(config).write_text(serving_cfg.dump())
         cats = os.path.join(tmp, "categories.json")
         Path(cats).write_text(json.dumps(categories))
