@@ -509,6 +509,12 @@ def check_config(cfg, params: TrainParams) -> None:
             source = "set by opts" if key in from_opts else (f"set by {param}" if param else f"from {params.config}")
             problems.append(f"{key} must be {rule.expected}, got {value!r} ({source})")
             keys.add(key)
+    for key, named in (("DATASETS.TRAIN", (TRAIN_DATASET,)), ("DATASETS.TEST", (VAL_DATASET,))):
+        if tuple(_get_key(cfg, key)) != named:  # e.g. training on the validation frames: silently wrong
+            source = "set by opts" if key in from_opts else f"from {params.config}"
+            problems.append(f"{key} must stay {named!r}, the data given by train_json/val_json, got "
+                            f"{tuple(_get_key(cfg, key))!r} ({source}); give other data as train_json/val_json")
+            keys.add(key)
     if cfg.SOLVER.AMP.ENABLED and not str(cfg.MODEL.DEVICE).startswith("cuda"):
         problems.append(f"mixed precision (amp, SOLVER.AMP.ENABLED) needs a CUDA GPU, and this run's device is "
                         f"{cfg.MODEL.DEVICE}; drop amp, or train on a GPU")

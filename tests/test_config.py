@@ -17,6 +17,7 @@ from seizure_mlflow.errors import ConfigError
     (dict(num_workers=-1), "num_workers must be an integer >= 0"),
     (dict(device="tpu"), "device must be one of auto, cpu, cuda"),
     (dict(opts=("SOLVER.BASE_LR",)), "opts must be KEY VALUE pairs"),
+    (dict(opts=("SOLVER.BASE_LR=0.1", "TEST.EVAL_PERIOD")), "'TEST.EVAL_PERIOD' has no value"),
     (dict(train_json="t.json"), "train_json and train_images go together"),
     (dict(train_json="t.json", train_images="imgs"), "give both a training set"),
     (dict(model_name=" "), "model_name must be a registered model name"),

@@ -39,6 +39,7 @@ def _video_keys(tiny_data) -> list[str]:
     (["--folds", "5"], "5 folds need at least 5 videos, but the training and validation sets hold 4; use --folds 4"),
     (["--folds", "1"], "--folds: must be at least 2"),
     (["--folds", "2", "--patient-map", "{missing}"], "no such file"),
+    (["--folds", "2", "--study", "../.."], "--study: must be a plain name"),  # it names a folder under output_dir
 ])
 def test_bad_folds_are_refused_before_a_run_or_a_study_exists(tiny_data, tmp_path, capsys, extra, message):
     extra = [e.replace("{missing}", str(tmp_path / "none.csv")) for e in extra]

@@ -89,8 +89,24 @@ def _same_detections(got: list, expected: list) -> None:
             assert a["bbox"] == pytest.approx(b["bbox"], abs=1e-3) and a["score"] == pytest.approx(b["score"], abs=1e-5)
 
 
+@pytest.fixture(scope="module")
+def registered_lazy(tiny_data, tmp_path_factory):
+    """A LazyConfig model (the package's cpu_lazy.py): its network travels as data in its config."""
+    root = tmp_path_factory.mktemp("anywhere-lazy")
+    with private_tracking_store(root) as uri:
+        opts = ("model.roi_heads.box_predictor.test_score_thresh=0.0",
+                "model.roi_heads.box_predictor.test_topk_per_image=10")
+        run_training(tiny_params(tiny_data, root, model_name=NAME, max_iter=10, eval_period=5, system_metrics=False,
+                                 config="cpu_lazy.py", opts=opts))
+        images = [PHOTO.read_bytes(), Path(tiny_data["test"][1], "video_04", "frame_000000.png").read_bytes()]
+        expected = mlflow.pyfunc.load_model(f"models:/{NAME}@champion").predict(pd.DataFrame({"image": images}))
+        yield {"root": root, "uri": uri, "images": images, "expected": expected}
+
+
 @needs_mlflow_only
-def test_served_with_uv_from_a_python_without_the_project_gives_the_same_detections(registered, tmp_path):
+@pytest.mark.parametrize("model", ["registered", "registered_lazy"])
+def test_served_with_uv_from_a_python_without_the_project_gives_the_same_detections(model, request, tmp_path):
+    registered = request.getfixturevalue(model)
     env = _bare_env(registered, tmp_path)
     cannot = subprocess.run([str(MLFLOW_ONLY / "bin" / "python"), "-c", "import seizure_mlflow"], capture_output=True,
                             text=True, cwd=tmp_path, env=env)

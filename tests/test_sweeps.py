@@ -14,6 +14,7 @@ from mlflow import MlflowClient
 
 from conftest import REPO, TINY_OPTS, private_tracking_store, venv_env
 from seizure_mlflow.cli import main
+from seizure_mlflow.errors import UserError
 
 TINY = ["--max-iter", "6", "--eval-period", "2", "--min-size", "64", "--system-metrics", "false",
         "--model-name", "sweep-detector", "--opts", " ".join(TINY_OPTS)]
@@ -51,6 +52,10 @@ def _runs() -> list:
     ("ims_per_batch: {type: int, low: 0, high: 4}", "ims_per_batch=0 cannot be trained with: ims_per_batch must be "
                                                     "a positive integer"),
     ("SOLVER.BASE_LR: {type: uniform, low: -0.1, high: 0.1}", "SOLVER.BASE_LR=-0.1 cannot be trained with"),
+    ("ims_per_batch: {type: int, low: 2, high: 8, step: 0}", "step must be a whole number from 1 to high - low (6)"),
+    ("ims_per_batch: {type: int, low: 2, high: 8, step: -1}", "step must be a whole number from 1 to high - low"),
+    ("lr: {type: uniform, low: 0.01, high: 0.1, step: 0.01}", "on a uniform range, which has no step"),
+    ("DATASETS.TRAIN: {type: categorical, choices: [[seizure_val]]}", "DATASETS.TRAIN must stay ('seizure_train',)"),
 ])
 def test_a_bad_space_is_refused_before_anything_starts(tiny_data, tmp_path, tracking, capsys, space, message):
     code = main(["tune", "--space", _space(tmp_path, space), "--storage", f"sqlite:///{tmp_path}/optuna.db",
@@ -59,6 +64,20 @@ def test_a_bad_space_is_refused_before_anything_starts(tiny_data, tmp_path, trac
     err = capsys.readouterr().err
     assert "--space:" in err and message in err
     assert _runs() == [] and not (tmp_path / "optuna.db").exists()
+
+
+def test_a_lazy_configs_own_keys_are_searched_and_checked_at_every_edge(tiny_data, tmp_path):
+    from conftest import tiny_params
+    from seizure_mlflow.config import build_config
+    from seizure_mlflow.sweeps.space import check_every_edge, read_space
+
+    base = tiny_params(tiny_data, tmp_path, config="cpu_lazy.py", opts=())
+    cfg = build_config(base, num_classes=2, output_dir="")
+    good = read_space(_space(tmp_path, "optimizer.weight_decay: {type: loguniform, low: 0.00001, high: 0.001}"), cfg)
+    check_every_edge("space", base, good, num_classes=2)  # both edges build
+    bad = read_space(_space(tmp_path, "optimizer.no_such_key: {type: uniform, low: 0, high: 1}"), cfg)
+    with pytest.raises(UserError, match="the LazyConfig has no key optimizer.no_such_key"):
+        check_every_edge("space", base, bad, num_classes=2)
 
 
 def test_a_pruner_that_does_not_exist_is_refused(tiny_data, tmp_path, tracking, capsys):

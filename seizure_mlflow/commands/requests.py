@@ -48,6 +48,12 @@ class Request:
         return dataclasses.replace(self, **changes)
 
 
+# A study's name is a folder under output_dir (sweeps/NAME, cv/NAME): one plain folder name, nothing that climbs out.
+STUDY_NAME = Rule(lambda v: v == "" or (isinstance(v, str) and len(v) <= 200 and v not in (".", "..")
+                                        and all(c.isalnum() or c in "-_.+@" for c in v)),
+                  "a plain name (letters, digits and - _ . + @; not . or ..), which names a folder")
+
+
 @dataclass(frozen=True)
 class SharedStudyOptions(Request):
     """The options of a command whose workers share one study (``tune``, ``cv``); ``base`` is every trial's or
@@ -57,7 +63,8 @@ class SharedStudyOptions(Request):
 
     base: TrainParams = field(default_factory=TrainParams)
     study: str = option("", "study name; workers with the same name and storage share it (default: a new one, "
-                            "named after the date and time)")
+                            "named after the date and time); it names a folder under the output folder",
+                        rule=STUDY_NAME)
     storage: str = option("", "Optuna storage URL (default: $SEIZURE_OPTUNA_STORAGE, else sqlite:///optuna.db); "
                               "never logged", mlproject=False)
     workers: int = option(1, "worker processes started here (one per GPU where there are GPUs); default 1",

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from seizure_mlflow.errors import UserError
+from seizure_mlflow.lazy.network import lazy_spec
 
 KINDS = ("loguniform", "uniform", "int", "categorical")
 
@@ -60,7 +61,8 @@ class Dimension:
 
 def read_space(path: str | Path, base_config=None) -> list[Dimension]:
     """The dimensions of a space file, every one checked; ``base_config`` (a Detectron2 config) checks
-    that config keys exist."""
+    that config keys exist (a LazyConfig's lower-case keys are checked when every edge is built, see
+    :func:`check_every_edge`)."""
     from seizure_mlflow.config import TrainParams, searchable_params
     from seizure_mlflow.user_files import read_yaml
 
@@ -80,7 +82,8 @@ def read_space(path: str | Path, base_config=None) -> list[Dimension]:
             raise UserError(f"{where}: {name} cannot be searched over (it says where data and outputs are, how the "
                             "run is recorded or how its processes are laid out); searchable main parameters: "
                             f"{', '.join(searchable_params())}", param="space")
-        if is_key and base_config is not None and not _has_key(base_config, name):
+        lazy_key = name[:1].islower() and base_config is not None and lazy_spec(base_config) is not None
+        if is_key and base_config is not None and not lazy_key and not _has_key(base_config, name):
             raise UserError(f"{where}: {name} is not a key of the Detectron2 config", param="space")
         if not isinstance(spec, dict) or spec.get("type") not in KINDS:
             raise UserError(f"{where}: {name} needs a type, one of {', '.join(KINDS)}; got {spec!r}", param="space")
@@ -106,7 +109,20 @@ def _dimension(where: str, name: str, spec: dict) -> Dimension:
         raise UserError(f"{where}: {name}: a log-uniform range must be positive; got low={low}", param="space")
     if kind == "int" and not (float(low).is_integer() and float(high).is_integer()):
         raise UserError(f"{where}: {name}: int needs whole numbers; got low={low}, high={high}", param="space")
-    return Dimension(name, kind, low=low, high=high, step=spec.get("step"), log=log)
+    step = spec.get("step")
+    if step is not None and (kind != "int" or not _is_whole(step) or step < 1 or step > high - low):
+        raise UserError(f"{where}: {name}: step must be a whole number from 1 to high - low ({high - low:g}) of an "
+                        f"int range; got {step!r}" + ("" if kind == "int" else f" on a {kind} range, which has no step"),
+                        param="space")
+    if kind == "int" and log and step not in (None, 1):
+        raise UserError(f"{where}: {name}: a log int range takes no step (Optuna's rule); got step={step!r}",
+                        param="space")
+    return Dimension(name, kind, low=low, high=high, step=step, log=log)
+
+
+def _is_whole(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and \
+        float(value).is_integer()
 
 
 def _has_key(cfg, dotted: str) -> bool:
