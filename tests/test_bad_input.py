@@ -73,6 +73,8 @@ def test_train_refuses_bad_frames_before_a_run_exists(data, tmp_path, tracking, 
     ("SOLVER.IMS_PER_BATCH 0", "SOLVER.IMS_PER_BATCH must be a positive integer, got 0 (set by opts)"),
     ("INPUT.MIN_SIZE_TEST 0", "INPUT.MIN_SIZE_TEST must be a positive size, got 0 (set by opts)"),
     ("SOLVER.CHECKPOINT_PERIOD 0", "SOLVER.CHECKPOINT_PERIOD must be a positive integer, got 0 (set by opts)"),
+    ("DATASETS.TRAIN \"('seizure_val',)\"", "DATASETS.TRAIN must stay ('seizure_train',), the data given by train_json/"
+                                        "val_json, got ('seizure_val',) (set by opts)"),
 ])
 def test_opts_are_checked_like_the_typed_parameters(data, tmp_path, tracking, capsys, opts, message):
     args = _train(data, tmp_path)
@@ -80,6 +82,25 @@ def test_opts_are_checked_like_the_typed_parameters(data, tmp_path, tracking, ca
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "error: --opts: " in err and message in err, err
+    assert _no_run_exists() and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("validation", ["the training file", "a copy naming the same frames"])
+def test_validation_frames_that_are_training_frames_are_refused_before_a_run(data, tmp_path, tracking, capsys,
+                                                                            validation):
+    args = _train(data, tmp_path)
+    train_json = data["train"][0]
+    if validation == "the training file":
+        args[args.index("--val-json") + 1] = train_json
+    else:  # the validation file keeps its own frames and gains one training frame
+        coco, train = json.loads(Path(data["val"][0]).read_text()), json.loads(Path(train_json).read_text())
+        coco["images"].append({**train["images"][0], "id": 999})
+        Path(data["val"][0]).write_text(json.dumps(coco))
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    frames = len(json.loads(Path(train_json).read_text())["images"])
+    shared = f"{frames} of its {frames} frames" if validation == "the training file" else "1 of its"
+    assert f"frames are training frames of {train_json}" in err and shared in err, err
     assert _no_run_exists() and not (tmp_path / "out").exists()
 
 

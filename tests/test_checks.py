@@ -97,6 +97,8 @@ MALFORMED = [
     # Records that passed the old checks and then crashed a started run, or were trained on silently.
     ("RLE with iscrowd 0 (CVAT brush masks)", _edit(lambda d: d["annotations"][0].update(segmentation=_rle(), iscrowd=0)),
      "annotations[0] (id 1): segmentation: an RLE mask with iscrowd 0: COCO (and Detectron2) read RLE as a crowd region"),
+    ("polygons with iscrowd 1", _edit(lambda d: d["annotations"][0].update(iscrowd=1)),
+     "annotations[0] (id 1): segmentation: polygons with iscrowd 1: a crowd region, which training ignores"),
     ("missing segmentation", _edit(lambda d: d["annotations"][0].pop("segmentation")),
      "annotations[0] (id 1): segmentation: missing"),
     ("negative uncompressed RLE counts", _edit(lambda d: d["annotations"][0].update(segmentation={"size": [10, 20], "counts": [5, -3, 10]}, iscrowd=1)),

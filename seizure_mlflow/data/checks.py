@@ -289,3 +289,20 @@ def check_same_categories(reference: CocoSummary, other: CocoSummary) -> None:
             f"{reference.json_path} {list(reference.categories)}; every split must use the same (id, name) "
             "categories (re-export them with one label set, or use `seizure-mlflow prepare` to unify them)"
         )
+
+
+def check_no_shared_frames(train: CocoSummary, val: CocoSummary) -> None:
+    """The validation set must hold none of the training frames (the same image file): a validation loss on frames
+    the model trains on says nothing about overfitting, and a best checkpoint chosen by it is the last one."""
+    def frames(summary: CocoSummary) -> dict[str, str]:
+        root = Path(summary.image_root)
+        return {os.path.realpath(root / image["file_name"]): str(image["file_name"])
+                for image in load_coco_json(summary.json_path)["images"]}
+
+    training, validation = frames(train), frames(val)
+    shared = sorted(set(training) & set(validation))
+    if shared:
+        examples = ", ".join(repr(validation[path]) for path in shared[:3])
+        raise DatasetError(f"{val.json_path}: {len(shared)} of its {len(validation)} frames are training frames of "
+                           f"{train.json_path} (e.g. {examples}); validation must be other frames (other videos): "
+                           "split by video, e.g. with `seizure-mlflow prepare`")

@@ -151,6 +151,9 @@ def segmentation_problems(annotation: Annotation, width: int, height: int) -> li
     if isinstance(seg, RLE):
         return _rle_problems(seg, annotation.iscrowd, width, height)
     problems = []
+    if annotation.iscrowd == 1:
+        problems.append("polygons with iscrowd 1: a crowd region, which training ignores and evaluation does not count "
+                        "as a person; a person outlined by polygons has iscrowd 0")
     margin_x, margin_y = max(2.0, COORDINATE_MARGIN * width), max(2.0, COORDINATE_MARGIN * height)
     for k, poly in enumerate(seg):
         xs, ys = poly[0::2], poly[1::2]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from seizure_mlflow.data.checks import CocoSummary, check_coco, check_same_categories
+from seizure_mlflow.data.checks import CocoSummary, check_coco, check_no_shared_frames, check_same_categories
 from seizure_mlflow.sample.scenes import DEFAULT_SAMPLE_DIR, sample_paths, write_sample_dataset
 
 
@@ -24,6 +24,7 @@ def check_datasets(train_json: str = "", train_images: str = "", val_json: str =
         paths = sample_paths(write_sample_dataset(sample_dir))
         train, val, is_sample = check_coco(*paths["train"]), check_coco(*paths["val"]), True
     check_same_categories(train, val)
+    check_no_shared_frames(train, val)
     return Datasets(train=train, val=val, is_sample=is_sample)
 
 
