@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import logging
+import signal
 import sys
 from typing import Sequence
 
@@ -82,6 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # argparse has printed the usage and the error (or --help): its status, returned
         return exc.code if isinstance(exc.code, int) else 2
+    signal.signal(signal.SIGTERM, _interrupt)  # a SIGTERM (a scheduler, `kill`) ends runs like Ctrl-C does
     try:
         from seizure_mlflow.tracking.stores import bound_http_retries, check_tracking_server
 
@@ -93,6 +95,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc.worded_for(cli_option)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:
+        print(f"error: stopped ({exc or 'Ctrl-C'}); its MLflow runs ended KILLED. {args.command.after_interrupt}",
+              file=sys.stderr)
+        return 130
+
+
+def _interrupt(signum, frame) -> None:
+    """SIGTERM as Ctrl-C: a KeyboardInterrupt, which every command's runs end KILLED on (training stops after its
+    iteration with a checkpoint: its own handler replaces this one while it trains)."""
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 if __name__ == "__main__":

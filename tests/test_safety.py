@@ -25,7 +25,7 @@ from conftest import TINY_OPTS, TINY_SPEC, tiny_params
 from seizure_mlflow.cli import main
 from seizure_mlflow.sample.scenes import write_sample_dataset
 from seizure_mlflow.outputs.staging import OUTPUT_MARKER
-from seizure_mlflow.outputs.training_folder import LAST_CHECKPOINT, LOCK_FILE, OutputFolderLock
+from seizure_mlflow.outputs.training_folder import LOCK_FILE, OutputFolderLock
 from seizure_mlflow.errors import UserError
 
 

@@ -182,6 +182,41 @@ def test_workers_opening_a_new_study_database_at_the_same_moment_all_get_it(tmp_
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("command, extra, sig", [("tune", ["--trials", "2", "--pruner", "none"], signal.SIGTERM),
+                                                 ("cv", ["--folds", "2"], signal.SIGINT)])
+def test_an_interrupted_study_leaves_no_run_running_and_the_same_command_continues_it(tiny_data, tmp_path, command,
+                                                                                       extra, sig):
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    args = [sys.executable, "-m", "seizure_mlflow", command, "--study", "stopped", *extra, *_data(tiny_data), *TINY,
+            "--max-iter", "40"]  # long enough to be inside training when the signal comes
+    with private_tracking_store(tmp_path) as uri:
+        env = venv_env(MLFLOW_TRACKING_URI=uri, SEIZURE_OPTUNA_STORAGE=storage)
+        log = tmp_path / "first.log"
+        first = subprocess.Popen(args, env=env, cwd=tmp_path, stdout=log.open("w"), stderr=subprocess.STDOUT)
+        deadline = time.time() + 300
+        while time.time() < deadline and not ((tmp_path / "optuna.db").exists() and _a_trial_is_training(storage, "stopped")):
+            assert first.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.5)
+        time.sleep(2)
+        first.send_signal(sig)
+        assert first.wait(timeout=300) == 130, log.read_text()[-3000:]
+        text = log.read_text()
+        assert f"error: stopped ({sig.name})" in text and "--study NAME" in text and "Traceback" not in text, text[-3000:]
+        client = MlflowClient()
+        runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+        assert "RUNNING" not in [r.info.status for r in runs]
+        [parent] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+        assert parent.info.status == "KILLED" and "KILLED" in [r.info.status for r in runs if r is not parent]
+
+        again = subprocess.run(args, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+        assert again.returncode == 0, again.stderr[-3000:]
+        runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+        assert client.get_run(parent.info.run_id).info.status == "FINISHED"
+        children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+        assert sorted(r.info.status for r in children) == ["FINISHED", "FINISHED", "KILLED"]  # the interrupted unit, run again
+
+
+@pytest.mark.slow
 def test_two_workers_share_one_study_and_a_killed_workers_trial_is_retried(tiny_data, tmp_path):
     storage = f"sqlite:///{tmp_path}/optuna.db"
     args = [sys.executable, "-m", "seizure_mlflow", "tune", "--study", "shared", "--trials", "4", "--heartbeat", "2",

@@ -50,11 +50,15 @@ class Command:
     description: str
     train_options: bool = False
     entry_point: EntryPoint | None = None
+    after_interrupt: str = "Run the command again."  # what the interrupted user can do (train says it itself)
 
     def runner(self):
         module, function = self.run.split(":")
         return getattr(importlib.import_module(module), function)
 
+
+STUDY_CONTINUES = ("The study keeps every finished unit: the same command with --study NAME (the name printed "
+                   "when it started) and the same storage continues it, and runs the interrupted unit again.")
 
 COMMANDS: tuple[Command, ...] = (
     Command("train", TrainParams, "seizure_mlflow.commands.train:run_command",
@@ -70,7 +74,8 @@ COMMANDS: tuple[Command, ...] = (
             "to the pruner at every validation, and only the best trial is registered. Workers on other machines "
             "join with the same --study and storage ($SEIZURE_OPTUNA_STORAGE, or --storage).",
             train_options=True,
-            entry_point=EntryPoint("tune", STUDY_TRAIN_PARAMS, {"max_iter": 300}, ("--system-metrics", "false"))),
+            entry_point=EntryPoint("tune", STUDY_TRAIN_PARAMS, {"max_iter": 300}, ("--system-metrics", "false")),
+            after_interrupt=STUDY_CONTINUES),
     Command("cv", r.CvRequest, "seizure_mlflow.sweeps.cv:run_command",
             "cross-validation by video (or patient): one child run per fold, the estimate with its spread on one "
             "parent run",
@@ -81,7 +86,8 @@ COMMANDS: tuple[Command, ...] = (
             "is registered unless --register-final. Workers on other machines join with the same --study and "
             "storage ($SEIZURE_OPTUNA_STORAGE, or --storage).",
             train_options=True,
-            entry_point=EntryPoint("cv", CV_TRAIN_PARAMS, {"max_iter": 300}, ("--system-metrics", "false"))),
+            entry_point=EntryPoint("cv", CV_TRAIN_PARAMS, {"max_iter": 300}, ("--system-metrics", "false")),
+            after_interrupt=STUDY_CONTINUES),
     Command("budget", r.BudgetRequest, "seizure_mlflow.sweeps.budget:run_command",
             "the annotation-budget curve: child runs on nested subsets (frames per video x videos), test AP of each",
             "Train like `train` (the options below) on nested subsets of the training set: each share of --frames "
@@ -91,7 +97,8 @@ COMMANDS: tuple[Command, ...] = (
             "answer at the largest budget: whether the next masks buy more as new videos or as more frames of the "
             "same videos. Workers on other machines join with the same --study and storage.",
             train_options=True,
-            entry_point=EntryPoint("budget", CV_TRAIN_PARAMS, {"max_iter": 300}, ("--system-metrics", "false"))),
+            entry_point=EntryPoint("budget", CV_TRAIN_PARAMS, {"max_iter": 300}, ("--system-metrics", "false")),
+            after_interrupt=STUDY_CONTINUES),
     Command("sample-data", r.SampleDataRequest, "seizure_mlflow.commands.sample_data:run_command",
             "write the synthetic sample dataset (COCO files + frames, split by video)",
             "Write a deterministic synthetic seizure-monitoring dataset: frames of videos of a patient on a bed, "

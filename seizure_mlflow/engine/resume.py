@@ -160,7 +160,7 @@ class StopOnSignal(HookBase):
         iteration = self.trainer.iter
         self._checkpointer.save(f"model_{iteration:07d}", iteration=iteration)
         logger.warning("Saved checkpoint at iteration %d; continue with --resume", iteration + 1)
-        raise KeyboardInterrupt(f"stopped by {signal.Signals(self._received).name}")
+        raise KeyboardInterrupt(signal.Signals(self._received).name)
 
     def after_train(self) -> None:
         for sig, handler in self._previous.items():

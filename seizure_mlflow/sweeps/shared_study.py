@@ -146,7 +146,42 @@ def run_claimed(study, claim: Claim, objective, param: str) -> None:
     trial's ``param`` (a retry waits in the study with its own already)."""
     if not claim.retry:
         study.enqueue_trial({param: claim.number})
-    study.optimize(objective, n_trials=1, catch=(FloatingPointError,), gc_after_trial=True)
+    optimize_one(study, objective)
+
+
+def optimize_one(study, objective) -> None:
+    """One trial of ``objective``; a diverged one (``FloatingPointError``) is a failed trial, and an interrupt
+    fails the trial and goes on up (without Optuna's traceback of it)."""
+    import logging
+
+    trial_log = logging.getLogger("optuna.study._optimize")  # where Optuna says that a trial failed
+    trial_log.addFilter(_no_interrupt_traceback)
+    try:
+        study.optimize(objective, n_trials=1, catch=(FloatingPointError,), gc_after_trial=True)
+    finally:
+        trial_log.removeFilter(_no_interrupt_traceback)
+
+
+def _no_interrupt_traceback(record) -> bool:
+    """Optuna logs a failed trial with its traceback; an interrupt's is noise (the command says what happened)."""
+    if record.exc_info and record.exc_info[0] is not None and issubclass(record.exc_info[0], KeyboardInterrupt):
+        record.exc_info, record.exc_text = None, None
+    return True
+
+
+def retry_interrupted(study, client: MlflowClient) -> None:
+    """Queue a retry of each trial an interrupt failed (its run KILLED, or no run yet) that has none: a study that
+    continues runs it again, as it does a killed worker's (whose lost heartbeat queues the retry)."""
+    from optuna.storages import RetryFailedTrialCallback
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    retried = {RetryFailedTrialCallback.retried_trial_number(t) for t in trials}
+    for t in trials:
+        run_id = t.user_attrs.get("run_id")
+        interrupted = not run_id or client.get_run(run_id).info.status == "KILLED"
+        if t.state == TrialState.FAIL and t.number not in retried and interrupted:
+            RetryFailedTrialCallback(max_retry=1)(study, t)
 
 
 def close_lost_runs(client: MlflowClient, trials) -> None:
@@ -161,7 +196,7 @@ def close_lost_runs(client: MlflowClient, trials) -> None:
 
 def end_parent(client: MlflowClient, study, parent: str) -> None:
     """The last worker ends the parent (under ``mlflow run`` too: its run would end FINISHED with this command)."""
-    if client.get_run(parent).info.status == "RUNNING" and progress(study)[1] == 0:
+    if client.get_run(parent).info.status in ("RUNNING", "KILLED") and progress(study)[1] == 0:
         client.set_terminated(parent, "FINISHED")
 
 
@@ -199,6 +234,9 @@ def parent_run(kind: ChildRunStudy, study, plan) -> str:
     parent = elect_parent(study, plan.shared, f"{kind.label} {plan.study_name}",
                           lambda run_id, client: kind.describe_parent(study, plan, run_id, client))
     kind.check_parent(study, plan)
+    client = MlflowClient()
+    if client.get_run(parent).info.status == "KILLED":  # an interrupted study, continued
+        client.update_run(parent, status="RUNNING")
     return parent
 
 
@@ -209,7 +247,12 @@ def work(kind: ChildRunStudy, plan) -> str:
     study = kind.load_study(plan)
     parent = parent_run(kind, study, plan)
     os.environ.pop("MLFLOW_RUN_ID", None)
-    run_until_done(study, plan.shared, lambda claim: kind.run_unit(study, plan, parent, claim))
+    try:
+        run_until_done(study, plan.shared, lambda claim: kind.run_unit(study, plan, parent, claim))
+    except KeyboardInterrupt:  # the unit's run ended KILLED and its trial FAIL: queued again, for whoever continues
+        retry_interrupted(study, MlflowClient())
+        MlflowClient().set_terminated(parent, "KILLED")
+        raise
     kind.close(study, plan, parent)
     return parent
 
@@ -278,4 +321,12 @@ def start_workers(command: str, plan) -> list[int]:
         if gpus:
             env["CUDA_VISIBLE_DEVICES"] = str(k % gpus)
         processes.append(subprocess.Popen(argv, env=env))
-    return [p.wait() for p in processes]
+    try:
+        return [p.wait() for p in processes]
+    except KeyboardInterrupt:  # each worker ends its runs (and the parent) KILLED
+        for process in processes:
+            if process.poll() is None:
+                process.terminate()
+        for process in processes:
+            process.wait()
+        raise

@@ -31,7 +31,7 @@ from seizure_mlflow.metrics.monitor import Monitor
 from seizure_mlflow.engine.stopping import DIVERGED, PRUNED
 from seizure_mlflow.errors import UserError
 from seizure_mlflow.sweeps.shared_study import (SharedStudy, close_lost_runs, end_parent, fixed_validation_sample,
-                                                run_study_command)
+                                                optimize_one, run_study_command)
 from seizure_mlflow.sweeps.space import Dimension, apply, check_every_edge, read_space
 from seizure_mlflow.sweeps.storage import open_storage, redacted, storage_url
 
@@ -119,8 +119,7 @@ class Sweep:
 
     @staticmethod
     def run_unit(study, plan: SweepPlan, parent: str, claim) -> None:
-        study.optimize(lambda trial: _objective(trial, plan, parent), n_trials=1, catch=(FloatingPointError,),
-                       gc_after_trial=True)
+        optimize_one(study, lambda trial: _objective(trial, plan, parent))
 
     @staticmethod
     def close(study, plan: SweepPlan, parent: str) -> None:
