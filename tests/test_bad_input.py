@@ -104,6 +104,17 @@ def test_validation_frames_that_are_training_frames_are_refused_before_a_run(dat
     assert _no_run_exists() and not (tmp_path / "out").exists()
 
 
+def test_weights_that_fit_nothing_in_the_network_are_refused_before_a_run(data, tmp_path, tracking, capsys):
+    import torch
+
+    weights = tmp_path / "other_network.pth"
+    torch.save({"model": {"encoder.layer1.weight": torch.zeros(3, 3), "decoder.bias": torch.zeros(3)}}, weights)
+    assert main(_train(data, tmp_path, "--weights", str(weights))) == 2
+    err = capsys.readouterr().err
+    assert "error: --weights: other_network.pth: none of its tensors fit this config's network" in err, err
+    assert _no_run_exists() and not (tmp_path / "out").exists()
+
+
 def test_train_output_dir_that_is_a_file_fails_before_a_run(data, tmp_path, tracking, capsys):
     args = _train(data, tmp_path)
     target = tmp_path / "out"

@@ -28,6 +28,7 @@ from seizure_mlflow.sample.scenes import DEFAULT_SAMPLE_DIR
 from seizure_mlflow.outputs.staging import check_output_folder
 from seizure_mlflow.distributed import Job, run_as_job
 from seizure_mlflow.engine.memory import raise_named
+from seizure_mlflow.engine.checkpoint import check_weights_fit
 from seizure_mlflow.errors import UserError
 from seizure_mlflow.outputs.training_folder import METRIC_SPOOL, check_no_other_run, path_in, run_to_resume, write_stop
 from seizure_mlflow.tracking.run_scope import TrainingRun, with_output_dir
@@ -102,8 +103,10 @@ def plan_run(params: TrainParams, sample_dir: str = DEFAULT_SAMPLE_DIR, tracking
         check_same_categories(datasets.train, test)
     resume_run_id = run_to_resume(params.output_dir) if params.resume and tracking else None
     cfg = build_config(params, num_classes=len(datasets.train.categories), output_dir="")
-    if "://" in cfg.MODEL.WEIGHTS and not params.resume:
-        fetch_weights(cfg.MODEL.WEIGHTS, param="opts" if "MODEL.WEIGHTS" in dict(opts_items(params.opts)) else "weights")
+    weights_param = "opts" if "MODEL.WEIGHTS" in dict(opts_items(params.opts)) else "weights"
+    if cfg.MODEL.WEIGHTS and not params.resume:
+        local = fetch_weights(cfg.MODEL.WEIGHTS, weights_param) if "://" in cfg.MODEL.WEIGHTS else cfg.MODEL.WEIGHTS
+        check_weights_fit(cfg, local, weights_param)
     categories = [{"id": cid, "name": name} for cid, name in datasets.train.categories]
     return Plan(params, datasets, test, cfg, categories, resume_run_id)
 

@@ -123,6 +123,42 @@ class SafeCheckpointer(DetectionCheckpointer):
                          binary=False)
 
 
+def check_weights_fit(cfg, weights: str, param: str = "weights") -> None:
+    """Before any run: load the initial ``weights`` (a local file) into the config's network the way training will
+    (Detectron2's name matching, mismatched shapes skipped). None fitting is a :class:`UserError` (training would
+    start from scratch without a word); a partial fit is logged with what starts fresh."""
+    from seizure_mlflow.lazy.network import build_network
+
+    local_cfg = cfg.clone()
+    local_cfg.defrost()
+    local_cfg.MODEL.DEVICE = "cpu"
+    model = build_network(local_cfg)
+    checkpointer = _FitRecordingCheckpointer(model)
+    checkpointer.load(weights, checkpointables=[])
+    incompatible = checkpointer.incompatible
+    fresh = set(incompatible.missing_keys) | {key for key, *_ in incompatible.incorrect_shapes}
+    names = [name for name, _ in model.named_parameters()]
+    loaded = [name for name in names if name not in fresh]
+    if not loaded:
+        raise UserError(f"{os.path.basename(weights)}: none of its tensors fit this config's network (its "
+                        f"{len(names)} weights, e.g. {names[0]}, would all start from scratch): give weights of this "
+                        "architecture (weights=model-zoo for the config's own COCO weights), or '' to train from "
+                        "scratch on purpose", param=param)
+    if fresh:
+        logger.info("Initial weights: %d of the network's %d weights loaded; %d start fresh (e.g. %s)", len(loaded),
+                    len(names), len(set(names) & fresh), ", ".join(sorted(set(names) & fresh)[:3]))
+
+
+class _FitRecordingCheckpointer(SafeCheckpointer):
+    """Keeps what Detectron2's loading could not match (``load`` only logs it)."""
+
+    incompatible = None
+
+    def _load_model(self, checkpoint):
+        self.incompatible = super()._load_model(checkpoint)
+        return self.incompatible
+
+
 @dataclass(frozen=True)
 class BestCheckpoint:
     """What ``ResumableBestCheckpointer`` saved as ``model_best.pth``: its iteration (iterations completed when its
