@@ -181,6 +181,29 @@ def test_non_finite_loss_stops_training_and_fails_the_run(tiny_data, tmp_path, t
 
 
 @pytest.mark.slow
+def test_a_model_whose_best_validation_loss_is_finite_but_huge_is_not_registered(tiny_data, tmp_path, tracking,
+                                                                                  monkeypatch):
+    """A loss of 1e33 passes training's non-finite check; its checkpoint stands for a diverged one (the value is
+    what a run that blew up without overflowing keeps as its best)."""
+    import dataclasses
+
+    from seizure_mlflow.tracking import run_scope
+
+    real = run_scope.read_best_checkpoint
+
+    def blown_up(path):
+        best = real(path)
+        return dataclasses.replace(best, value=1e33) if best is not None else None
+
+    monkeypatch.setattr(run_scope, "read_best_checkpoint", blown_up)
+    with pytest.raises(FloatingPointError, match="the best validation val/total_loss is 1e.33 .* diverged"):
+        run_training(tiny_params(tiny_data, tmp_path, model_name="blew-up"))
+    [run] = MlflowClient().search_runs([mlflow.get_experiment_by_name("Default").experiment_id])
+    assert run.info.status == "FAILED" and run.data.tags["seizure.stop_reason"] == "diverged"
+    assert not MlflowClient().search_registered_models("name='blew-up'")
+
+
+@pytest.mark.slow
 def test_test_set_given_to_training_is_evaluated_and_promoted(tiny_data, tmp_path, tracking):
     test_json, test_images = tiny_data["test"]
     first = run_training(tiny_params(tiny_data, tmp_path, test_json=test_json, test_images=test_images,

@@ -20,6 +20,10 @@ from mlflow import MlflowClient
 from seizure_mlflow.engine.checkpoint import BestCheckpoint, read_best_checkpoint
 from seizure_mlflow.metrics.monitor import Monitor
 from seizure_mlflow.engine.stopping import DIVERGED, SIGNAL
+
+# A validation loss above this at its best is a diverged model's: Mask R-CNN's five losses start near 4 together and
+# fall from there; a finite 1e33 passes the non-finite check of training but is no model to register.
+DIVERGED_LOSS = 1e4
 from seizure_mlflow.outputs.training_folder import (VALIDATION_SAMPLE_FILE, OutputFolderLock, best_checkpoint_path,
                                                     path_in, read_stop, write_owner)
 from seizure_mlflow.tracking.datasets import TESTING, TRAINING, VALIDATION, log_datasets, log_validation_sample
@@ -139,6 +143,11 @@ class TrainingRun:
             self.record(None)
             raise RuntimeError(f"no best checkpoint in {self.cfg.OUTPUT_DIR}: no finite {self.plan.cfg.VALIDATION.MONITOR} "
                                "was computed")
+        if not Monitor(best.monitor).higher_is_better and best.value > DIVERGED_LOSS:
+            diverged = FloatingPointError(f"the best validation {best.monitor} is {best.value:.3g} (at iteration "
+                                          f"{best.iteration}): the model diverged, and is not registered")
+            self.record_failure(diverged)
+            raise diverged
         return best
 
     def record(self, best: BestCheckpoint | None, model_id: str | None = None, dataset=None) -> None:
