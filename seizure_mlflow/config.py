@@ -49,10 +49,12 @@ def is_model_name(value: Any) -> bool:
         _validate_model_name(value)
     except MlflowException:
         return False
-    return isinstance(value, str) and value == value.strip()
+    # quotes and backticks: MLflow's search filters (name = '...') have no way to write them inside a value
+    return isinstance(value, str) and value == value.strip() and not any(q in value for q in "'\"`")
 
 
-MODEL_NAME = Rule(is_model_name, "a registered model name (not empty, no '/' or ':', not a path, no spaces around)")
+MODEL_NAME = Rule(is_model_name, "a registered model name (not empty, no '/' or ':', no quotes or backticks, not a "
+                                 "path, no spaces around)")
 DEVICE_KEY = Rule(lambda v: v == "cpu" or (isinstance(v, str) and v.split(":")[0] == "cuda" and _cuda_device_exists(v)),
                   "cpu, or cuda (or cuda:N) on a machine with that GPU")
 # Memory model of a training batch: Mask R-CNN R50-FPN needs about 1.6 KB per input pixel per image in training

@@ -115,6 +115,14 @@ def test_weights_that_fit_nothing_in_the_network_are_refused_before_a_run(data, 
     assert _no_run_exists() and not (tmp_path / "out").exists()
 
 
+def test_a_run_id_that_would_break_mlflows_filter_is_refused_by_name(tracking):
+    from seizure_mlflow.errors import UserError
+    from seizure_mlflow.registry.uris import registered_version
+
+    with pytest.raises(UserError, match=r"model_uri: .*OR name != .x. is not a run id \(letters and digits"):
+        registered_version("runs:/ab' OR name != 'x/model")
+
+
 def test_train_output_dir_that_is_a_file_fails_before_a_run(data, tmp_path, tracking, capsys):
     args = _train(data, tmp_path)
     target = tmp_path / "out"

@@ -21,6 +21,7 @@ from seizure_mlflow.errors import ConfigError
     (dict(train_json="t.json"), "train_json and train_images go together"),
     (dict(train_json="t.json", train_images="imgs"), "give both a training set"),
     (dict(model_name=" "), "model_name must be a registered model name"),
+    (dict(model_name="o'brien-detector"), r"model_name must be a registered model name \(.*no quotes or backticks"),
     (dict(model_name="team/probe"), r"model_name must be a registered model name \(not empty, no '/' or ':'.*got 'team/probe'"),
 ])
 def test_invalid_params(changes, message):

@@ -29,7 +29,11 @@ def registered_version(model_uri: str, client: MlflowClient | None = None) -> tu
         return _only_version(client, lambda v: model_id in (v.model_id, v.source.removeprefix("models:/")),
                              client.get_logged_model(model_id).source_run_id)
     if model_uri.startswith("runs:/"):
-        return _only_version(client, lambda v: True, model_uri[len("runs:/"):].split("/", 1)[0])
+        run_id = model_uri[len("runs:/"):].split("/", 1)[0]
+        if not (run_id.isascii() and run_id.isalnum()):  # MLflow's run ids are hex; anything else breaks its filters
+            raise UserError(f"{model_uri!r}: {run_id!r} is not a run id (letters and digits, as MLflow shows them)",
+                            param="model_uri")
+        return _only_version(client, lambda v: True, run_id)
     return None
 
 
