@@ -12,6 +12,7 @@ import importlib.util
 import logging
 import signal
 import sys
+import threading
 from typing import Sequence
 
 from seizure_mlflow.errors import UserError
@@ -83,7 +84,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # argparse has printed the usage and the error (or --help): its status, returned
         return exc.code if isinstance(exc.code, int) else 2
-    signal.signal(signal.SIGTERM, _interrupt)  # a SIGTERM (a scheduler, `kill`) ends runs like Ctrl-C does
+    on_main_thread = threading.current_thread() is threading.main_thread()  # where Python delivers signals
+    # a SIGTERM (a scheduler, `kill`) ends a command's runs as Ctrl-C does
+    previous = signal.signal(signal.SIGTERM, _interrupt) if on_main_thread else None
     try:
         from seizure_mlflow.tracking.stores import bound_http_retries, check_tracking_server
 
@@ -99,6 +102,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: stopped ({exc or 'Ctrl-C'}); its MLflow runs ended KILLED. {args.command.after_interrupt}",
               file=sys.stderr)
         return 130
+    finally:
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _interrupt(signum, frame) -> None:

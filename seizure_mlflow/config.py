@@ -151,6 +151,9 @@ class TrainParams:
     min_delta: float = _param(0.0, "the smallest change of monitor (a decrease of a loss, a rise of an AP) that "
                                    "counts as an improvement (default %(default)s)",
                               keys={"EARLY_STOPPING.MIN_DELTA": float}, rule=NON_NEGATIVE_NUMBER)
+    val_on_training_frames: bool = _param(False, "let the validation set hold training frames (refused otherwise: "
+                                                 "its loss is then a training loss, blind to overfitting); cv's "
+                                                 "final model validates on every video this way", searchable=False)
     val_max_images: str = _param("auto", "validation frames per period: auto (the most that cost at most 5%% of "
                                          "training time), 0 (the whole set) or N; spread evenly over videos and "
                                          "time; the whole set is logged as val_full/* at the end",

@@ -102,6 +102,11 @@ def test_validation_frames_that_are_training_frames_are_refused_before_a_run(dat
     shared = f"{frames} of its {frames} frames" if validation == "the training file" else "1 of its"
     assert f"frames are training frames of {train_json}" in err and shared in err, err
     assert _no_run_exists() and not (tmp_path / "out").exists()
+    from seizure_mlflow.sample.datasets import check_datasets
+
+    (tj, ti), (vj, vi) = data["train"], data["val"]
+    shared_ok = check_datasets(tj, ti, tj if validation == "the training file" else vj, vi, shared_frames=True)
+    assert shared_ok.val.num_images > 0  # allowed when asked for (val_on_training_frames; cv's final model)
 
 
 def test_weights_that_fit_nothing_in_the_network_are_refused_before_a_run(data, tmp_path, tracking, capsys):

@@ -97,7 +97,8 @@ def plan_run(params: TrainParams, sample_dir: str = DEFAULT_SAMPLE_DIR, tracking
     check_output_folder(params.output_dir or "output", "output_dir")
     if tracking and params.output_dir and not params.resume:
         check_no_other_run(params.output_dir)
-    datasets = check_datasets(params.train_json, params.train_images, params.val_json, params.val_images, sample_dir)
+    datasets = check_datasets(params.train_json, params.train_images, params.val_json, params.val_images, sample_dir,
+                              shared_frames=params.val_on_training_frames)
     test = check_coco(params.test_json, params.test_images) if params.test_json else None
     if test is not None:
         check_same_categories(datasets.train, test)

@@ -16,15 +16,17 @@ class Datasets:
 
 
 def check_datasets(train_json: str = "", train_images: str = "", val_json: str = "", val_images: str = "",
-                   sample_dir: str = DEFAULT_SAMPLE_DIR) -> Datasets:
-    """Check the training and validation COCO files (writing the sample data first if none are given)."""
+                   sample_dir: str = DEFAULT_SAMPLE_DIR, shared_frames: bool = False) -> Datasets:
+    """Check the training and validation COCO files (writing the sample data first if none are given); the
+    validation set may hold training frames only with ``shared_frames``."""
     if train_json:
         train, val, is_sample = check_coco(train_json, train_images), check_coco(val_json, val_images), False
     else:
         paths = sample_paths(write_sample_dataset(sample_dir))
         train, val, is_sample = check_coco(*paths["train"]), check_coco(*paths["val"]), True
     check_same_categories(train, val)
-    check_no_shared_frames(train, val)
+    if not shared_frames:
+        check_no_shared_frames(train, val)
     return Datasets(train=train, val=val, is_sample=is_sample)
 
 

@@ -292,6 +292,7 @@ def train_final(plan: CvPlan, parent: str, table: pd.DataFrame, summary: pd.Data
     root = plan.folds.pool.image_root
     # Nothing is held out: its validation set is its training set (a sample of it), which only draws the curves.
     params = base.replace(train_json=all_json, train_images=root, val_json=all_json, val_images=root,
+                          val_on_training_frames=True,  # no video is left to hold out
                           max_iter=iterations, patience=0, val_max_images="auto", run_name="final (every video)",
                           output_dir=str(plan.folder / "final" / "run"))
     row = summary[summary["metric"] == monitor.metric]
