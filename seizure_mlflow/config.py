@@ -402,7 +402,7 @@ def build_config(params: TrainParams, num_classes: int, output_dir: str):
     """The frozen Detectron2 config of a run: base config, then the keys each typed parameter names (its
     ``keys`` metadata), then ``opts``; the final config is checked once (:func:`check_config`).
 
-    A LazyConfig (see :mod:`seizure_mlflow.lazy`) is run here, once, and only if trusted; the run's parameters
+    A LazyConfig (see :mod:`seizure_mlflow.lazy`) is run here (and only here), if trusted; the run's parameters
     and its lower-case ``opts`` are applied to it, and the result rides in the config as data (``LAZY.SPEC``),
     beside Detectron2's defaults for what the package's hooks read (validation, checkpoints, test-time size)."""
     from detectron2.config import CfgNode, get_cfg

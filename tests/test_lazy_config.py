@@ -111,7 +111,7 @@ def test_the_runs_parameters_act_on_a_zoo_lazy_config_and_are_logged_as_its_valu
 @pytest.mark.slow
 def test_a_zoo_lsj_config_builds_and_trains_a_few_iterations_on_the_cpu(tiny_data, tmp_path):
     """Detectron2's R50-FPN new baseline as it ships (SyncBN, a lambda norm in its heads, large-scale jitter), at
-    64 px: planned by the package (the config run once, then carried as data) and trained by its trainer."""
+    64 px: planned by the package (the config run when planned, then carried as data) and trained by its trainer."""
     from seizure_mlflow.commands.train import build_trainer, plan_run
 
     params = tiny_params(tiny_data, tmp_path, config=LSJ, max_iter=4, eval_period=4, opts=(), min_size=64)

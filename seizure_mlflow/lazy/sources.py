@@ -3,7 +3,7 @@
 A LazyConfig is code: Detectron2's ``LazyConfig.load`` executes a ``.py`` config and reads a lazy ``.yaml`` with
 ``yaml.unsafe_load``. The package runs, by default, only the configs it ships (:data:`PACKAGE_CONFIGS`) and
 Detectron2's model-zoo configs (in the installed Detectron2); any other file needs ``trust_config_code``, and is
-refused before any run exists otherwise. Loading happens once, where a run is planned; everything after works on
+refused before any run exists otherwise. Loading happens only where a run is planned; everything after works on
 the spec (see :mod:`seizure_mlflow.lazy.spec`).
 """
 

@@ -1,7 +1,7 @@
 """A LazyConfig as plain data, and plain data back to objects (only from named, allowed places).
 
 A Detectron2 LazyConfig is Python: its values may be classes, functions, dataclass instances and lambdas. The
-package runs a config once, where it is planned (see :mod:`seizure_mlflow.lazy.sources`), and from then on
+package runs a config only where a run is planned (see :mod:`seizure_mlflow.lazy.sources`), and from then on
 carries it as a *spec*: JSON-able dicts and lists in which every object to build is a dict with a ``_target_``
 naming its class or function as ``module.name``. A spec is what the training processes, the logged params and
 the registered model hold; building from it (:func:`build`) imports only the ``_target_``\\ s whose module is
