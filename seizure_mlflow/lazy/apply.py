@@ -43,36 +43,38 @@ def apply_run_values(lazy, *, lr: float, ims_per_batch: int, max_iter: int, min_
         _resize(augmentation, min_size)
 
 
-def _stretch_schedule(node, max_iter: int) -> None:
+def _schedules(node, key: str = "lr_multiplier"):
+    """``(key, node)`` of every scheduler node below ``node`` that has a length (``num_updates``)."""
     from omegaconf import DictConfig
 
     if not isinstance(node, DictConfig):
         return
     if "num_updates" in node:
-        before = node.num_updates
-        if "milestones" in node and before:
-            node.milestones = [round(m * max_iter / before) for m in node.milestones]
-        node.num_updates = max_iter
+        yield key, node
     for name in node:
-        _stretch_schedule(node[name], max_iter)
+        yield from _schedules(node[name], f"{key}.{name}")
 
 
-def check_schedule(node, key: str = "lr_multiplier") -> None:
-    """Every step schedule in ``node`` steps at rising iterations below its length (after :func:`apply_run_values`
-    stretched it and ``opts`` had their say); a :class:`ConfigError` with the numbers otherwise."""
-    from omegaconf import DictConfig
+def _stretch_schedule(lr_multiplier, max_iter: int) -> None:
+    for _, node in _schedules(lr_multiplier):
+        if "milestones" in node and node.num_updates:
+            node.milestones = [round(m * max_iter / node.num_updates) for m in node.milestones]
+        node.num_updates = max_iter
 
-    if not isinstance(node, DictConfig):
-        return
-    if "milestones" in node and node.get("num_updates"):
+
+def check_schedule(lr_multiplier) -> None:
+    """Every step schedule in ``lr_multiplier`` steps at rising iterations below its length (after
+    :func:`apply_run_values` stretched it and ``opts`` had their say); a :class:`ConfigError` with the numbers
+    otherwise."""
+    for key, node in _schedules(lr_multiplier):
+        if "milestones" not in node or not node.num_updates:
+            continue
         steps, length = list(node.milestones), node.num_updates
         if not all(a < b for a, b in zip([0] + steps, steps + [length])):
             raise ConfigError(f"{length} iterations are too short for the LR steps of this config: stretched to them, "
                               f"{key}.milestones fall on {steps}, which must rise and stay below {length}; train "
                               f"longer, or give the steps in opts ({key}.milestones=[...] and {key}.values=[...])",
                               param="max_iter")
-    for name in node:
-        check_schedule(node[name], f"{key}.{name}")
 
 
 def _resize(augmentation, size: int) -> None:

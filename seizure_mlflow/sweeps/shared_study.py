@@ -178,9 +178,10 @@ def retry_interrupted(study, client: MlflowClient) -> None:
     trials = study.get_trials(deepcopy=False)
     retried = {RetryFailedTrialCallback.retried_trial_number(t) for t in trials}
     for t in trials:
+        if t.state != TrialState.FAIL or t.number in retried:
+            continue
         run_id = t.user_attrs.get("run_id")
-        interrupted = not run_id or client.get_run(run_id).info.status == "KILLED"
-        if t.state == TrialState.FAIL and t.number not in retried and interrupted:
+        if not run_id or client.get_run(run_id).info.status == "KILLED":
             RetryFailedTrialCallback(max_retry=1)(study, t)
 
 
@@ -250,8 +251,9 @@ def work(kind: ChildRunStudy, plan) -> str:
     try:
         run_until_done(study, plan.shared, lambda claim: kind.run_unit(study, plan, parent, claim))
     except KeyboardInterrupt:  # the unit's run ended KILLED and its trial FAIL: queued again, for whoever continues
-        retry_interrupted(study, MlflowClient())
-        MlflowClient().set_terminated(parent, "KILLED")
+        client = MlflowClient()
+        retry_interrupted(study, client)
+        client.set_terminated(parent, "KILLED")
         raise
     kind.close(study, plan, parent)
     return parent
